@@ -1,0 +1,27 @@
+"""Capped exponential backoff with jitter, the one retry delay every reconnect loop uses."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    initial_s: float = 0.1
+    cap_s: float = 30.0
+    factor: float = 2.0
+    _attempt: int = field(default=0, init=False)
+
+    def next_delay(self) -> float:
+        """The wait before the next attempt: uniform in [c/2, c] with c = min(cap, initial * factor**n)."""
+        ceiling = min(self.cap_s, self.initial_s * self.factor**self._attempt)
+        self._attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    @property
+    def attempts(self) -> int:
+        return self._attempt

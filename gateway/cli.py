@@ -1,0 +1,172 @@
+"""The `millgate` command: argument parsing and exit codes for every verb; each verb's work lives in
+its own module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
+from gateway.paths import GatewayPaths, default_config_dir, default_state_dir
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+def _paths(args: argparse.Namespace, loaded: LoadedConfig | None = None) -> GatewayPaths:
+    state = args.state
+    log_dir = None
+    if loaded is not None:
+        gateway = loaded.gateway.gateway
+        if state is None and gateway.state_dir is not None:
+            state = gateway.state_dir
+        log_dir = gateway.log_dir
+    return GatewayPaths.resolve(args.config, state or default_state_dir(), log_dir)
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    try:
+        return load_config(args.config)
+    except ConfigInvalid as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    loaded = _load(args)
+    print(
+        f"{loaded.config_dir}: valid ({len(loaded.gateway.functions)} functions, {len(loaded.adapters)} adapters, "
+        f"{len(loaded.gateway.subscriptions)} subscriptions)"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.broker_config import BrokerNotInstalled
+    from gateway.launch import StateDirError, exec_supervisord, prepare
+
+    loaded = _load(args)
+    try:
+        conf = prepare(loaded, _paths(args, loaded))
+    except (StateDirError, BrokerNotInstalled) as exc:
+        print(f"millgate run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    exec_supervisord(conf)
+    return EXIT_FAILED  # not reached: exec replaced this process
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.status import gather_status, render_status
+
+    paths = _paths(args, _load_quietly(args))
+    report = gather_status(paths)
+    print(render_status(report, as_json=args.json))
+    return EXIT_OK if report.supervisor_reachable else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from gateway.check import render_checks, run_checks
+
+    paths = _paths(args, _load_quietly(args))
+    results = run_checks(paths)
+    print(render_checks(results))
+    return EXIT_FAILED if any(r.required and not r.passed for r in results) else EXIT_OK
+
+
+def cmd_pub(args: argparse.Namespace) -> int:
+    from gateway.operator_client import OperatorError, publish_lines
+
+    payloads = [args.payload] if args.payload is not None else (line.rstrip("\n") for line in sys.stdin)
+    try:
+        count = publish_lines(_paths(args, _load_quietly(args)), args.topic, payloads, args.qos, args.retain)
+    except OperatorError as exc:
+        print(f"millgate pub: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.payload is None:
+        print(f"published {count} messages to {args.topic}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_sub(args: argparse.Namespace) -> int:
+    from gateway.operator_client import OperatorError, subscribe_print
+
+    try:
+        complete = subscribe_print(_paths(args, _load_quietly(args)), args.filter, args.count, args.timeout)
+    except OperatorError as exc:
+        print(f"millgate sub: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if complete else EXIT_FAILED
+
+
+def _load_quietly(args: argparse.Namespace) -> LoadedConfig | None:
+    """The config if it is valid (for state_dir/log_dir); operator verbs still work without it."""
+    try:
+        return load_config(args.config)
+    except ConfigInvalid:
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="config directory (default: /etc/millgate; ./etc/demo in a checkout)",
+    )
+    common.add_argument(
+        "--state",
+        type=Path,
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="state directory (default: /var/lib/millgate; ./var in a checkout)",
+    )
+
+    parser = argparse.ArgumentParser(prog="millgate", description="Edge runtime for factory gateways.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    config = verbs.add_parser("config", help="work with the configuration", parents=[common])
+    config_verbs = config.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
+    validate = config_verbs.add_parser("validate", help="validate gateway.toml and adapters/*.toml", parents=[common])
+    validate.set_defaults(handler=cmd_config_validate)
+
+    run = verbs.add_parser("run", help="run the gateway (supervisord in the foreground)", parents=[common])
+    run.set_defaults(handler=cmd_run)
+
+    status = verbs.add_parser("status", help="state of every process and of the broker", parents=[common])
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(handler=cmd_status)
+
+    check = verbs.add_parser("check", help="check this machine can run millgate", parents=[common])
+    check.set_defaults(handler=cmd_check)
+
+    pub = verbs.add_parser("pub", help="publish on the local broker as the operator", parents=[common])
+    pub.add_argument("topic")
+    pub.add_argument("payload", nargs="?", help="without it: one payload per line from stdin")
+    pub.add_argument("--qos", type=int, choices=(0, 1, 2), default=1)
+    pub.add_argument("--retain", action="store_true")
+    pub.set_defaults(handler=cmd_pub)
+
+    sub = verbs.add_parser("sub", help="print messages from the local broker as the operator", parents=[common])
+    sub.add_argument("filter")
+    sub.add_argument("-n", "--count", type=int, default=None, help="exit 0 after this many messages")
+    sub.add_argument("--timeout", type=float, default=None, metavar="S", help="exit 1 if COUNT has not arrived")
+    sub.set_defaults(handler=cmd_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # SUPPRESS keeps `millgate config --config X validate` from being reset by the inner parser
+    args.config = getattr(args, "config", None) or default_config_dir()
+    args.state = getattr(args, "state", None)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

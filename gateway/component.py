@@ -1,0 +1,62 @@
+"""What every component process shares at start-up: its command line (--config, --state), its
+validated config, logging, its broker credentials, and a stop event set by SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.acl import component_identity
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
+from gateway.credentials import Credentials, load_credentials
+from gateway.logs import setup_logging
+from gateway.paths import GatewayPaths
+
+
+@dataclass(frozen=True)
+class ComponentContext:
+    component: str
+    loaded: LoadedConfig
+    paths: GatewayPaths
+    creds: Credentials
+    name: str | None = None  # the adapter or function, for processes that run one
+
+
+def start_component(component: str, argv: list[str] | None = None) -> ComponentContext:
+    """Parse the common arguments and load everything a component needs, or exit with the reason.
+
+    `component` is the supervisord program name (core, uplink, adapter-<name>, fn-<name>).
+    """
+    parser = argparse.ArgumentParser(prog=f"millgate-{component}")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--name", default=None, help="the adapter or function this process runs")
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_config(args.config)
+    except ConfigInvalid as exc:
+        print(f"{component}: refusing to start on an invalid config:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    gateway = loaded.gateway.gateway
+    paths = GatewayPaths.resolve(args.config, args.state, gateway.log_dir)
+    setup_logging(component, loaded.gateway.logging.level)
+    try:
+        creds = load_credentials(paths.credentials_dir, component_identity(component))
+    except OSError as exc:
+        print(f"{component}: cannot read its broker credentials: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    return ComponentContext(component, loaded, paths, creds, args.name)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set on SIGTERM or SIGINT; call from inside the running loop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop

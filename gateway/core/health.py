@@ -1,0 +1,34 @@
+"""The core's view of every component, from their retained status heartbeats on the local broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.mqtt import Received
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ComponentHealth:
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    async def on_status(self, message: Received) -> None:
+        try:
+            status = json.loads(message.payload)
+            component = str(status["component"])
+            state = str(status["state"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("event=bad-status topic=%s payload=%r", message.topic, message.payload[:200])
+            return
+        previous = self.seen.get(component, {}).get("state")
+        self.seen[component] = status
+        if previous != state:
+            log.info("event=component-state component=%s state=%s pid=%s", component, state, status.get("pid"))
+
+    def summary(self) -> dict[str, Any]:
+        online = sorted(c for c, s in self.seen.items() if s.get("state") == "online")
+        return {"components_online": online}

@@ -1,0 +1,377 @@
+"""The one MQTT client wrapper every component uses to reach the local broker: its own identity over
+the broker's unix socket, MQTT 5 (so an ACL denial comes back as a reason code, not silence),
+reconnect with capped backoff, a retained status heartbeat, a bounded inbox, and clean shutdown.
+
+paho-mqtt does the protocol; this module only bridges it to asyncio and keeps the connection alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.backoff import Backoff
+from gateway.credentials import Credentials
+from gateway.topics import status_topic
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 5.0
+INBOX_FULL_WAIT_S = 10.0
+
+
+class MqttError(Exception):
+    """Base for the local broker's refusals and outages."""
+
+
+class NotConnected(MqttError):
+    pass
+
+
+class ConnectRefused(MqttError):
+    """The broker answered CONNACK with a failure (bad credentials, not authorised...)."""
+
+
+class PublishRefused(MqttError):
+    """The broker answered PUBACK with a failure, most often 0x87 Not authorized (the ACL)."""
+
+
+class SubscribeRefused(MqttError):
+    pass
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+def paho_client(creds: Credentials, client_id: str, will: tuple[str, bytes] | None = None) -> paho.Client:
+    """A paho client set up for the local broker: MQTT 5 over the unix socket, this identity."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, transport="unix")
+    client.username_pw_set(creds.username, creds.password)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    return client
+
+
+def connect_blocking(client: paho.Client, socket_path: Path, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect a paho client synchronously (CLI, workers) and start its network thread."""
+    done = threading.Event()
+    outcome: list[ReasonCode] = []
+
+    def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        outcome.append(reason)
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(str(socket_path), keepalive=KEEPALIVE_S)
+    except OSError as exc:
+        raise NotConnected(f"broker at {socket_path}: {exc.strerror or exc}") from exc
+    client.loop_start()
+    if not done.wait(timeout_s):
+        client.loop_stop()
+        raise NotConnected(f"broker at {socket_path}: no CONNACK within {timeout_s:.0f} s")
+    if outcome[0].is_failure:
+        client.loop_stop()
+        raise ConnectRefused(f"broker at {socket_path} refused {client._username!r}: {outcome[0]}")
+
+
+MessageHandler = Callable[[Received], Awaitable[None]]
+
+
+class LocalMqtt:
+    """One component's connection to the local broker, kept up until `run`'s stop event is set."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        creds: Credentials,
+        component: str,
+        *,
+        status_interval_s: float = 5.0,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: MessageHandler | None = None,
+        status_fields: Callable[[], dict[str, Any]] | None = None,
+        inbox_size: int = 10_000,
+        backoff: Backoff | None = None,
+    ):
+        self.socket_path = socket_path
+        self.creds = creds
+        self.component = component
+        self.status_interval_s = status_interval_s
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.status_fields = status_fields
+        self.backoff = backoff or Backoff(initial_s=0.05, cap_s=10.0)
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.dropped_inbound = 0
+        self.started_at = time.time()
+        self._inbox: asyncio.Queue[Received] = asyncio.Queue(maxsize=inbox_size)
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.RLock()
+        self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
+        self._early: dict[int, ReasonCode] = {}
+        self._lost: asyncio.Future[str] | None = None
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, timeout_s: float = 10.0
+    ) -> None:
+        """Publish and, for QoS 1/2, wait for the broker's acknowledgement; raise if it refused."""
+        client, loop = self._client, self._loop
+        if client is None or loop is None or not self.connected:
+            raise NotConnected(f"{self.component}: not connected to the local broker")
+        future: asyncio.Future[ReasonCode] = loop.create_future()
+        with self._lock:
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise NotConnected(f"{self.component}: publish to {topic}: {paho.error_string(info.rc)}")
+            self._pending[info.mid] = future
+            early = self._early.pop(info.mid, None)
+        if early is not None:
+            self._pending.pop(info.mid, None)
+            future.set_result(early)
+        if qos == 0:
+            future.add_done_callback(_consume)
+            return
+        async with asyncio.timeout(timeout_s):
+            reason = await future
+        if reason.is_failure:
+            raise PublishRefused(f"{topic}: {reason}")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, stay connected, reconnect with backoff; on `stop`, go offline cleanly and return."""
+        self._loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as tasks:
+            dispatcher = tasks.create_task(self._dispatch())
+            while not stop.is_set():
+                try:
+                    await self._session(stop)
+                except (MqttError, OSError, TimeoutError) as exc:
+                    self._set_state("disconnected", str(exc) or type(exc).__name__)
+                if stop.is_set():
+                    break
+                await _wait(stop, self.backoff.next_delay())
+            dispatcher.cancel()
+
+    # ---- one connection ---------------------------------------------------------------------
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        client = await self._connect()
+        try:
+            self.backoff.reset()
+            self._set_state("connected", None)
+            await self._subscribe(client)
+            heartbeat = asyncio.create_task(self._heartbeat())
+            assert self._lost is not None
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({self._lost, stopped, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            heartbeat.cancel()
+            stopped.cancel()
+            if heartbeat in done and heartbeat.exception() is not None:
+                raise heartbeat.exception()  # type: ignore[misc]
+            if self._lost.done():
+                raise NotConnected(f"connection lost: {self._lost.result()}")
+            await self._go_offline()
+        finally:
+            self._client = None
+            self._fail_pending("connection closed")
+            await asyncio.to_thread(_close, client)
+
+    async def _connect(self) -> paho.Client:
+        loop = asyncio.get_running_loop()
+        connack: asyncio.Future[ReasonCode] = loop.create_future()
+        self._lost = loop.create_future()
+        will = (status_topic(self.component), self._status_payload("offline", reason="connection lost"))
+        client = paho_client(self.creds, self.component, will)
+
+        def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+            loop.call_soon_threadsafe(_settle, connack, reason)
+
+        def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+            assert self._lost is not None
+            loop.call_soon_threadsafe(_settle, self._lost, str(reason))
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        try:
+            await asyncio.to_thread(client.connect, str(self.socket_path), 1883, KEEPALIVE_S)
+        except OSError as exc:
+            raise NotConnected(f"broker socket {self.socket_path}: {exc.strerror or exc}") from exc
+        client.loop_start()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                reason = await connack
+        except TimeoutError:
+            await asyncio.to_thread(_close, client)
+            raise NotConnected(f"no CONNACK from {self.socket_path} within {CONNECT_TIMEOUT_S:.0f} s") from None
+        if reason.is_failure:
+            await asyncio.to_thread(_close, client)
+            raise ConnectRefused(f"broker refused {self.creds.username!r}: {reason}")
+        self._client = client
+        return client
+
+    async def _subscribe(self, client: paho.Client) -> None:
+        if not self.subscriptions:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[ReasonCode]] = loop.create_future()
+        with self._lock:
+            result, mid = client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions])
+            if result != paho.MQTT_ERR_SUCCESS or mid is None:
+                raise NotConnected(f"subscribe: {paho.error_string(result)}")
+            self._pending[mid] = future  # type: ignore[assignment]
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reasons = await future
+        refused = [f"{f} ({r})" for (f, _), r in zip(self.subscriptions, reasons, strict=False) if r.is_failure]
+        if refused:
+            raise SubscribeRefused(f"{self.component}: subscription refused: {', '.join(refused)}")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await self.publish(status_topic(self.component), self._status_payload("online"), qos=1, retain=True)
+            await asyncio.sleep(self.status_interval_s)
+
+    async def _go_offline(self) -> None:
+        try:
+            await self.publish(
+                status_topic(self.component),
+                self._status_payload("offline", reason="stopped"),
+                qos=1,
+                retain=True,
+                timeout_s=1.0,
+            )
+        except (MqttError, TimeoutError) as exc:
+            log.warning("component=%s event=offline-status-not-sent reason=%s", self.component, exc)
+
+    def _status_payload(self, state: str, **extra: Any) -> bytes:
+        now = time.time()
+        status: dict[str, Any] = {
+            "component": self.component,
+            "state": state,
+            "pid": os.getpid(),
+            "started_at": round(self.started_at, 3),
+            "uptime_s": round(now - self.started_at, 3),
+            "ts": round(now, 3),
+            **extra,
+        }
+        if state == "online" and self.status_fields is not None:
+            status.update(self.status_fields())
+        if self.dropped_inbound:
+            status["dropped_inbound"] = self.dropped_inbound
+        return json.dumps(status).encode()
+
+    # ---- paho callbacks (paho's network thread) ---------------------------------------------
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Properties | None) -> None:
+        self._resolve(mid, reason)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
+        self._resolve(mid, reasons)
+
+    def _resolve(self, mid: int, outcome: Any) -> None:
+        with self._lock:
+            future = self._pending.pop(mid, None)
+            if future is None:
+                self._early[mid] = outcome
+                return
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle, future, outcome)
+
+    def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
+        received = Received(message.topic, message.payload, message.qos, message.retain)
+        assert self._loop is not None
+        # Blocking the network thread while the inbox is full pushes back on the broker, which
+        # queues for us; only a handler stuck for INBOX_FULL_WAIT_S makes us drop (and count) one.
+        waiter = asyncio.run_coroutine_threadsafe(self._inbox.put(received), self._loop)
+        try:
+            waiter.result(INBOX_FULL_WAIT_S)
+        except TimeoutError:
+            waiter.cancel()
+            self.dropped_inbound += 1
+            if self.dropped_inbound == 1 or self.dropped_inbound % 1000 == 0:
+                log.error(
+                    "component=%s event=inbox-full dropped=%d topic=%s",
+                    self.component,
+                    self.dropped_inbound,
+                    message.topic,
+                )
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        while True:
+            received = await self._inbox.get()
+            if self.on_message is None:
+                continue
+            try:
+                await self.on_message(received)
+            except Exception:
+                log.exception("component=%s event=handler-failed topic=%s", self.component, received.topic)
+
+    def _fail_pending(self, reason: str) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._early.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(NotConnected(reason))
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        if state != self.state or error != self.last_error:
+            if state == "connected":
+                log.info("component=%s event=broker-connected socket=%s", self.component, self.socket_path)
+            else:
+                log.warning("component=%s event=broker-%s reason=%s", self.component, state, error)
+        self.state, self.last_error = state, error
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _close(client: paho.Client) -> None:
+    client.disconnect()
+    client.loop_stop()
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass

@@ -1,0 +1,107 @@
+"""`millgate status`: every supervised process's state, pid, uptime and restart count (supervisord's
+XML-RPC on its unix socket) and whether the broker answers a login.
+"""
+
+from __future__ import annotations
+
+import json
+import xmlrpc.client
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from gateway.acl import OPERATOR
+from gateway.credentials import load_credentials
+from gateway.mqtt import MqttError, connect_blocking, paho_client
+from gateway.paths import GatewayPaths
+
+BROKER_PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass
+class ProcessStatus:
+    state: str
+    pid: int | None
+    uptime_s: float | None
+    restarts: int
+    description: str
+
+
+@dataclass
+class StatusReport:
+    supervisor_reachable: bool
+    processes: dict[str, ProcessStatus] = field(default_factory=dict)
+    broker_reachable: bool = False
+    broker_error: str | None = None
+    supervisor_error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "supervisor": {"reachable": self.supervisor_reachable, "error": self.supervisor_error},
+            "processes": {name: asdict(p) for name, p in self.processes.items()},
+            "broker": {"reachable": self.broker_reachable, "error": self.broker_error},
+        }
+
+
+def supervisor_proxy(paths: GatewayPaths) -> Any:
+    transport = SupervisorTransport(None, None, f"unix://{paths.supervisor_socket}")
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def _processes(paths: GatewayPaths) -> dict[str, ProcessStatus]:
+    proxy = supervisor_proxy(paths)
+    infos = proxy.supervisor.getAllProcessInfo()
+    restarts = proxy.millgate.getRestartCounts()
+    result = {}
+    for info in infos:
+        running = info["statename"] in ("RUNNING", "STOPPING")
+        result[info["name"]] = ProcessStatus(
+            state=info["statename"],
+            pid=info["pid"] or None,
+            uptime_s=float(info["now"] - info["start"]) if running and info["start"] else None,
+            restarts=int(restarts.get(info["name"], 0)),
+            description=info["description"],
+        )
+    return result
+
+
+def probe_broker(paths: GatewayPaths) -> str | None:
+    """None if the broker accepts the operator's login, else why not."""
+    try:
+        creds = load_credentials(paths.credentials_dir, OPERATOR)
+    except OSError as exc:
+        return f"operator credentials unreadable: {exc.strerror}"
+    client = paho_client(creds, "operator-status")
+    try:
+        connect_blocking(client, paths.broker_socket, BROKER_PROBE_TIMEOUT_S)
+    except MqttError as exc:
+        return str(exc)
+    client.disconnect()
+    client.loop_stop()
+    return None
+
+
+def gather_status(paths: GatewayPaths) -> StatusReport:
+    try:
+        report = StatusReport(True, _processes(paths))
+    except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError) as exc:
+        report = StatusReport(False, supervisor_error=f"supervisord at {paths.supervisor_socket}: {exc}")
+    report.broker_error = probe_broker(paths)
+    report.broker_reachable = report.broker_error is None
+    return report
+
+
+def render_status(report: StatusReport, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(report.as_dict(), indent=2)
+    if not report.supervisor_reachable:
+        lines = [f"gateway not running: {report.supervisor_error}"]
+    else:
+        lines = [f"{'PROCESS':<24} {'STATE':<10} {'PID':>7} {'UPTIME':>10} {'RESTARTS':>8}"]
+        for name, p in sorted(report.processes.items()):
+            uptime = f"{p.uptime_s:.0f}s" if p.uptime_s is not None else "-"
+            lines.append(f"{name:<24} {p.state:<10} {p.pid or '-':>7} {uptime:>10} {p.restarts:>8}")
+    broker = "reachable" if report.broker_reachable else f"NOT reachable ({report.broker_error})"
+    lines.append(f"broker: {broker}")
+    return "\n".join(lines)
