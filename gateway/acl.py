@@ -93,6 +93,10 @@ def compile_grants(config: GatewayConfig, adapter_names: Iterable[str]) -> dict[
     grant(CORE, "readwrite", SHADOW_TOPICS)
     for component, identity in component_identities(config, adapter_names).items():
         grant(identity, "write", component_prefix(component))
+    for name in adapter_names:
+        # an adapter owns its data namespace: it publishes tag values there and reads `<topic>/set`
+        # commands; who else may read or write there is still decided by the subscriptions
+        grant(adapter_identity(name), "readwrite", f"{name}/#")
     for sub in config.subscriptions:
         grant(endpoint_identity(sub.source), "write", sub.topic)
         grant(endpoint_identity(sub.target), "read", sub.topic)

@@ -27,16 +27,18 @@ class ComponentContext:
     name: str | None = None  # the adapter or function, for processes that run one
 
 
-def start_component(component: str, argv: list[str] | None = None) -> ComponentContext:
+def start_component(kind: str, argv: list[str] | None = None) -> ComponentContext:
     """Parse the common arguments and load everything a component needs, or exit with the reason.
 
-    `component` is the supervisord program name (core, uplink, adapter-<name>, fn-<name>).
+    `kind` is core, uplink, adapter or fn; with --name NAME the component (the supervisord program,
+    the status topic, the broker identity) is `<kind>-<NAME>`, e.g. adapter-line1.
     """
-    parser = argparse.ArgumentParser(prog=f"millgate-{component}")
+    parser = argparse.ArgumentParser(prog=f"millgate-{kind}")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--name", default=None, help="the adapter or function this process runs")
     args = parser.parse_args(argv)
+    component = f"{kind}-{args.name}" if args.name else kind
     try:
         loaded = load_config(args.config)
     except ConfigInvalid as exc:

@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 5.0
+SESSION_EXPIRY_S = 7 * 24 * 3600
 INBOX_FULL_WAIT_S = 10.0
 
 
@@ -60,6 +63,8 @@ class Received:
     payload: bytes
     qos: int
     retain: bool
+    mid: int = 0
+    session: int = 0  # which connection delivered it; an ack on a later one is meaningless
 
 
 def paho_client(creds: Credentials, client_id: str, will: tuple[str, bytes] | None = None) -> paho.Client:
@@ -112,7 +117,12 @@ class LocalMqtt:
         status_fields: Callable[[], dict[str, Any]] | None = None,
         inbox_size: int = 10_000,
         backoff: Backoff | None = None,
+        manual_ack: bool = False,
+        persistent_session: bool = False,
     ):
+        """With `manual_ack`, a QoS 1 message is acknowledged to the broker only when `ack` is called
+        (after the handler made it durable); with `persistent_session`, the broker keeps this
+        component's subscriptions and queues its QoS 1 messages while it is away."""
         self.socket_path = socket_path
         self.creds = creds
         self.component = component
@@ -132,6 +142,9 @@ class LocalMqtt:
         self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
         self._early: dict[int, ReasonCode] = {}
         self._lost: asyncio.Future[str] | None = None
+        self.manual_ack = manual_ack
+        self.persistent_session = persistent_session
+        self._session_number = 0
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -163,6 +176,14 @@ class LocalMqtt:
             reason = await future
         if reason.is_failure:
             raise PublishRefused(f"{topic}: {reason}")
+
+    def ack(self, received: Received) -> None:
+        """Acknowledge a message taken with `manual_ack`; a no-op if its connection is gone (the broker
+        will deliver it again on the next one)."""
+        client = self._client
+        if not self.manual_ack or received.qos == 0 or client is None or received.session != self._session_number:
+            return
+        client.ack(received.mid, received.qos)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stay connected, reconnect with backoff; on `stop`, go offline cleanly and return."""
@@ -209,6 +230,8 @@ class LocalMqtt:
         self._lost = loop.create_future()
         will = (status_topic(self.component), self._status_payload("offline", reason="connection lost"))
         client = paho_client(self.creds, self.component, will)
+        client.manual_ack_set(self.manual_ack)
+        self._session_number += 1
 
         def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
             loop.call_soon_threadsafe(_settle, connack, reason)
@@ -223,7 +246,19 @@ class LocalMqtt:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         try:
-            await asyncio.to_thread(client.connect, str(self.socket_path), 1883, KEEPALIVE_S)
+            properties = None
+            if self.persistent_session:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            await asyncio.to_thread(
+                partial(
+                    client.connect,
+                    str(self.socket_path),
+                    keepalive=KEEPALIVE_S,
+                    clean_start=not self.persistent_session,
+                    properties=properties,
+                )
+            )
         except OSError as exc:
             raise NotConnected(f"broker socket {self.socket_path}: {exc.strerror or exc}") from exc
         client.loop_start()
@@ -307,7 +342,9 @@ class LocalMqtt:
         self._loop.call_soon_threadsafe(_settle, future, outcome)
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        received = Received(message.topic, message.payload, message.qos, message.retain)
+        received = Received(
+            message.topic, message.payload, message.qos, message.retain, message.mid, self._session_number
+        )
         assert self._loop is not None
         # Blocking the network thread while the inbox is full pushes back on the broker, which
         # queues for us; only a handler stuck for INBOX_FULL_WAIT_S makes us drop (and count) one.
