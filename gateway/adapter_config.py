@@ -6,15 +6,20 @@ Protocol I/O is not here; adapters/ reads these models and does the talking.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+import csv
+import io
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from gateway.config import Name, Strict
 from gateway.topics import TopicError, validate_topic_name
 
 REGISTER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "float32", "float64", "string", "bool")
 REGISTER_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "float32": 2, "float64": 4}
+MAX_READ_REGISTERS = 125  # Modbus application protocol 6.3: quantity of registers 1-125
+MAX_READ_BITS = 2000  # 6.1: quantity of coils 1-2000
 
 
 def _topic_name(value: str) -> str:
@@ -45,6 +50,8 @@ class ModbusTag(Strict):
     word_order: Order | None = None
     byte_order: Order | None = None
     topic: TopicName | None = None
+    # "change": when the value moves past the deadband or the quality changes; "every_poll": always
+    publish: Literal["change", "every_poll"] = "change"
 
     @model_validator(mode="after")
     def _type_fits_table(self) -> Self:
@@ -59,6 +66,14 @@ class ModbusTag(Strict):
             raise ValueError("a string tag needs 'length' (registers)")
         if self.type == "bool" and not bit_table and self.bit is None:
             raise ValueError("a bool in a register needs 'bit' (0-15)")
+        if self.bit is not None and self.type != "bool":
+            raise ValueError(f"'bit' selects one bit, so type must be 'bool', not {self.type!r}")
+        if self.length is not None and self.type != "string":
+            raise ValueError(f"'length' is for strings; a {self.type} has a fixed width")
+        if self.scale == 0:
+            raise ValueError("scale 0 would turn every reading into the offset; use a non-zero scale")
+        if (self.deadband or self.deadband_percent) and (self.type in ("string", "bool") or bit_table):
+            raise ValueError(f"a deadband needs a number; a {self.type or 'bool'} tag publishes on every change")
         if self.writable and self.table in ("discrete", "input"):
             raise ValueError(f"a {self.table} is read-only in Modbus: it cannot be writable")
         last = self.address + self.register_count - 1
@@ -74,12 +89,17 @@ class ModbusTag(Strict):
             return self.length or 1
         return REGISTER_WIDTH[self.type or "uint16"]
 
+    @property
+    def is_bit(self) -> bool:
+        """Whether the value is one bit of the table (a coil or discrete input), not a register."""
+        return self.table in ("coil", "discrete")
+
 
 class ModbusDevice(Strict):
     name: Name
     transport: Literal["tcp", "rtu"]
     host: str | None = None
-    port: int | str | None = None  # TCP port, or the serial device path for RTU
+    port: int | str | None = None  # TCP port (default 502), or the serial device path for RTU
     baudrate: int = Field(default=9600, ge=300, le=4_000_000)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
@@ -90,11 +110,29 @@ class ModbusDevice(Strict):
     retries: int = Field(default=3, ge=0, le=10)
     max_registers_per_read: int = Field(default=125, ge=1, le=125)
     max_bits_per_read: int = Field(default=2000, ge=1, le=2000)
-    max_gap: int = Field(default=8, ge=0, le=124)
+    max_gap: int = Field(default=8, ge=0, le=124)  # unused registers a read may span to join two tags
+    max_bit_gap: int = Field(default=64, ge=0, le=1999)  # the same for coils and discrete inputs
+    inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)  # rtu: silence between frames
+    backoff_max_ms: int = Field(default=30_000, ge=100, le=3_600_000)  # longest wait between probes
     word_order: Order = "big"
     byte_order: Order = "big"
-    tags_csv: str | None = None
+    tags_csv: str | None = None  # a register map CSV, relative to the adapter file's directory
     tags: list[ModbusTag] = Field(default_factory=list)
+
+    @property
+    def bus(self) -> str:
+        """The physical bus this device sits on: one scheduler per bus, shared by its unit ids."""
+        return f"tcp://{self.host}:{self.port or 502}" if self.transport == "tcp" else f"rtu://{self.port}"
+
+    @property
+    def frame_gap_s(self) -> float:
+        """Silence between RTU frames: the configured value, or 3.5 characters (1.75 ms above 19200 baud)."""
+        if self.inter_frame_ms is not None:
+            return self.inter_frame_ms / 1000
+        if self.transport == "tcp":
+            return 0.0
+        bits_per_char = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return max(3.5 * bits_per_char / self.baudrate, 0.00175)
 
     @model_validator(mode="after")
     def _transport_fields(self) -> Self:
@@ -116,7 +154,103 @@ class ModbusDevice(Strict):
 class ModbusAdapter(Strict):
     name: Name
     protocol: Literal["modbus"]
+    qos: Literal[0, 1] = 1  # of tag value publications
+    retain: bool = False  # keep each tag's last value on the broker for late subscribers
     devices: list[ModbusDevice] = Field(min_length=1)
+
+
+class RegisterMapError(ValueError):
+    """A register map CSV that cannot be read or has invalid rows; `problems` are (key path, message)."""
+
+    def __init__(self, path: Path, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {where}: {what}" for where, what in problems))
+
+
+REGISTER_MAP_COLUMNS = tuple(ModbusTag.model_fields)
+
+
+def parse_register_map(text: str, path: Path) -> list[ModbusTag]:
+    """Tags from a register map CSV: a header row naming ModbusTag fields (name, table, address, type...),
+    then one tag per row; an empty cell takes the field's default. Raises RegisterMapError."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in reader.fieldnames or []]
+    unknown = [h for h in header if h not in REGISTER_MAP_COLUMNS]
+    if not header:
+        raise RegisterMapError(path, [("(header)", "empty file: the first row must name the columns")])
+    if unknown:
+        known = ", ".join(REGISTER_MAP_COLUMNS)
+        raise RegisterMapError(path, [("(header)", f"unknown column(s) {', '.join(unknown)} (known: {known})")])
+    tags: list[ModbusTag] = []
+    problems: list[tuple[str, str]] = []
+    for row_number, row in enumerate(reader, start=2):
+        raw: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+        if not raw:
+            continue
+        try:
+            tags.append(ModbusTag.model_validate(raw, strict=False))
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(part) for part in error["loc"]) or "(row)"
+                message = str(error["msg"]).removeprefix("Value error, ")
+                problems.append((f"row {row_number}.{where}", message))
+    if problems:
+        raise RegisterMapError(path, problems)
+    return tags
+
+
+def register_map_path(device: ModbusDevice, adapter_dir: Path) -> Path | None:
+    if device.tags_csv is None:
+        return None
+    path = Path(device.tags_csv)
+    return path if path.is_absolute() else adapter_dir / path
+
+
+def device_tags(device: ModbusDevice, adapter_dir: Path) -> list[ModbusTag]:
+    """Every tag of a device: its [[devices.tags]] then its register map CSV. Raises RegisterMapError."""
+    path = register_map_path(device, adapter_dir)
+    if path is None:
+        return list(device.tags)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise RegisterMapError(path, [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise RegisterMapError(path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    return list(device.tags) + parse_register_map(text, path)
+
+
+def tag_span(tag: ModbusTag) -> tuple[int, int]:
+    """First and last address a tag occupies in its table."""
+    return tag.address, tag.address + tag.register_count - 1
+
+
+def overlap_conflict(a: ModbusTag, b: ModbusTag) -> str | None:
+    """Why two tags of one device that share addresses disagree, or None if they may coexist: an alias
+    (same address, type and layout), bits of one register, or a bit of a 16-bit register."""
+    if a.table != b.table:
+        return None
+    (a_first, a_last), (b_first, b_last) = tag_span(a), tag_span(b)
+    if a_last < b_first or b_last < a_first:
+        return None
+    if a.is_bit:
+        return None
+    if a.bit is not None or b.bit is not None:
+        bit_tag, other = (a, b) if a.bit is not None else (b, a)
+        if other.bit is not None or other.register_count == 1:
+            return None
+        return (
+            f"bit {bit_tag.bit} of register {bit_tag.address} lies inside {other.type} tag {other.name!r}; "
+            "a bit may only share a 16-bit register"
+        )
+    layout = ("type", "length", "word_order", "byte_order")
+    if a.address == b.address and all(getattr(a, f) == getattr(b, f) for f in layout):
+        return None
+    return (
+        f"{a.table} {a_first}-{a_last} ({a.type}) overlaps tag {b.name!r} at {b_first}-{b_last} ({b.type}) "
+        "with a different layout; give both the same address, type and order, or move one"
+    )
 
 
 class OpcuaNode(Strict):

@@ -67,11 +67,58 @@ class CloudSection(Strict):
     ca_file: FilePath
     cert_file: FilePath
     key_file: FilePath
+    # AWS IoT's MQTT on 443 needs the ALPN protocol name x-amzn-mqtt-ca; empty: no ALPN
+    alpn: str = ""
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = Field(default=None, min_length=1, max_length=128)  # default: the thing name
+    keepalive_s: int = Field(default=60, ge=5, le=1200)
+    connect_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    reconnect_initial_s: float = Field(default=1.0, gt=0, le=60)
+    reconnect_max_s: float = Field(default=60.0, gt=0, le=3600)
+    # QoS 1 publishes awaiting PUBACK at once; AWS IoT allows 100 per connection
+    inflight_window: int = Field(default=100, ge=1, le=65535)
+    # AWS IoT refuses bigger payloads; bigger messages go to the dead letters, never to the cloud
+    max_payload_bytes: ByteSize = Field(default=ByteSize(128 * 1024), gt=0)
+    # a message the cloud refused this many times goes to the dead letters instead of blocking its topic
+    dead_letter_after: int = Field(default=5, ge=1, le=1000)
+
+
+class SpoolRule(Strict):
+    """Drain priority and time-to-live for cloud-bound topics starting with `prefix` (longest wins)."""
+
+    prefix: str = Field(min_length=1)
+    priority: int = Field(default=0, ge=-100, le=100)
+    ttl_s: float | None = Field(default=None, gt=0)
 
 
 class SpoolSection(Strict):
     max_bytes: ByteSize = Field(default=ByteSize(1_000_000_000), gt=0)
     policy: Literal["drop-oldest", "reject-new"] = "drop-oldest"
+    # group commit: one fsync for every message that arrived while the previous commit ran, up to this many
+    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    topics: list[SpoolRule] = []
+
+
+def _window(value: str) -> str:
+    match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-4]):([0-5]\d)", value)
+    if not match:
+        raise ValueError(f"{value!r} is not a window 'HH:MM-HH:MM' (e.g. '01:00-04:00')")
+    return value
+
+
+class BulkSection(Strict):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    # placeholders: {thing} {topic} {yyyy} {mm} {dd} {hh} {date}; times are UTC
+    prefix: str = "{thing}/{yyyy}/{mm}/{dd}/"
+    topics: list[TopicFilter] = Field(min_length=1)
+    max_batch_bytes: ByteSize = Field(default=ByteSize(8_000_000), ge=1024)
+    max_batch_age_s: float = Field(default=300.0, gt=0, le=7 * 86400)
+    # local-time windows "HH:MM-HH:MM" (may span midnight); empty: upload whenever a batch is ready
+    windows: list[Annotated[str, AfterValidator(_window)]] = []
+    region: str | None = None
+    endpoint_url: str | None = None  # an S3-compatible store (MinIO...) instead of AWS
+    upload_timeout_s: float = Field(default=600.0, gt=0)
+    multipart_threshold: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), ge=5 * 1024 * 1024)
 
 
 class LoggingSection(Strict):
@@ -144,6 +191,7 @@ class GatewayConfig(Strict):
     discovery: DiscoverySection = DiscoverySection()
     cloud: CloudSection | None = None
     spool: SpoolSection = SpoolSection()
+    bulk: BulkSection | None = None
     logging: LoggingSection = LoggingSection()
     resources: list[Resource] = []
     functions: list[Function] = []

@@ -7,6 +7,7 @@ duplicates). It never starts anything.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -16,8 +17,18 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.adapter_config import ADAPTER_MODELS, AdapterConfig, ModbusAdapter
-from gateway.config import RESERVED_IDENTITIES, GatewayConfig
+from gateway.adapter_config import (
+    ADAPTER_MODELS,
+    AdapterConfig,
+    ModbusAdapter,
+    ModbusDevice,
+    ModbusTag,
+    RegisterMapError,
+    device_tags,
+    overlap_conflict,
+    register_map_path,
+)
+from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
 
 GATEWAY_FILE = "gateway.toml"
 ADAPTERS_DIR = "adapters"
@@ -59,15 +70,36 @@ class LoadedConfig:
         return path if path.is_absolute() else self.config_dir / path
 
 
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+DICT_KEY_MARKER = "[key]"  # pydantic's last location part for an error in a dict key, not in its value
+
+
 def key_path(loc: Iterable[str | int]) -> str:
-    """('functions', 0, 'timeout_s') -> 'functions[0].timeout_s'."""
+    """('functions', 0, 'timeout_s') -> 'functions[0].timeout_s'; keys TOML would quote are quoted."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = part if BARE_KEY.match(part) else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            out += f".{name}" if out else name
     return out or "(top level)"
+
+
+def _file_loc(loc: Sequence[str | int], raw: Any) -> tuple[tuple[str | int, ...], bool]:
+    """The part of a pydantic location that names keys and indexes in the file, and whether it named
+    more: a union member ('int', 'str', a model name) or the dict-key marker, which no operator wrote."""
+    out: list[str | int] = []
+    node = raw
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if isinstance(node, dict) and isinstance(part, str) and part != DICT_KEY_MARKER and (part in node or last):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if 0 <= part < len(node) else None
+    return tuple(out), len(out) != len(loc)
 
 
 def _describe(error: Any) -> str:
@@ -76,53 +108,104 @@ def _describe(error: Any) -> str:
         return "unknown key"
     if kind == "missing":
         return "missing required key"
+    if kind == "is_instance_of" and error.get("ctx", {}).get("class") == "Path":
+        return f"must be a path, a non-empty string (got {error.get('input')!r})"
     message = str(error["msg"]).removeprefix("Value error, ")
     message = message[0].lower() + message[1:] if message else message
     value = error.get("input")
     if kind != "value_error" and not isinstance(value, (dict, list)):
         message += f" (got {value!r})"
+    if error["loc"][-1:] == (DICT_KEY_MARKER,):
+        message = f"invalid key: {message}"
     return message
 
 
-def _validation_problems(file: str, exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
-    return [Problem(file, key_path(prefix + tuple(e["loc"])), _describe(e)) for e in exc.errors()]
+def _validation_problems(file: str, exc: ValidationError, raw: Any = None) -> list[Problem]:
+    """One problem per key path: a value that fits no member of a union is one problem, not one per member."""
+    grouped: dict[str, list[str]] = {}
+    union: set[str] = set()
+    for error in exc.errors():
+        loc, dropped = _file_loc(error["loc"], raw) if raw is not None else (tuple(error["loc"]), False)
+        path = key_path(loc)
+        grouped.setdefault(path, []).append(_describe(error))
+        if dropped and error["loc"][-1:] != (DICT_KEY_MARKER,):
+            union.add(path)
+    problems = []
+    for path, messages in grouped.items():
+        if path in union and len(messages) > 1:
+            problems.append(Problem(file, path, _either(messages)))
+        else:
+            problems.extend(Problem(file, path, message) for message in messages)
+    return problems
+
+
+def _either(messages: list[str]) -> str:
+    """'input should be a valid integer (got 3.5)' + '... a valid string (got 3.5)' -> one sentence."""
+    got = re.search(r" \(got .*\)$", messages[0])
+    suffix = got.group(0) if got and all(m.endswith(got.group(0)) for m in messages) else ""
+    bodies = [m.removesuffix(suffix) if suffix else m for m in messages]
+    lead = "input should be "
+    if all(b.startswith(lead) for b in bodies):
+        return lead + " or ".join(b.removeprefix(lead) for b in bodies) + suffix
+    return " or ".join(bodies) + suffix
 
 
 def _read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Problem]]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle), []
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text), []
     except tomllib.TOMLDecodeError as exc:
-        text = str(exc)
-        where = re.search(r"\(at line (\d+), column (\d+)\)", text)
-        message = re.sub(r"\s*\(at .*\)$", "", text)
-        position = f"line {where.group(1)}, column {where.group(2)}" if where else "(syntax)"
-        return None, [Problem(shown, position, f"TOML syntax error: {message}")]
+        return None, [_syntax_problem(shown, str(exc), text)]
     except UnicodeDecodeError as exc:
         return None, [Problem(shown, "(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
     except OSError as exc:
         return None, [Problem(shown, "(file)", f"cannot read: {exc.strerror}")]
 
 
+def _syntax_problem(shown: str, error: str, text: str) -> Problem:
+    """tomllib says '(at line L, column C)' or '(at end of document)'; either way the operator gets a line."""
+    where = re.search(r"\(at line (\d+), column (\d+)\)$", error)
+    message = re.sub(r"\s*\(at [^()]*\)$", "", error)
+    if where:
+        position = f"line {where.group(1)}, column {where.group(2)}"
+    else:
+        end = len(text)
+        line = text.count("\n", 0, end) + 1
+        column = end - text.rfind("\n", 0, end)
+        position = f"line {line}, column {column}"
+        if error.endswith("(at end of document)"):
+            message += " at the end of the file"
+    return Problem(shown, position, f"TOML syntax error: {message}")
+
+
 def _validate(model: type[BaseModel], raw: dict[str, Any], shown: str) -> tuple[Any, list[Problem]]:
     try:
         return model.model_validate(raw), []
     except ValidationError as exc:
-        return None, _validation_problems(shown, exc)
+        return None, _validation_problems(shown, exc, raw)
 
 
-def _load_adapter(path: Path, shown: str) -> tuple[AdapterConfig | None, list[Problem]]:
+def _adapter_name(raw: dict[str, Any] | None, path: Path) -> str:
+    """The name an adapter file claims, even when the file is invalid (so it is not also 'unknown')."""
+    name = raw.get("name") if raw is not None else None
+    return name if isinstance(name, str) else path.stem
+
+
+def _load_adapter(path: Path, shown: str) -> tuple[AdapterConfig | None, str, list[Problem]]:
+    """The adapter (None if invalid), the name it goes by, and its problems."""
     raw, problems = _read_toml(path, shown)
+    name = _adapter_name(raw, path)
     if raw is None:
-        return None, problems
+        return None, name, problems
     raw.setdefault("name", path.stem)
     protocol = raw.get("protocol")
     if protocol is None:
-        return None, [Problem(shown, "protocol", "missing required key (one of: modbus, opcua)")]
+        return None, name, [Problem(shown, "protocol", "missing required key (one of: modbus, opcua)")]
     model = ADAPTER_MODELS.get(protocol) if isinstance(protocol, str) else None
     if model is None:
-        return None, [Problem(shown, "protocol", f"must be one of: modbus, opcua (got {protocol!r})")]
-    return _validate(model, raw, shown)
+        return None, name, [Problem(shown, "protocol", f"must be one of: modbus, opcua (got {protocol!r})")]
+    adapter, problems = _validate(model, raw, shown)
+    return adapter, name, problems
 
 
 def _duplicates(names: Sequence[str]) -> list[tuple[int, int]]:
@@ -137,9 +220,13 @@ def _duplicates(names: Sequence[str]) -> list[tuple[int, int]]:
     return found
 
 
-def _gateway_cross_checks(
-    cfg: GatewayConfig, adapters: dict[str, AdapterFile], config_dir: Path, shown: str
-) -> list[Problem]:
+def _under(path: str, root: str) -> bool:
+    """Whether absolute `path` is `root` or below it, read lexically ('//proc', '/tmp/../proc' are /proc)."""
+    normal = "/" + posixpath.normpath(path).lstrip("/")
+    return normal == root or normal.startswith(root + "/")
+
+
+def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_dir: Path, shown: str) -> list[Problem]:
     problems: list[Problem] = []
 
     def add(path: str, message: str) -> None:
@@ -151,18 +238,21 @@ def _gateway_cross_checks(
 
     resources = {r.name: r for r in cfg.resources}
     for index, resource in enumerate(cfg.resources):
-        if resource.kind == "volume" and any(
-            resource.path == root or resource.path.startswith(root + "/") for root in REFUSED_VOLUME_ROOTS
-        ):
-            add(f"resources[{index}].path", f"volumes under {', '.join(REFUSED_VOLUME_ROOTS)} are refused")
         if not resource.path.startswith("/"):
             add(f"resources[{index}].path", f"{resource.path!r} must be an absolute path")
+        elif resource.kind == "volume" and any(_under(resource.path, root) for root in REFUSED_VOLUME_ROOTS):
+            add(
+                f"resources[{index}].path",
+                f"{resource.path!r}: volumes under {', '.join(REFUSED_VOLUME_ROOTS)} are refused",
+            )
 
     for index, function in enumerate(cfg.functions):
         code = Path(function.code)
         code = code if code.is_absolute() else config_dir / code
         if not code.exists():
             add(f"functions[{index}].code", f"{function.code!r} does not exist (looked at {code})")
+        elif not code.is_dir() and code.suffix != ".zip":
+            add(f"functions[{index}].code", f"{function.code!r} is neither a directory nor a .zip file")
         for grant_index, grant in enumerate(function.resources):
             if grant.name not in resources:
                 add(
@@ -172,6 +262,7 @@ def _gateway_cross_checks(
 
     functions = {f.name for f in cfg.functions}
     known = {"function": functions, "adapter": set(adapters)}
+    thing = re.compile(THING_PATTERN)
     for index, sub in enumerate(cfg.subscriptions):
         for side in ("source", "target"):
             endpoint = getattr(sub, side)
@@ -181,6 +272,12 @@ def _gateway_cross_checks(
                 add(f"subscriptions[{index}].{side}", f"unknown {kind} {name!r} (known: {names})")
             if kind == "device" and name in RESERVED_IDENTITIES:
                 add(f"subscriptions[{index}].{side}", f"{name!r} is reserved for a millgate component")
+            elif kind == "device" and not thing.match(name):
+                # a device's broker identity is its thing name; 'function.x' would be a function's identity
+                add(
+                    f"subscriptions[{index}].{side}",
+                    f"{name!r} is not a thing name (letters, digits, ':', '_', '-'; at most 128)",
+                )
         if sub.source == sub.target:
             add(f"subscriptions[{index}]", f"source and target are both {sub.source!r}")
     for index, first in _duplicates([f"{s.source}|{s.target}|{s.topic}" for s in cfg.subscriptions]):
@@ -190,38 +287,89 @@ def _gateway_cross_checks(
     return problems
 
 
-def _adapter_cross_checks(adapter: AdapterConfig, config_dir: Path, shown: str) -> list[Problem]:
+def _modbus_tag_checks(
+    device: ModbusDevice, d_index: int, tags: list[ModbusTag], paths: list[str], shown: str
+) -> list[Problem]:
     problems: list[Problem] = []
-    if isinstance(adapter, ModbusAdapter):
-        for index, first in _duplicates([d.name for d in adapter.devices]):
+    for index, first in _duplicates([t.name for t in tags]):
+        problems.append(
+            Problem(shown, f"{paths[index]}.name", f"duplicate tag name {tags[index].name!r} (also {paths[first]})")
+        )
+    for index, tag in enumerate(tags):
+        limit = device.max_bits_per_read if tag.is_bit else device.max_registers_per_read
+        if tag.register_count > limit:
             problems.append(
                 Problem(
                     shown,
-                    f"devices[{index}].name",
-                    f"duplicate device name {adapter.devices[index].name!r} (also devices[{first}])",
+                    f"{paths[index]}.type",
+                    f"a {tag.type} needs {tag.register_count} registers in one read, more than "
+                    f"devices[{d_index}].max_registers_per_read = {limit}",
                 )
             )
-        for d_index, device in enumerate(adapter.devices):
-            for index, first in _duplicates([t.name for t in device.tags]):
-                problems.append(
-                    Problem(
-                        shown,
-                        f"devices[{d_index}].tags[{index}].name",
-                        f"duplicate tag name {device.tags[index].name!r} (also devices[{d_index}].tags[{first}])",
-                    )
+    by_table: dict[str, list[int]] = {}
+    for index, tag in enumerate(tags):
+        by_table.setdefault(tag.table, []).append(index)
+    for indexes in by_table.values():
+        indexes.sort(key=lambda i: tags[i].address)
+        for position, index in enumerate(indexes):
+            last = tags[index].address + tags[index].register_count - 1
+            for other in indexes[position + 1 :]:
+                if tags[other].address > last:
+                    break
+                conflict = overlap_conflict(tags[other], tags[index])
+                if conflict:
+                    problems.append(Problem(shown, paths[other], f"{conflict} ({paths[index]})"))
+    return problems
+
+
+def _modbus_cross_checks(adapter: ModbusAdapter, adapter_dir: Path, shown: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, first in _duplicates([d.name for d in adapter.devices]):
+        problems.append(
+            Problem(
+                shown,
+                f"devices[{index}].name",
+                f"duplicate device name {adapter.devices[index].name!r} (also devices[{first}])",
+            )
+        )
+    for index, first in _duplicates([f"{d.bus}|{d.unit}" for d in adapter.devices]):
+        device = adapter.devices[index]
+        problems.append(
+            Problem(shown, f"devices[{index}].unit", f"unit {device.unit} on {device.bus} is also devices[{first}]")
+        )
+    serial_first: dict[str, int] = {}
+    for index, device in enumerate(adapter.devices):
+        if device.transport != "rtu":
+            continue
+        first = serial_first.setdefault(device.bus, index)
+        line = ("baudrate", "parity", "stopbits", "bytesize")
+        differs = [f for f in line if getattr(device, f) != getattr(adapter.devices[first], f)]
+        if differs:
+            problems.append(
+                Problem(
+                    shown,
+                    f"devices[{index}].{differs[0]}",
+                    f"devices on one serial line share its settings: {device.port} is set up differently in "
+                    f"devices[{first}] ({', '.join(differs)})",
                 )
-            if (
-                device.tags_csv
-                and not (config_dir / ADAPTERS_DIR / device.tags_csv).exists()
-                and not Path(device.tags_csv).is_absolute()
-            ):
-                problems.append(
-                    Problem(
-                        shown,
-                        f"devices[{d_index}].tags_csv",
-                        f"{device.tags_csv!r} does not exist next to the adapter file",
-                    )
-                )
+            )
+    for d_index, device in enumerate(adapter.devices):
+        csv_path = register_map_path(device, adapter_dir)
+        try:
+            tags = device_tags(device, adapter_dir)
+        except RegisterMapError as exc:
+            problems += [Problem(str(exc.path), where, what) for where, what in exc.problems]
+            continue
+        paths = [f"devices[{d_index}].tags[{i}]" for i in range(len(device.tags))]
+        paths += [f"devices[{d_index}].tags_csv ({csv_path}) row {i + 2}" for i in range(len(tags) - len(paths))]
+        problems += _modbus_tag_checks(device, d_index, tags, paths, shown)
+    return problems
+
+
+def _adapter_cross_checks(adapter: AdapterConfig, config_dir: Path, shown: str) -> list[Problem]:
+    problems: list[Problem] = []
+    if isinstance(adapter, ModbusAdapter):
+        problems += _modbus_cross_checks(adapter, config_dir / ADAPTERS_DIR, shown)
     else:
         for index, first in _duplicates([n.name for n in adapter.nodes]):
             problems.append(
@@ -247,16 +395,17 @@ def load_config(config_dir: Path) -> LoadedConfig:
     adapter_names: dict[str, str] = {}
     for path in sorted((config_dir / ADAPTERS_DIR).glob("*.toml")):
         shown = str(path)
-        adapter, found = _load_adapter(path, shown)
+        adapter, name, found = _load_adapter(path, shown)
         problems += found
+        if name in adapter_names:
+            problems.append(Problem(shown, "name", f"adapter name {name!r} is also used by {adapter_names[name]}"))
+            if adapter is not None:
+                problems += _adapter_cross_checks(adapter, config_dir, shown)
+            continue
+        # an invalid file still claims its name: subscriptions to it are not also reported as unknown
+        adapter_names[name] = shown
         if adapter is None:
             continue
-        if adapter.name in adapter_names:
-            problems.append(
-                Problem(shown, "name", f"adapter name {adapter.name!r} is also used by {adapter_names[adapter.name]}")
-            )
-            continue
-        adapter_names[adapter.name] = shown
         problems += _adapter_cross_checks(adapter, config_dir, shown)
         adapters[adapter.name] = AdapterFile(path, adapter)
 
@@ -268,7 +417,7 @@ def load_config(config_dir: Path) -> LoadedConfig:
         gateway, found = _validate(GatewayConfig, raw, shown)
         problems += found
     if gateway is not None:
-        problems += _gateway_cross_checks(gateway, adapters, config_dir, shown)
+        problems += _gateway_cross_checks(gateway, adapter_names, config_dir, shown)
 
     if problems or gateway is None:
         raise ConfigInvalid(sorted(dict.fromkeys(problems), key=lambda p: (p.file != shown, p.file)))

@@ -204,20 +204,23 @@ class LocalMqtt:
 
     async def _session(self, stop: asyncio.Event) -> None:
         client = await self._connect()
+        lost = self._lost
+        assert lost is not None
         try:
-            self.backoff.reset()
             self._set_state("connected", None)
             await self._subscribe(client)
+            self.backoff.reset()  # only a fully set-up session counts as success
             heartbeat = asyncio.create_task(self._heartbeat())
-            assert self._lost is not None
             stopped = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({self._lost, stopped, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {lost, stopped, heartbeat}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             heartbeat.cancel()
             stopped.cancel()
-            if heartbeat in done and heartbeat.exception() is not None:
-                raise heartbeat.exception()  # type: ignore[misc]
-            if self._lost.done():
-                raise NotConnected(f"connection lost: {self._lost.result()}")
+            failure = heartbeat.exception() if heartbeat in done else None
+            if failure is not None:
+                raise failure
+            if lost.done():
+                raise NotConnected(f"connection lost: {lost.result()}")
             await self._go_offline()
         finally:
             self._client = None
@@ -343,7 +346,7 @@ class LocalMqtt:
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         received = Received(
-            message.topic, message.payload, message.qos, message.retain, message.mid, self._session_number
+            message.topic, bytes(message.payload), message.qos, message.retain, message.mid, self._session_number
         )
         assert self._loop is not None
         # Blocking the network thread while the inbox is full pushes back on the broker, which

@@ -18,7 +18,11 @@ def _check_common(topic: str) -> None:
         raise TopicError("must not be empty")
     if "\x00" in topic:
         raise TopicError("must not contain a NUL character")
-    if len(topic.encode("utf-8")) > MAX_TOPIC_BYTES:
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise TopicError("must be valid UTF-8 (it holds a lone surrogate)") from None
+    if size > MAX_TOPIC_BYTES:
         raise TopicError(f"is longer than {MAX_TOPIC_BYTES} bytes")
 
 
@@ -69,3 +73,27 @@ def component_prefix(component: str) -> str:
 
 
 STATUS_FILTER = "millgate/+/status"
+
+
+SET_SUFFIX = "/set"
+SET_RESULT_SUFFIX = "/set/result"
+
+
+def adapter_tag_topic(adapter: str, device: str, tag: str) -> str:
+    """Where an adapter publishes a tag's value unless the tag names its own topic."""
+    return f"{adapter}/{device}/{tag}"
+
+
+def adapter_set_filter(adapter: str) -> str:
+    """The write commands for every tag on its default topic."""
+    return f"{adapter}/+/+{SET_SUFFIX}"
+
+
+def set_topic(tag_topic: str) -> str:
+    """Where a command to write a tag arrives."""
+    return tag_topic + SET_SUFFIX
+
+
+def set_result_topic(tag_topic: str) -> str:
+    """Where the outcome of a write command is published."""
+    return tag_topic + SET_RESULT_SUFFIX

@@ -1,0 +1,36 @@
+# millgate: `make demo` runs the product on its embedded demo plant; `make test` runs the whole suite.
+# Both set themselves up on a fresh Debian machine: Debian packages, a .venv, the package with its extras.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := mosquitto socat
+
+.PHONY: deps demo test lint bench clean
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install-debian-packages.sh
+	scripts/install-debian-packages.sh $(DEBIAN_PACKAGES)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: deps
+	$(PY) -m gateway.demo
+
+lint: deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: deps
+	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) var bench/results.json .pytest_cache .mypy_cache .ruff_cache

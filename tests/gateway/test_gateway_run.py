@@ -1,0 +1,252 @@
+"""`millgate run` as a whole: real supervisord and mosquitto, the broker's refusals, restarts,
+shutdown, status, and the operator's pub/sub (the Foundation issue's acceptance tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.credentials import Credentials
+from gateway.mqtt import ConnectRefused, connect_blocking, paho_client
+from gateway.operator_client import OperatorError, publish_lines
+from tests.fixtures.gateway import REPO, run_cli, wait_until
+
+TWO_FUNCTIONS = """
+[gateway]
+thing_name = "acl-gw"
+status_interval_s = 0.5
+
+[[functions]]
+name = "producer"
+code = "functions/producer"
+handler = "main.function_handler"
+run_as = "1001:1001"
+
+[[functions]]
+name = "consumer"
+code = "functions/consumer"
+handler = "main.function_handler"
+run_as = "1002:1002"
+
+[[subscriptions]]
+source = "function:producer"
+target = "function:consumer"
+topic = "line1/+/temperature"
+"""
+FUNCTION_FILES = {
+    "functions/producer/main.py": "def function_handler(event, context):\n    return event\n",
+    "functions/consumer/main.py": "def function_handler(event, context):\n    return event\n",
+}
+
+
+def _publish_reason(client: paho.Client, topic: str, payload: bytes = b"1") -> str:
+    """Publish QoS 1 and return the broker's PUBACK reason ('Success' or the refusal)."""
+    outcome: list[str] = []
+    done = threading.Event()
+
+    def on_publish(_c: object, _u: object, _mid: int, reason: object, _p: object) -> None:
+        outcome.append(str(reason))
+        done.set()
+
+    client.on_publish = on_publish
+    client.publish(topic, payload, qos=1)
+    assert done.wait(5), f"no PUBACK for {topic}"
+    return outcome[0]
+
+
+def _subscribe_reason(client: paho.Client, topic_filter: str) -> str:
+    outcome: list[str] = []
+    done = threading.Event()
+
+    def on_subscribe(_c: object, _u: object, _mid: int, reasons: list, _p: object) -> None:
+        outcome.append(str(reasons[0]))
+        done.set()
+
+    client.on_subscribe = on_subscribe
+    client.subscribe([(topic_filter, SubscribeOptions(qos=1))])
+    assert done.wait(5), f"no SUBACK for {topic_filter}"
+    return outcome[0]
+
+
+def test_anonymous_and_wrong_password_clients_are_refused(gateway_factory) -> None:
+    gw = gateway_factory()
+    anonymous = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="anon", protocol=paho.MQTTv5, transport="unix")
+    with pytest.raises(ConnectRefused, match=r"[Nn]ot authori[sz]ed|[Bb]ad user"):
+        connect_blocking(anonymous, gw.paths.broker_socket)
+    impostor = paho_client(Credentials("core", "not-the-secret"), "impostor")
+    with pytest.raises(ConnectRefused):
+        connect_blocking(impostor, gw.paths.broker_socket)
+
+
+def test_component_publishing_outside_its_acl_is_refused_and_not_delivered(gateway_factory) -> None:
+    gw = gateway_factory(TWO_FUNCTIONS, files=FUNCTION_FILES)
+    consumer = gw.client("function.consumer")
+    received: list[str] = []
+    consumer.on_message = lambda _c, _u, m: received.append(m.topic)
+    assert _subscribe_reason(consumer, "line1/+/temperature") == "Granted QoS 1"
+
+    producer = gw.client("function.producer")
+    assert _publish_reason(producer, "line1/press1/temperature") == "Success"
+    assert _publish_reason(producer, "line1/press1/pressure") == "Not authorized"
+    assert _publish_reason(producer, "millgate/core/status") == "Not authorized"
+    wait_until(lambda: "line1/press1/temperature" in received, 5, "the whitelisted message")
+    time.sleep(0.3)
+    assert received == ["line1/press1/temperature"]
+
+
+def test_target_may_not_subscribe_beyond_what_it_is_a_target_of(gateway_factory) -> None:
+    gw = gateway_factory(TWO_FUNCTIONS, files=FUNCTION_FILES)
+    consumer = gw.client("function.consumer")
+    received: list[str] = []
+    consumer.on_message = lambda _c, _u, m: received.append(m.topic)
+    _subscribe_reason(consumer, "#")
+    operator = gw.client("operator")
+    assert _publish_reason(operator, "line2/secret/recipe") == "Success"
+    assert _publish_reason(operator, "line1/p/temperature") == "Success"
+    wait_until(lambda: received, 5, "the permitted message")
+    time.sleep(0.3)
+    assert received == ["line1/p/temperature"]
+
+
+def test_sigterm_stops_every_child_within_10_seconds(gateway_factory) -> None:
+    gw = gateway_factory()
+    children = gw.descendants()
+    assert len(children) >= 3, f"expected supervisord, broker and core, found {children}"
+    took = gw.stop()
+    assert took < 10, f"shutdown took {took:.1f} s"
+    assert gw.process.returncode == 0
+    assert gw.descendants() == []
+    status = gw.cli("status", "--json")
+    assert status.returncode == 1
+    assert json.loads(status.stdout)["supervisor"]["reachable"] is False
+
+
+def test_killed_core_is_back_with_a_new_pid_and_heartbeat_within_2_seconds(gateway_factory) -> None:
+    gw = gateway_factory()
+    old_pid = gw.status()["processes"]["core"]["pid"]
+    operator = gw.client("operator")
+    beats: list[dict] = []
+    operator.on_message = lambda _c, _u, m: beats.append(json.loads(m.payload))
+    _subscribe_reason(operator, "millgate/core/status")
+    wait_until(lambda: beats, 5, "a first heartbeat")
+
+    killed_at = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    wait_until(
+        lambda: any(b["pid"] != old_pid and b["state"] == "online" for b in beats),
+        2.0,
+        "a heartbeat from the restarted core",
+    )
+    assert time.monotonic() - killed_at < 2.0
+    status = gw.status()["processes"]["core"]
+    assert status["pid"] != old_pid
+    assert status["restarts"] == 1
+
+
+def test_status_json_reports_processes_and_broker(gateway_factory) -> None:
+    gw = gateway_factory()
+    status = gw.status()
+    assert set(status["processes"]) == {"broker", "core"}
+    for name, process in status["processes"].items():
+        assert process["state"] == "RUNNING", name
+        assert isinstance(process["pid"], int) and process["pid"] > 0
+        assert process["uptime_s"] >= 0
+        assert process["restarts"] == 0
+    assert status["broker"]["reachable"] is True
+    table = gw.cli("status")
+    assert table.returncode == 0
+    assert "core" in table.stdout and "broker: reachable" in table.stdout
+
+
+def test_pub_replays_stdin_lines_and_sub_prints_them(gateway_factory) -> None:
+    gw = gateway_factory()
+    argv = [
+        str(Path(sys.executable).parent / "millgate"),
+        "sub",
+        "replay/#",
+        "-n",
+        "3",
+        "--timeout",
+        "10",
+        "--config",
+        str(gw.config_dir),
+        "--state",
+        str(gw.state_dir),
+    ]
+    sub = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        time.sleep(0.8)  # let the subscription land before publishing
+        pub = gw.cli("pub", "replay/line", input='{"t": 1}\n{"t": 2}\nthree\n')
+        assert pub.returncode == 0, pub.stderr
+        out, err = sub.communicate(timeout=15)
+    finally:
+        sub.kill()
+    assert sub.returncode == 0, err
+    assert out.splitlines() == ['replay/line {"t": 1}', 'replay/line {"t": 2}', "replay/line three"]
+
+
+def test_sub_exits_1_when_count_does_not_arrive(gateway_factory) -> None:
+    gw = gateway_factory()
+    single = gw.cli("pub", "one/topic", "hello")
+    assert single.returncode == 0, single.stderr
+    result = gw.cli("sub", "nothing/here", "-n", "1", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert result.stdout == ""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+def test_operator_identity_needs_read_access_to_the_state_dir(gateway_factory) -> None:
+    gw = gateway_factory()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the interpreter lives under /root here, so drop privileges in a fork, not an exec
+        os.close(read_end)
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            publish_lines(gw.paths, "x/y", ["z"], qos=1, retain=False)
+            message = b"published"
+        except OperatorError as exc:
+            message = str(exc).encode()
+        os.write(write_end, message)
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    assert "cannot read the operator credentials" in message
+
+
+def test_run_refuses_an_invalid_config_and_starts_nothing(short_tmp: Path) -> None:
+    config = short_tmp / "etc"
+    config.mkdir()
+    (config / "gateway.toml").write_text('[gateway]\nthing_name = "x"\nbogus = 1\n')
+    result = run_cli("run", config=config, state=short_tmp / "s")
+    assert result.returncode == 2
+    assert f"{config}/gateway.toml: gateway.bogus: unknown key" in result.stderr
+    assert not (short_tmp / "s" / "run" / "supervisor.sock").exists()
+
+
+def test_generated_files_are_private_and_credentials_unreadable_by_others(gateway_factory) -> None:
+    gw = gateway_factory(TWO_FUNCTIONS, files=FUNCTION_FILES)
+    paths = gw.paths
+    for secret in paths.credentials_dir.iterdir():
+        assert secret.stat().st_mode & 0o077 == 0, secret
+    assert paths.password_file.stat().st_mode & 0o007 == 0
+    assert paths.acl_file.stat().st_mode & 0o007 == 0
+    conf = paths.mosquitto_conf.read_text()
+    assert "allow_anonymous false" in conf
+    assert f"listener 0 {paths.broker_socket}" in conf
+    acl = paths.acl_file.read_text()
+    assert "user function.producer\ntopic write millgate/fn-producer/#\ntopic write line1/+/temperature" in acl
