@@ -5,7 +5,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := mosquitto socat
+# Debian's interpreter, not one under /root: function workers run under their own uids and must be
+# able to execute the venv's python.
+PYTHON3 := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
+DEBIAN_PACKAGES := mosquitto socat acl
 
 .PHONY: deps demo test lint bench clean
 
@@ -13,7 +16,7 @@ deps: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/install-debian-packages.sh
 	scripts/install-debian-packages.sh $(DEBIAN_PACKAGES)
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
-from gateway.topics import STATUS_FILTER, component_prefix
+from gateway.topics import STATUS_FILTER, component_prefix, invoke_topic, reply_filter
 
 CORE = "core"
 UPLINK = "uplink"
@@ -97,6 +97,14 @@ def compile_grants(config: GatewayConfig, adapter_names: Iterable[str]) -> dict[
         # an adapter owns its data namespace: it publishes tag values there and reads `<topic>/set`
         # commands; who else may read or write there is still decided by the subscriptions
         grant(adapter_identity(name), "readwrite", f"{name}/#")
+    for function in config.functions:
+        # direct invocation (SDK `invoke`), which Greengrass allowed between local functions without a
+        # subscription: anyone may ask, only the function's own pool reads its requests and its replies
+        me = function_identity(function.name)
+        grant(me, "write", invoke_topic("+"))
+        grant(me, "read", invoke_topic(function.name))
+        grant(me, "write", reply_filter("+"))
+        grant(me, "read", reply_filter(function.name))
     for sub in config.subscriptions:
         grant(endpoint_identity(sub.source), "write", sub.topic)
         grant(endpoint_identity(sub.target), "read", sub.topic)

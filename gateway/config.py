@@ -47,9 +47,20 @@ class GatewaySection(Strict):
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)
 
 
+HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]  # a DNS name or an IP address
+
+
 class BrokerSection(Strict):
     tls_port: int = Field(default=8883, ge=1, le=65535)
     server_cert_days: int = Field(default=7, ge=1, le=825)
+    # names and addresses the broker's certificate carries besides the detected interface addresses,
+    # localhost, 127.0.0.1 and ::1 (e.g. the gateway's DNS name on the plant network)
+    hostnames: list[HostName] = []
+    # the core renews the server certificate once this fraction of its lifetime has passed
+    server_cert_renew_at: float = Field(default=0.5, gt=0, lt=1)
+    server_cert_check_s: float = Field(default=600.0, gt=0, le=86_400)  # how often the core looks
+    device_cert_days: int = Field(default=365, ge=1, le=3650)  # `millgate device add` default
+    ca_days: int = Field(default=1825, ge=30, le=7300)  # group CA lifetime (`millgate ca init|rotate`)
     # Routes that must not lose data are QoS 1; mosquitto's default queue of 1000 would drop under bursts.
     max_queued_messages: int = Field(default=100_000, ge=100)
     max_inflight_messages: int = Field(default=100, ge=1, le=65535)
@@ -57,8 +68,11 @@ class BrokerSection(Strict):
 
 
 class DiscoverySection(Strict):
+    enabled: bool = True
     port: int = Field(default=8443, ge=1, le=65535)
     addresses: list[Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]] = []
+    group_id: str | None = Field(default=None, min_length=1, max_length=128)  # default: the thing name
+    core_thing_arn: str | None = Field(default=None, min_length=1)  # default: a local arn for the thing
 
 
 class CloudSection(Strict):
@@ -157,6 +171,8 @@ class Function(Strict):
     memory_mb: int = Field(default=64, ge=16, le=65536)
     max_concurrency: int = Field(default=1, ge=1, le=256)
     queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    idle_s: float = Field(default=60.0, gt=0, le=86_400)  # an on-demand worker idle this long is stopped
+    log_max_bytes: ByteSize = Field(default=ByteSize(25_000_000), ge=64 * 1024)  # the function's log files
     environment: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
     resources: list[ResourceGrant] = []
 

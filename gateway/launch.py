@@ -8,14 +8,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from gateway.acl import OPERATOR, acl_file_text, compile_grants, component_identities
+from gateway.acl import OPERATOR, acl_file_text, compile_grants, component_identities, function_identity
 from gateway.atomic_file import write_atomic
 from gateway.broker_config import mosquitto_binary, mosquitto_conf_text
 from gateway.config_loader import LoadedConfig
 from gateway.credentials import ensure_credentials, password_file_text
+from gateway.function_deploy import DeployedFunction, DeployError, deploy_function, write_manifest
 from gateway.paths import GatewayPaths
+from gateway.resource_grants import grant_resources
 from gateway.service_user import ServiceUser, service_user
 from gateway.supervisor_config import programs, supervisord_conf_text
 
@@ -46,6 +49,7 @@ def ensure_state_dirs(paths: GatewayPaths, user: ServiceUser) -> None:
     _make_dir(paths.credentials_dir, 0o711, user.owner)  # open your own secret by name, list nothing
     _make_dir(paths.state_dir / "broker", 0o700, user.owner)
     _make_dir(paths.system_log_dir, 0o755, user.owner)
+    _make_dir(paths.user_log_dir, 0o755, user.owner)
 
 
 def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
@@ -54,20 +58,42 @@ def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     ensure_state_dirs(paths, user)
     config = loaded.gateway
     identities = sorted(set(component_identities(config, loaded.adapters).values()) | {OPERATOR})
-    # the operator identity stays with whoever owns the state dir (root under systemd)
-    operator_owner = (os.geteuid(), os.getegid())
-    creds = [
-        ensure_credentials(paths.credentials_dir, i, operator_owner if i == OPERATOR else user.owner)
-        for i in identities
-    ]
+    # the operator identity stays with whoever owns the state dir (root under systemd); a function's
+    # secret belongs to the function's uid, so no other function can read it
+    owners = {function_identity(f.name): (f.uid, user.gid) for f in config.functions} if as_root() else {}
+    owners[OPERATOR] = (os.geteuid(), os.getegid())
+    creds = [ensure_credentials(paths.credentials_dir, i, owners.get(i, user.owner)) for i in identities]
     owner = user.owner if os.geteuid() == 0 else None
     write_atomic(paths.password_file, password_file_text(creds), 0o640, owner)
     write_atomic(paths.acl_file, acl_file_text(compile_grants(config, loaded.adapters)), 0o640, owner)
     mosquitto = mosquitto_binary()
     write_atomic(paths.mosquitto_conf, mosquitto_conf_text(config, paths, user), 0o640, owner)
+    deploy_functions(loaded, paths)
     conf = supervisord_conf_text(config, paths, user, programs(loaded, paths, mosquitto))
     write_atomic(paths.supervisord_conf, conf, 0o640, owner)
     return paths.supervisord_conf
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def deploy_functions(loaded: LoadedConfig, paths: GatewayPaths) -> None:
+    """Deploy every function's code and grant its resources; a function that cannot get them is
+    recorded with its problems (it will refuse to run) while the rest of the gateway starts."""
+    functions_dir = paths.state_dir / "functions"
+    _make_dir(functions_dir, 0o711, (0, 0) if as_root() else (os.geteuid(), os.getegid()))
+    resources = {r.name: r for r in loaded.gateway.resources}
+    deployed = []
+    for function in loaded.gateway.functions:
+        try:
+            found = deploy_function(function, loaded.function_code_path(function.code), functions_dir, as_root())
+        except (DeployError, OSError) as exc:
+            log.error("function=%s event=deploy-failed reason=%s", function.name, exc)
+            found = DeployedFunction(function.name, "none", "", problems=[f"deploy failed: {exc}"])
+        access = grant_resources(function, resources, can_change_owners=as_root())
+        deployed.append(replace(found, extra_groups=access.extra_groups, problems=found.problems + access.problems))
+    write_manifest(functions_dir, deployed)
 
 
 def exec_supervisord(conf: Path) -> None:

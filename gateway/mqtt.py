@@ -65,6 +65,7 @@ class Received:
     retain: bool
     mid: int = 0
     session: int = 0  # which connection delivered it; an ack on a later one is meaningless
+    response_topic: str | None = None  # MQTT 5: where the sender wants an answer
 
 
 def paho_client(creds: Credentials, client_id: str, will: tuple[str, bytes] | None = None) -> paho.Client:
@@ -346,7 +347,13 @@ class LocalMqtt:
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         received = Received(
-            message.topic, bytes(message.payload), message.qos, message.retain, message.mid, self._session_number
+            message.topic,
+            bytes(message.payload),
+            message.qos,
+            message.retain,
+            message.mid,
+            self._session_number,
+            getattr(message.properties, "ResponseTopic", None),
         )
         assert self._loop is not None
         # Blocking the network thread while the inbox is full pushes back on the broker, which

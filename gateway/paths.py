@@ -79,9 +79,45 @@ class GatewayPaths:
     def supervisord_conf(self) -> Path:
         return self.generated_dir / "supervisord.conf"
 
+    # the group CA and everything it signs (0700, service user): see gateway/ca.py
+    @property
+    def ca_dir(self) -> Path:
+        return self.state_dir / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.ca_dir / "group-ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.ca_dir / "group-ca.key.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.ca_dir / "server.cert.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.ca_dir / "server.key.pem"
+
+    @property
+    def crl_file(self) -> Path:
+        return self.ca_dir / "crl.pem"
+
+    @property
+    def device_registry(self) -> Path:
+        return self.ca_dir / "devices.json"
+
     @property
     def system_log_dir(self) -> Path:
         return self.log_dir / "system"
+
+    @property
+    def user_log_dir(self) -> Path:
+        return self.log_dir / "user"
+
+    def function_log(self, function: str) -> Path:
+        return self.user_log_dir / f"{function}.log"
 
     def component_log(self, component: str) -> Path:
         return self.system_log_dir / f"{component}.log"

@@ -1,10 +1,14 @@
 """`millgate status`: every supervised process's state, pid, uptime and restart count (supervisord's
-XML-RPC on its unix socket) and whether the broker answers a login.
+XML-RPC on its unix socket), whether the broker answers a login, and each component's own retained
+heartbeat with the metrics it reports.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,8 +19,10 @@ from gateway.acl import OPERATOR
 from gateway.credentials import load_credentials
 from gateway.mqtt import MqttError, connect_blocking, paho_client
 from gateway.paths import GatewayPaths
+from gateway.topics import STATUS_FILTER
 
 BROKER_PROBE_TIMEOUT_S = 2.0
+RETAINED_QUIET_S = 0.15
 
 
 @dataclass
@@ -35,12 +41,14 @@ class StatusReport:
     broker_reachable: bool = False
     broker_error: str | None = None
     supervisor_error: str | None = None
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "supervisor": {"reachable": self.supervisor_reachable, "error": self.supervisor_error},
             "processes": {name: asdict(p) for name, p in self.processes.items()},
             "broker": {"reachable": self.broker_reachable, "error": self.broker_error},
+            "components": self.components,
         }
 
 
@@ -66,20 +74,42 @@ def _processes(paths: GatewayPaths) -> dict[str, ProcessStatus]:
     return result
 
 
-def probe_broker(paths: GatewayPaths) -> str | None:
-    """None if the broker accepts the operator's login, else why not."""
+def read_component_status(paths: GatewayPaths) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Every component's retained heartbeat (its own metrics included), and None; or ({}, why not)."""
     try:
         creds = load_credentials(paths.credentials_dir, OPERATOR)
     except OSError as exc:
-        return f"operator credentials unreadable: {exc.strerror}"
-    client = paho_client(creds, "operator-status")
+        return {}, f"operator credentials unreadable: {exc.strerror}"
+    client = paho_client(creds, f"operator-status-{os.getpid()}")
+    found: dict[str, dict[str, Any]] = {}
+    subscribed = threading.Event()
+    last_message = [time.monotonic()]
+
+    def on_message(_c: Any, _u: Any, message: Any) -> None:
+        try:
+            status = json.loads(message.payload)
+            found[str(status["component"])] = status
+        except (ValueError, KeyError, TypeError):
+            pass
+        last_message[0] = time.monotonic()
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
     try:
         connect_blocking(client, paths.broker_socket, BROKER_PROBE_TIMEOUT_S)
     except MqttError as exc:
-        return str(exc)
-    client.disconnect()
-    client.loop_stop()
-    return None
+        return {}, str(exc)
+    try:
+        client.subscribe(STATUS_FILTER, qos=1)
+        subscribed.wait(BROKER_PROBE_TIMEOUT_S)
+        # retained messages follow the SUBACK at once; stop after a short quiet spell
+        last_message[0] = time.monotonic()
+        while time.monotonic() - last_message[0] < RETAINED_QUIET_S:
+            time.sleep(0.02)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return found, None
 
 
 def gather_status(paths: GatewayPaths) -> StatusReport:
@@ -87,9 +117,12 @@ def gather_status(paths: GatewayPaths) -> StatusReport:
         report = StatusReport(True, _processes(paths))
     except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError) as exc:
         report = StatusReport(False, supervisor_error=f"supervisord at {paths.supervisor_socket}: {exc}")
-    report.broker_error = probe_broker(paths)
+    report.components, report.broker_error = read_component_status(paths)
     report.broker_reachable = report.broker_error is None
     return report
+
+
+_HEARTBEAT_KEYS = frozenset({"component", "state", "pid", "started_at", "uptime_s", "ts"})
 
 
 def render_status(report: StatusReport, as_json: bool) -> str:
@@ -104,4 +137,8 @@ def render_status(report: StatusReport, as_json: bool) -> str:
             lines.append(f"{name:<24} {p.state:<10} {p.pid or '-':>7} {uptime:>10} {p.restarts:>8}")
     broker = "reachable" if report.broker_reachable else f"NOT reachable ({report.broker_error})"
     lines.append(f"broker: {broker}")
+    for name, status in sorted(report.components.items()):
+        details = {k: v for k, v in status.items() if k not in _HEARTBEAT_KEYS}
+        shown = " ".join(f"{k}={json.dumps(v)}" for k, v in details.items())
+        lines.append(f"  {name}: {status.get('state')} {shown}".rstrip())
     return "\n".join(lines)

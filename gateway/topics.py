@@ -97,3 +97,17 @@ def set_topic(tag_topic: str) -> str:
 def set_result_topic(tag_topic: str) -> str:
     """Where the outcome of a write command is published."""
     return tag_topic + SET_RESULT_SUFFIX
+
+
+def invoke_topic(function: str) -> str:
+    """Where a function is invoked directly (SDK `invoke`), outside the subscription table."""
+    return f"millgate/fn/{function}/invoke"
+
+
+def reply_topic(function: str, request_id: str) -> str:
+    """Where the answer to one of `function`'s own invocations comes back."""
+    return f"millgate/fn/{function}/reply/{request_id}"
+
+
+def reply_filter(function: str) -> str:
+    return f"millgate/fn/{function}/reply/#"

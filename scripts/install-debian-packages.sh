@@ -7,7 +7,8 @@ missing=()
 for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+py=/usr/bin/python3; [ -x "$py" ] || py=python3
+"$py" -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
     sudo=""

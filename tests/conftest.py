@@ -19,6 +19,7 @@ __all__ = ["RunningGateway", "run_cli", "start_gateway", "wait_until"]
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="mg", dir="/tmp"))
+    path.chmod(0o755)  # function workers run under their own uids and must reach the state dir
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -164,6 +164,10 @@ def test_status_json_reports_processes_and_broker(gateway_factory) -> None:
         assert process["uptime_s"] >= 0
         assert process["restarts"] == 0
     assert status["broker"]["reachable"] is True
+    core = status["components"]["core"]
+    assert core["state"] == "online"
+    assert core["pid"] == status["processes"]["core"]["pid"]
+    assert core["thing_name"] == "test-gw"
     table = gw.cli("status")
     assert table.returncode == 0
     assert "core" in table.stdout and "broker: reachable" in table.stdout

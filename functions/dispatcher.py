@@ -1,0 +1,212 @@
+"""The on-demand side of the function runtime, run inside the core: per function, messages routed to it
+(and direct invocations) go into a bounded queue and are handed to a pool of warm workers that grows
+with the backlog up to max_concurrency and shrinks when idle. It never runs user code itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from functions.user_log import UserLog
+from functions.worker_process import InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
+from gateway.config import Function
+from gateway.mqtt import LocalMqtt, MqttError, Received
+
+log = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Invocation:
+    request_id: str
+    topic: str
+    payload: bytes
+    reply_to: str | None
+    enqueued_at: float
+
+
+class FunctionStats:
+    def __init__(self) -> None:
+        self.invocations = 0
+        self.errors = 0
+        self.timeouts = 0
+        self.rejected = 0  # the input queue was full
+        self.durations_ms: deque[float] = deque(maxlen=1000)
+
+    def percentile(self, fraction: float) -> float | None:
+        if not self.durations_ms:
+            return None
+        ordered = sorted(self.durations_ms)
+        return round(ordered[min(int(len(ordered) * fraction), len(ordered) - 1)], 2)
+
+
+class FunctionPool:
+    """One on-demand function: its queue, its workers, its statistics."""
+
+    def __init__(self, function: Function, spec: WorkerSpec, user_log: UserLog, problems: list[str]):
+        self.function = function
+        self.spec = spec
+        self.user_log = user_log
+        self.problems = problems
+        self.queue: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=function.queue_size)
+        self.stats = FunctionStats()
+        self.idle: list[WorkerProcess] = []
+        self.busy: set[WorkerProcess] = set()
+        self.mqtt: LocalMqtt | None = None
+        self._slots = asyncio.Semaphore(function.max_concurrency)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "function_state": "failed" if self.problems else "ready",
+            "problems": self.problems,
+            "lifecycle": "on-demand",
+            "workers": len(self.idle) + len(self.busy),
+            "busy": len(self.busy),
+            "queue_depth": self.queue.qsize(),
+            "invocations": self.stats.invocations,
+            "errors": self.stats.errors,
+            "timeouts": self.stats.timeouts,
+            "rejected": self.stats.rejected,
+            "p50_ms": self.stats.percentile(0.5),
+            "p99_ms": self.stats.percentile(0.99),
+        }
+
+    async def on_message(self, message: Received) -> None:
+        invocation = Invocation(
+            uuid.uuid4().hex, message.topic, message.payload, message.response_topic, time.monotonic()
+        )
+        if self.problems:
+            self.stats.errors += 1
+            await self._reply(invocation, None, "Unhandled", f"function cannot run: {'; '.join(self.problems)}")
+            return
+        try:
+            self.queue.put_nowait(invocation)
+        except asyncio.QueueFull:
+            self.stats.rejected += 1
+            if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
+                log.error(
+                    "function=%s event=queue-full rejected=%d queue_size=%d topic=%s",
+                    self.function.name,
+                    self.stats.rejected,
+                    self.function.queue_size,
+                    message.topic,
+                )
+            await self._reply(invocation, None, "Unhandled", "input queue full: message rejected")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                scheduler = tasks.create_task(self._schedule())
+                reaper = tasks.create_task(self._reap_idle())
+                await stop.wait()
+                scheduler.cancel()
+                reaper.cancel()
+        finally:
+            await asyncio.gather(*(w.kill() for w in [*self.idle, *self.busy]), return_exceptions=True)
+            self.user_log.close()
+
+    async def _schedule(self) -> None:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                invocation = await self.queue.get()
+                await self._slots.acquire()
+                task = asyncio.create_task(self._invoke(invocation))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            for task in running:
+                task.cancel()
+
+    async def _take_worker(self) -> WorkerProcess:
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.process is not None and worker.process.returncode is None:
+                return worker
+            await worker.kill()
+        worker = WorkerProcess(self.spec, self.user_log)
+        await worker.start()
+        log.info(
+            "function=%s event=worker-started pid=%s workers=%d",
+            self.function.name,
+            worker.pid,
+            len(self.idle) + len(self.busy) + 1,
+        )
+        return worker
+
+    async def _invoke(self, invocation: Invocation) -> None:
+        worker: WorkerProcess | None = None
+        started = time.monotonic()
+        try:
+            worker = await self._take_worker()
+            self.busy.add(worker)
+            answer = await worker.invoke(
+                invocation.request_id, invocation.topic, invocation.payload, self.function.timeout_s
+            )
+            self.stats.invocations += 1
+            if answer.get("ok"):
+                await self._reply(invocation, answer.get("result"), None, None)
+            else:
+                self.stats.errors += 1
+                log.warning(
+                    "function=%s event=handler-error request=%s error=%r",
+                    self.function.name,
+                    invocation.request_id,
+                    answer.get("error"),
+                )
+                await self._reply(invocation, None, "Handled", answer.get("error"))
+                if str(answer.get("error", "")).startswith("MemoryError"):
+                    await worker.kill()  # it exits by itself; make sure it is not reused
+            self.stats.durations_ms.append((time.monotonic() - started) * 1000)
+        except InvocationTimeout as exc:
+            self.stats.invocations += 1
+            self.stats.timeouts += 1
+            log.error(
+                "function=%s event=timeout request=%s pid=%s timeout_s=%g",
+                self.function.name,
+                invocation.request_id,
+                worker.pid if worker else None,
+                self.function.timeout_s,
+            )
+            await self._reply(invocation, None, "Unhandled", str(exc))
+        except WorkerFailed as exc:
+            self.stats.errors += 1
+            log.error(
+                "function=%s event=worker-failed request=%s reason=%s", self.function.name, invocation.request_id, exc
+            )
+            await self._reply(invocation, None, "Unhandled", str(exc))
+        finally:
+            if worker is not None:
+                self.busy.discard(worker)
+                if worker.process is not None and worker.process.returncode is None:
+                    worker.idle_since = time.monotonic()
+                    self.idle.append(worker)
+            self._slots.release()
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            now = time.monotonic()
+            for worker in [w for w in self.idle if now - w.idle_since > self.function.idle_s]:
+                self.idle.remove(worker)
+                log.info("function=%s event=worker-idle-stopped pid=%s", self.function.name, worker.pid)
+                await worker.stop()
+
+    async def _reply(self, invocation: Invocation, result: Any, function_error: str | None, error: Any) -> None:
+        if not invocation.reply_to or self.mqtt is None:
+            return
+        answer = {"result": result, "function_error": function_error, "error": error}
+        try:
+            await self.mqtt.publish(invocation.reply_to, json.dumps(answer), qos=1)
+        except (MqttError, TimeoutError) as exc:
+            log.warning(
+                "function=%s event=reply-not-sent topic=%s reason=%s", self.function.name, invocation.reply_to, exc
+            )

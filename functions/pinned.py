@@ -1,0 +1,141 @@
+"""A long-lived (pinned) function, one supervised process `fn-<name>`: it drops to the function's uid,
+runs the module's init once in its own thread (it may loop forever, as the periodic-task pattern does)
+and feeds the messages routed to it, in arrival order, to its handler when it has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from functions.dispatcher import FunctionStats
+from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
+from functions.limits import limit_address_space
+from functions.privileges import drop_privileges
+from functions.runtime import routed_filters, worker_environment
+from gateway.component import start_component, stop_on_signals
+from gateway.function_deploy import read_manifest
+from gateway.mqtt import LocalMqtt, Received
+from gateway.topics import invoke_topic
+
+log = logging.getLogger("functions.pinned")
+
+
+class PinnedFunction:
+    def __init__(self, name: str, queue_size: int, identity: FunctionIdentity, timeout_s: float):
+        self.name = name
+        self.identity = identity
+        self.timeout_s = timeout_s
+        self.inbox: deque[Received] = deque()
+        self.queue_size = queue_size
+        self.wakeup = threading.Condition()
+        self.stats = FunctionStats()
+        self.handler: Handler | None = None
+        self.init_state = "loading"
+        self.problems: list[str] = []
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "function_state": "failed" if self.problems else self.init_state,
+            "problems": self.problems,
+            "lifecycle": "long-lived",
+            "queue_depth": len(self.inbox),
+            "invocations": self.stats.invocations,
+            "errors": self.stats.errors,
+            "rejected": self.stats.rejected,
+            "p50_ms": self.stats.percentile(0.5),
+            "p99_ms": self.stats.percentile(0.99),
+        }
+
+    async def on_message(self, message: Received) -> None:
+        with self.wakeup:
+            if len(self.inbox) >= self.queue_size:
+                self.stats.rejected += 1
+                if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
+                    log.error(
+                        "function=%s event=queue-full rejected=%d queue_size=%d",
+                        self.name,
+                        self.stats.rejected,
+                        self.queue_size,
+                    )
+                return
+            self.inbox.append(message)
+            self.wakeup.notify()
+
+    def load(self, code_dir: Path, handler: str) -> None:
+        """Run in its own thread: the module's init may never return, and that is allowed."""
+        try:
+            self.handler = load_handler(code_dir, handler)
+            self.init_state = "ready"
+        except BaseException as exc:
+            self.init_state = "init-failed"
+            self.problems.append(f"handler could not load: {type(exc).__name__}: {exc}")
+            log.exception("function=%s event=init-failed", self.name)
+            return
+        self.serve()
+
+    def serve(self) -> None:
+        assert self.handler is not None
+        while True:
+            with self.wakeup:
+                while not self.inbox:
+                    self.wakeup.wait()
+                message = self.inbox.popleft()
+            started = time.monotonic()
+            outcome = call_handler(
+                self.handler, self.identity, uuid.uuid4().hex, message.topic, message.payload, self.timeout_s
+            )
+            self.stats.invocations += 1
+            self.stats.durations_ms.append((time.monotonic() - started) * 1000)
+            if not outcome.ok:
+                self.stats.errors += 1
+                log.error("function=%s event=handler-error error=%r\n%s", self.name, outcome.error, outcome.traceback)
+
+
+async def main() -> None:
+    ctx = start_component("fn")
+    assert ctx.name is not None, "--name FUNCTION is required"
+    function = next(f for f in ctx.loaded.gateway.functions if f.name == ctx.name)
+    deployed = read_manifest(ctx.paths.state_dir / "functions")[function.name]
+    thing = ctx.loaded.gateway.gateway.thing_name
+    pinned = PinnedFunction(
+        function.name,
+        function.queue_size,
+        FunctionIdentity(function.name, deployed.version, thing, function.memory_mb),
+        function.timeout_s,
+    )
+    pinned.problems.extend(deployed.problems)
+    drop_privileges(function.uid, function.gid, deployed.extra_groups)
+    os.environ.update(worker_environment(function, ctx.paths, thing, Path(deployed.path)))
+    if deployed.path:
+        os.chdir(deployed.path)
+    stop = stop_on_signals()
+    subscriptions = [(f, 1) for f in routed_filters(ctx.loaded, function.name)] + [(invoke_topic(function.name), 1)]
+    mqtt = LocalMqtt(
+        ctx.paths.broker_socket,
+        ctx.creds,
+        ctx.component,
+        status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
+        subscriptions=subscriptions,
+        on_message=pinned.on_message,
+        status_fields=pinned.status,
+    )
+    if not pinned.problems:
+        limit_address_space(function.memory_mb)
+        threading.Thread(
+            target=pinned.load, args=(Path(deployed.path), function.handler), daemon=True, name=f"fn-{function.name}"
+        ).start()
+    else:
+        log.error("function=%s event=not-started problems=%r", function.name, pinned.problems)
+    await mqtt.run(stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

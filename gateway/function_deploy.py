@@ -1,0 +1,119 @@
+"""Deploys function code: copies a function's directory or unpacks its zip into
+<state>/functions/<name>/<version>/, where <version> is a hash of the code, readable by that
+function's uid and no other function's. It never changes a deployed version in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gateway.atomic_file import write_atomic
+from gateway.config import Function
+
+KEEP_VERSIONS = 2
+MANIFEST = "deployed.json"
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class DeployedFunction:
+    name: str
+    version: str
+    path: str
+    extra_groups: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # why this function must not run, if anything
+
+
+def code_version(source: Path) -> str:
+    digest = hashlib.sha256()
+    if source.is_file():
+        digest.update(source.read_bytes())
+    else:
+        for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(source)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _unpack(source: Path, target: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        return
+    if not zipfile.is_zipfile(source):
+        raise DeployError(f"{source}: neither a directory nor a zip file")
+    with zipfile.ZipFile(source) as archive:
+        for member in archive.namelist():
+            resolved = (target / member).resolve()
+            if not resolved.is_relative_to(target.resolve()):
+                raise DeployError(f"{source}: member {member!r} would land outside the function's directory")
+        archive.extractall(target)
+
+
+def _lock_down(root: Path, owner: tuple[int, int] | None) -> None:
+    """Read-only for the function's uid, nothing for anyone else."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = Path(directory) / name
+            if owner is not None:
+                os.chown(path, *owner)
+            os.chmod(path, 0o440)
+        if owner is not None:
+            os.chown(directory, *owner)
+        os.chmod(directory, 0o550)
+
+
+def deploy_function(function: Function, source: Path, functions_dir: Path, as_root: bool) -> DeployedFunction:
+    if not source.exists():
+        raise DeployError(f"{source}: function {function.name!r} code does not exist")
+    version = code_version(source)
+    owner = (function.uid, function.gid) if as_root else None
+    home = functions_dir / function.name
+    target = home / version
+    home.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(home, *owner)
+    os.chmod(home, 0o500 if as_root else 0o700)
+    if not target.exists():
+        os.chmod(home, 0o700)
+        staging = Path(tempfile.mkdtemp(dir=home, prefix=".deploy-"))
+        try:
+            _unpack(source, staging / "code")
+            _lock_down(staging / "code", owner)
+            os.replace(staging / "code", target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.chmod(home, 0o500 if as_root else 0o700)
+    _prune(home, keep=version)
+    return DeployedFunction(function.name, version, str(target))
+
+
+def _prune(home: Path, keep: str) -> None:
+    versions = sorted(
+        (p for p in home.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in [v for v in versions if v.name != keep][KEEP_VERSIONS - 1 :]:
+        os.chmod(home, 0o700)
+        for directory, _, _ in os.walk(old):
+            os.chmod(directory, 0o700)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_manifest(functions_dir: Path, deployed: list[DeployedFunction]) -> None:
+    write_atomic(functions_dir / MANIFEST, json.dumps({d.name: asdict(d) for d in deployed}, indent=2), 0o600)
+
+
+def read_manifest(functions_dir: Path) -> dict[str, DeployedFunction]:
+    data = json.loads((functions_dir / MANIFEST).read_text())
+    return {name: DeployedFunction(**entry) for name, entry in data.items()}

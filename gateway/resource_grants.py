@@ -1,0 +1,59 @@
+"""Gives each function exactly the host resources it declares: POSIX ACL entries for its uid on
+devices and volumes (read-only or read-write), or membership of the resource's group where the
+resource is declared `group_owner`. A missing device is a problem for that function alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import Function, Resource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FunctionAccess:
+    extra_groups: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _setfacl(*args: str) -> str | None:
+    setfacl = shutil.which("setfacl")
+    if setfacl is None:
+        return "setfacl is not installed (apt-get install acl)"
+    result = subprocess.run([setfacl, *args], capture_output=True, text=True, timeout=30)
+    return f"setfacl {' '.join(args)}: {result.stderr.strip()}" if result.returncode != 0 else None
+
+
+def _grant_path(path: Path, uid: int, access: str, volume: bool) -> str | None:
+    # A named-user ACL entry wins over the file's group and other bits for that uid, so "ro" also
+    # takes write away where the mode would allow it.
+    entry = f"u:{uid}:{'rwX' if access == 'rw' else 'rX'}"
+    if not volume:
+        return _setfacl("-m", entry, str(path))
+    return _setfacl("-R", "-m", entry, str(path)) or _setfacl("-d", "-m", entry, str(path))
+
+
+def grant_resources(function: Function, resources: dict[str, Resource], can_change_owners: bool) -> FunctionAccess:
+    """Apply the function's grants; what could not be granted is in `problems` (the function must not run)."""
+    access = FunctionAccess()
+    for grant in function.resources:
+        resource = resources[grant.name]
+        path = Path(resource.path)
+        if not path.exists():
+            access.problems.append(f"resource {resource.name!r}: {resource.kind} {path} does not exist")
+            continue
+        if resource.group_owner:
+            access.extra_groups.append(path.stat().st_gid)
+        if can_change_owners:
+            problem = _grant_path(path, function.uid, grant.access, volume=resource.kind != "device")
+            if problem:
+                access.problems.append(f"resource {resource.name!r}: {problem}")
+    for problem in access.problems:
+        log.error("function=%s event=resource-unavailable problem=%r", function.name, problem)
+    return access
