@@ -22,7 +22,7 @@ CHECK_NAMES = (
     "ram >= 128 MB",
     "python >= 3.11",
     "mosquitto >= 2.0",
-    "supervisord >= 4.2",
+    "supervisord >= 4.2.5",
     "cgroup v2",
     "service user millgate",
     "state dir",

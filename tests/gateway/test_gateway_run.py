@@ -252,5 +252,8 @@ def test_generated_files_are_private_and_credentials_unreadable_by_others(gatewa
     conf = paths.mosquitto_conf.read_text()
     assert "allow_anonymous false" in conf
     assert f"listener 0 {paths.broker_socket}" in conf
-    acl = paths.acl_file.read_text()
-    assert "user function.producer\ntopic write millgate/fn-producer/#\ntopic write line1/+/temperature" in acl
+    blocks = {block.splitlines()[0]: block.splitlines()[1:] for block in paths.acl_file.read_text().split("\n\n")}
+    assert "topic write line1/+/temperature" in blocks["user function.producer"]
+    assert "topic write millgate/fn-producer/#" in blocks["user function.producer"]
+    assert "topic read line1/+/temperature" in blocks["user function.consumer"]
+    assert "topic write line1/+/temperature" not in blocks["user function.consumer"]
