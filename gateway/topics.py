@@ -111,3 +111,63 @@ def reply_topic(function: str, request_id: str) -> str:
 
 def reply_filter(function: str) -> str:
     return f"millgate/fn/{function}/reply/#"
+
+
+# ---- device shadows (AWS IoT's own topic layout) -------------------------------------------------
+
+SHADOW_OPERATIONS = ("get", "update", "delete")
+
+
+def shadow_prefix(thing: str, name: str | None = None) -> str:
+    """`$aws/things/<thing>/shadow` (classic) or `.../shadow/name/<name>` (named)."""
+    return f"$aws/things/{thing}/shadow" + (f"/name/{name}" if name else "")
+
+
+def shadow_topic(thing: str, name: str | None, operation: str, suffix: str | None = None) -> str:
+    """A request topic (`.../update`) or, with `suffix`, a response (`.../update/accepted`)."""
+    topic = f"{shadow_prefix(thing, name)}/{operation}"
+    return f"{topic}/{suffix}" if suffix else topic
+
+
+# what the shadow service subscribes to: requests only, never its own answers
+SHADOW_REQUEST_FILTERS = tuple(f"$aws/things/+/shadow/{op}" for op in SHADOW_OPERATIONS) + tuple(
+    f"$aws/things/+/shadow/name/+/{op}" for op in SHADOW_OPERATIONS
+)
+
+
+def parse_shadow_request(topic: str) -> tuple[str, str | None, str] | None:
+    """(thing, shadow name or None, operation) for a shadow request topic; None for any other topic."""
+    levels = topic.split("/")
+    if len(levels) == 5 and levels[:2] == ["$aws", "things"] and levels[3] == "shadow":
+        thing, name, operation = levels[2], None, levels[4]
+    elif len(levels) == 7 and levels[:2] == ["$aws", "things"] and levels[3:5] == ["shadow", "name"]:
+        thing, name, operation = levels[2], levels[5], levels[6]
+    else:
+        return None
+    return (thing, name, operation) if operation in SHADOW_OPERATIONS else None
+
+
+# shadow sync between the core's shadow service and the uplink's cloud link: the cloud topic rides
+# inside a local one, so it never collides with the local shadow service's own $aws topics
+SHADOW_SYNC_UP_PREFIX = "millgate/core/shadow-sync/"
+SHADOW_SYNC_DOWN_PREFIX = "millgate/uplink/shadow-sync/"
+SHADOW_SYNC_DOWN_FILTER = SHADOW_SYNC_DOWN_PREFIX + "#"
+SHADOW_SYNC_UP_FILTER = SHADOW_SYNC_UP_PREFIX + "#"
+
+
+def shadow_sync_up_topic(cloud_topic: str) -> str:
+    """Where the shadow service asks the uplink to publish `cloud_topic` in the cloud."""
+    return SHADOW_SYNC_UP_PREFIX + cloud_topic
+
+
+def shadow_sync_down_topic(cloud_topic: str) -> str:
+    """Where the uplink hands over a message it received from the cloud on `cloud_topic`."""
+    return SHADOW_SYNC_DOWN_PREFIX + cloud_topic
+
+
+def shadow_sync_cloud_topic(local_topic: str) -> str | None:
+    """The cloud topic carried by a shadow-sync topic (either direction); None for any other topic."""
+    for prefix in (SHADOW_SYNC_UP_PREFIX, SHADOW_SYNC_DOWN_PREFIX):
+        if local_topic.startswith(prefix):
+            return local_topic[len(prefix) :]
+    return None

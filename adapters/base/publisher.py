@@ -1,0 +1,101 @@
+"""The publish loop: readings the change filter admits go to the local broker, a window of QoS 1
+publishes in flight at a time, the newest reading per topic kept while the broker is away.
+
+The buffer holds at most one payload per tag, so it can neither grow without bound nor fill up: a
+reading replaced before it was sent is counted as superseded. It does no protocol I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from adapters.base.change_filter import ChangeFilter
+from adapters.base.tag import Point, TagValue
+from gateway.mqtt import NotConnected, PublishRefused
+
+log = logging.getLogger(__name__)
+
+RECONNECT_POLL_S = 0.2
+
+
+class BrokerLink(Protocol):
+    """The part of gateway.mqtt.LocalMqtt the adapter base uses."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, timeout_s: float = 10.0
+    ) -> None: ...
+
+
+class Publisher:
+    def __init__(self, adapter: str, qos: int = 1, retain: bool = False, window: int = 64):
+        self.adapter = adapter
+        self.qos = qos
+        self.retain = retain
+        self.window = window
+        self.filter = ChangeFilter()
+        self.published = 0
+        self.superseded = 0
+        self.refused = 0
+        self._pending: dict[str, bytes] = {}
+        self._wake = asyncio.Event()
+        self._refused_topics: set[str] = set()
+
+    def offer(self, point: Point, reading: TagValue) -> None:
+        """Queue `reading` for publication if the change filter admits it; never blocks."""
+        if not self.filter.admit(point, reading):
+            return
+        if point.topic in self._pending:
+            self.superseded += 1
+        self._pending[point.topic] = reading.payload(point.units)
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "superseded": self.superseded,
+            "refused": self.refused,
+            "backlog": self.backlog,
+        }
+
+    async def run(self, broker: BrokerLink) -> None:
+        """Publish until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                if not broker.connected:
+                    await asyncio.sleep(RECONNECT_POLL_S)
+                    continue
+                batch = []
+                for _ in range(min(self.window, len(self._pending))):
+                    topic = next(iter(self._pending))
+                    batch.append((topic, self._pending.pop(topic)))
+                await asyncio.gather(*(self._send(broker, topic, payload) for topic, payload in batch))
+
+    async def _send(self, broker: BrokerLink, topic: str, payload: bytes) -> None:
+        try:
+            await broker.publish(topic, payload, qos=self.qos, retain=self.retain)
+            self.published += 1
+        except PublishRefused as exc:
+            self.refused += 1
+            if topic not in self._refused_topics:
+                self._refused_topics.add(topic)
+                log.error(
+                    "adapter=%s event=publish-refused topic=%s reason=%s hint=%s",
+                    self.adapter,
+                    topic,
+                    exc,
+                    "the broker ACL allows an adapter its own '<adapter>/#' namespace and subscription sources",
+                )
+        except (NotConnected, TimeoutError):
+            # keep it unless a newer reading already replaced it; the loop waits for the broker
+            self._pending.setdefault(topic, payload)

@@ -1,0 +1,68 @@
+"""What a tag is to the rest of the gateway (a point with a topic and publish rules) and what one
+reading of it is (value, quality, timestamp, reason), rendered as the JSON the adapter publishes.
+
+Protocol-neutral: how a value is read or encoded belongs to the protocol adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    BAD = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One tag as the adapter base sees it: where it is published and when."""
+
+    device: str
+    name: str
+    topic: str
+    writable: bool = False
+    deadband: float = 0.0  # absolute, in the tag's engineering units
+    deadband_percent: float = 0.0  # of the last published value
+    every_poll: bool = False
+    units: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.device}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class TagValue:
+    value: Any
+    quality: Quality
+    ts_ms: int
+    reason: str | None = None
+
+    @classmethod
+    def good(cls, value: Any, ts_ms: int | None = None) -> TagValue:
+        return cls(value, Quality.GOOD, now_ms() if ts_ms is None else ts_ms)
+
+    @classmethod
+    def bad(cls, reason: str, ts_ms: int | None = None) -> TagValue:
+        return cls(None, Quality.BAD, now_ms() if ts_ms is None else ts_ms, reason)
+
+    def payload(self, units: str | None = None) -> bytes:
+        """`{"value", "quality", "ts"}` (ts in epoch milliseconds), plus "reason" when bad and "units" if set."""
+        body: dict[str, Any] = {"value": self.value, "quality": self.quality.value, "ts": self.ts_ms}
+        if self.reason is not None:
+            body["reason"] = self.reason
+        if units is not None:
+            body["units"] = units
+        return _COMPACT.encode(body).encode()
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps builds one per call
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,389 @@
+"""The bus scheduler: one per physical bus (a serial port, or a TCP endpoint or gateway), the only
+owner of that bus's connection. It polls its devices' coalesced reads on staggered schedules, sends
+queued writes ahead of polls, serialises everything on the bus (with the RTU inter-frame silence),
+retries, backs a silent device off and probes it, and hands every reading to the sink.
+
+Separate buses run concurrently; tags never do their own I/O. Framing is pymodbus's (via link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from adapters.base.commands import WriteRefused
+from adapters.base.device_health import DeviceHealth
+from adapters.base.tag import Point, TagValue, now_ms
+from adapters.modbus.codec import CodecError
+from adapters.modbus.link import ModbusLink, RequestError
+from adapters.modbus.read_plan import ReadBlock, plan_reads
+from adapters.modbus.register_map import DeviceMap, TagBinding
+from gateway.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Point, TagValue], None]
+MAX_QUEUED_WRITES = 256
+CONNECT_BACKOFF_INITIAL_S = 0.2
+# after a timeout on a serial line, a late answer may still be on the wire: let it pass before the next frame
+SERIAL_DRAIN_S = 0.05
+# devices start their schedules spread over this window (or their period, if shorter), not all at once
+STAGGER_WINDOW_S = 1.0
+
+
+class WriteFailed(Exception):
+    """A write the device did not confirm."""
+
+
+@dataclass
+class WriteJob:
+    device: DeviceRuntime
+    binding: TagBinding
+    value: Any
+    registers: list[int] | bool | None  # None: a bit inside a register, written by read-modify-write
+    future: asyncio.Future[Any]
+
+
+class DeviceRuntime:
+    """One unit id on a bus: its read plan and schedule, its health and backoff."""
+
+    def __init__(self, adapter: str, device_map: DeviceMap, phase: float):
+        self.config = device_map.config
+        self.name = self.config.name
+        self.unit = self.config.unit
+        self.bindings = device_map.tags
+        self.blocks: list[ReadBlock] = plan_reads(self.config, device_map.tags)
+        self.health = DeviceHealth(adapter, self.name)
+        self.timeout_s = self.config.timeout_ms / 1000
+        self.backoff = Backoff(initial_s=min(1.0, self.config.poll_ms / 1000), cap_s=self.config.backoff_max_ms / 1000)
+        self.phase = phase  # 0..1: where in each period this device's polls fall, so devices do not fire together
+        self.due: list[float] = [0.0] * len(self.blocks)
+        self.probe_at: float | None = None  # set while the device is down: when to try it again
+        self.block_reason: dict[int, str] = {}
+
+    def start(self, now: float) -> None:
+        self.due = [now + min(block.period_s, STAGGER_WINDOW_S) * self.phase for block in self.blocks]
+
+    def reschedule(self, index: int, now: float) -> None:
+        period = self.blocks[index].period_s
+        due = self.due[index] + period
+        if due <= now:
+            missed = math.ceil((now - due) / period)
+            self.health.missed_polls += missed
+            due += missed * period
+        self.due[index] = due
+
+
+class BusScheduler:
+    def __init__(self, adapter: str, bus: str, devices: list[DeviceRuntime], sink: Sink):
+        self.adapter = adapter
+        self.bus = bus
+        self.devices = devices
+        self.sink = sink
+        self.link = ModbusLink(bus, devices[0].config, max(d.timeout_s for d in devices))
+        self.frame_gap_s = max(d.config.frame_gap_s for d in devices)
+        self.connect_timeout_s = max(max(d.timeout_s for d in devices), 1.0)
+        self.connect_backoff = Backoff(
+            initial_s=CONNECT_BACKOFF_INITIAL_S, cap_s=max(d.config.backoff_max_ms for d in devices) / 1000
+        )
+        self.connect_reason: str | None = None
+        self.requests = 0
+        self._ever_connected = False
+        self._writes: deque[WriteJob] = deque()
+        self._wake = asyncio.Event()
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def submit_write(self, device: DeviceRuntime, binding: TagBinding, value: Any) -> asyncio.Future[Any]:
+        try:
+            if binding.tag.bit is not None:
+                binding.codec.encode_bit(value, 0)
+                registers = None
+            else:
+                registers = binding.codec.encode(value)
+        except CodecError as exc:
+            raise WriteRefused(f"{binding.point.key}: {exc}") from None
+        if not self.link.connected and self.connect_reason:
+            raise WriteRefused(f"{binding.point.key}: {self.bus} is not connected: {self.connect_reason}")
+        if len(self._writes) >= MAX_QUEUED_WRITES:
+            raise WriteRefused(f"{binding.point.key}: {MAX_QUEUED_WRITES} writes already queued on {self.bus}")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writes.append(WriteJob(device, binding, value, registers, future))
+        self._wake.set()
+        return future
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Own the bus until cancelled."""
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        for device in self.devices:
+            device.start(loop.time())
+        try:
+            while True:
+                if me is not None and me.cancelling():
+                    # Python 3.11's wait_for (inside pymodbus) drops a cancel that lands as an answer
+                    # arrives; the request is done, so honour the cancel here
+                    raise asyncio.CancelledError
+                if not self.link.connected:
+                    await self._connect()
+                    continue
+                if self._writes:
+                    await self._write(self._writes.popleft())
+                else:
+                    found = self._next_read()
+                    if found is None:
+                        await self._sleep(None)
+                        continue
+                    device, index, due = found
+                    if due > loop.time():
+                        await self._sleep(due - loop.time())
+                        continue
+                    await self._poll(device, index)
+                if self.frame_gap_s:
+                    await asyncio.sleep(self.frame_gap_s)
+        finally:
+            self.link.close()
+            for job in self._writes:
+                if not job.future.done():
+                    job.future.set_exception(WriteFailed("the adapter is stopping"))
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait for `seconds` (forever if None) or until a write arrives."""
+        if not self._writes:
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+        self._wake.clear()
+
+    def _next_read(self) -> tuple[DeviceRuntime, int, float] | None:
+        best: tuple[DeviceRuntime, int, float] | None = None
+        for device in self.devices:
+            if device.probe_at is not None:
+                if device.blocks and (best is None or device.probe_at < best[2]):
+                    best = (device, 0, device.probe_at)
+                continue
+            for index, due in enumerate(device.due):
+                if best is None or due < best[2]:
+                    best = (device, index, due)
+        return best
+
+    async def _connect(self) -> None:
+        try:
+            await self.link.connect(self.connect_timeout_s)
+        except RequestError as exc:
+            if exc.reason != self.connect_reason:
+                log.warning("adapter=%s bus=%s event=bus-unavailable reason=%s", self.adapter, self.bus, exc.reason)
+            self.connect_reason = exc.reason
+            self._ever_connected = False
+            for device in self.devices:
+                device.health.failed("connect")
+                self._device_down(device, exc.reason, probe=False)
+            self._fail_writes(exc.reason)
+            await self._sleep(self.connect_backoff.next_delay())
+            self._fail_writes(exc.reason)
+            return
+        if not self._ever_connected:
+            log.info("adapter=%s bus=%s event=bus-connected devices=%d", self.adapter, self.bus, len(self.devices))
+            self._ever_connected = True
+            now = asyncio.get_running_loop().time()
+            for device in self.devices:
+                if device.probe_at is not None and self.connect_reason is not None:
+                    device.probe_at = now  # it was unreachable only because the bus was: try it at once
+        self.connect_reason = None
+        self.connect_backoff.reset()
+
+    def _fail_writes(self, reason: str) -> None:
+        while self._writes:
+            job = self._writes.popleft()
+            job.device.health.writes_failed += 1
+            if not job.future.done():
+                job.future.set_exception(WriteFailed(f"{job.device.name}: {reason}"))
+
+    # ---- one request --------------------------------------------------------------------------
+
+    async def _poll(self, device: DeviceRuntime, index: int) -> None:
+        block = device.blocks[index]
+        loop = asyncio.get_running_loop()
+        probing = device.probe_at is not None
+        attempts = 1 if probing else device.config.retries + 1
+        error: RequestError | None = None
+        for _ in range(attempts):
+            started = time.monotonic()
+            self.requests += 1
+            try:
+                data = await self.link.read(block.table, block.start, block.count, device.unit, device.timeout_s)
+            except RequestError as exc:
+                device.health.failed(exc.kind)
+                error = exc
+                if exc.kind in ("exception", "connect"):
+                    break
+                if self.link.serial:
+                    await asyncio.sleep(SERIAL_DRAIN_S)
+                continue
+            device.health.answered(time.monotonic() - started)
+            self._deliver(device, index, data)
+            if probing or device.health.state != "up":
+                self._device_up(device, index, loop.time())
+            else:
+                device.reschedule(index, loop.time())
+            return
+        assert error is not None
+        if error.kind == "exception":
+            self._block_refused(device, index, error.reason)
+            if device.health.state != "up":
+                self._device_up(device, index, loop.time())
+            else:
+                device.reschedule(index, loop.time())
+        elif error.kind == "connect":
+            self._bus_lost(error.reason)
+        else:
+            self._device_down(device, error.reason)
+
+    def _deliver(self, device: DeviceRuntime, index: int, data: list[Any]) -> None:
+        block = device.blocks[index]
+        if device.block_reason.pop(index, None) is not None:
+            log.info("adapter=%s device=%s event=read-recovered block=%s", self.adapter, device.name, block.describe())
+        ts = now_ms()
+        for binding in block.tags:
+            try:
+                reading = TagValue.good(binding.codec.decode(data, binding.first - block.start), ts)
+            except (ValueError, IndexError) as exc:
+                reading = TagValue.bad(f"cannot decode {binding.tag.type}: {exc}", ts)
+            self.sink(binding.point, reading)
+
+    def _block_refused(self, device: DeviceRuntime, index: int, reason: str) -> None:
+        block = device.blocks[index]
+        reason = f"{reason} reading {block.describe()}"
+        if device.block_reason.get(index) != reason:
+            log.warning("adapter=%s device=%s event=read-refused reason=%s", self.adapter, device.name, reason)
+            device.block_reason[index] = reason
+        ts = now_ms()
+        for binding in block.tags:
+            self.sink(binding.point, TagValue.bad(reason, ts))
+
+    def _device_up(self, device: DeviceRuntime, index: int, now: float) -> None:
+        device.health.set_up()
+        device.backoff.reset()
+        device.probe_at = None
+        device.due = [now] * len(device.blocks)
+        device.due[index] = now + device.blocks[index].period_s
+
+    def _device_down(self, device: DeviceRuntime, reason: str, probe: bool = True) -> None:
+        if device.health.set_down(reason):
+            ts = now_ms()
+            for binding in device.bindings:
+                self.sink(binding.point, TagValue.bad(reason, ts))
+        if probe:
+            device.probe_at = asyncio.get_running_loop().time() + device.backoff.next_delay()
+        elif device.probe_at is None:
+            device.probe_at = asyncio.get_running_loop().time()
+        if not self.link.serial and all(d.health.state == "down" for d in self.devices):
+            # nobody answers on this endpoint: start the next attempt from a fresh connection
+            self.link.close()
+
+    def _bus_lost(self, reason: str) -> None:
+        log.warning("adapter=%s bus=%s event=bus-lost reason=%s", self.adapter, self.bus, reason)
+        self.link.close()
+
+    async def _write(self, job: WriteJob) -> None:
+        device, binding = job.device, job.binding
+        tag = binding.tag
+        attempts = 1 if device.probe_at is not None else device.config.retries + 1
+        error: RequestError | None = None
+        for _ in range(attempts):
+            started = time.monotonic()
+            self.requests += 1
+            try:
+                if tag.is_bit:
+                    assert isinstance(job.registers, bool)
+                    await self.link.write_coil(tag.address, job.registers, device.unit, device.timeout_s)
+                    written: Any = job.registers
+                elif job.registers is None:
+                    [register] = await self.link.read("holding", tag.address, 1, device.unit, device.timeout_s)
+                    updated = binding.codec.encode_bit(job.value, register)
+                    await self.link.write_registers(tag.address, [updated], device.unit, device.timeout_s)
+                    written = binding.codec.decode([updated], 0)
+                else:
+                    assert isinstance(job.registers, list)
+                    await self.link.write_registers(tag.address, job.registers, device.unit, device.timeout_s)
+                    written = binding.codec.decode(job.registers, 0)
+            except RequestError as exc:
+                device.health.failed(exc.kind)
+                error = exc
+                if exc.kind in ("exception", "connect"):
+                    break
+                continue
+            device.health.answered(time.monotonic() - started)
+            device.health.writes_ok += 1
+            if not job.future.done():
+                job.future.set_result(written)
+            self._read_soon(device, tag.table, binding)
+            return
+        assert error is not None
+        device.health.writes_failed += 1
+        if not job.future.done():
+            job.future.set_exception(WriteFailed(f"{device.name}: {error.reason}"))
+        if error.kind == "connect":
+            self._bus_lost(error.reason)
+
+    @staticmethod
+    def _read_soon(device: DeviceRuntime, table: str, binding: TagBinding) -> None:
+        """Read back the blocks holding a written tag at once, so its new value is published."""
+        if device.probe_at is not None:
+            return
+        now = asyncio.get_running_loop().time()
+        for index, block in enumerate(device.blocks):
+            if block.table == table and block.start <= binding.last and binding.first <= block.end:
+                device.due[index] = min(device.due[index], now)
+
+    def status(self) -> dict[str, Any]:
+        return {d.name: {"bus": self.bus, "unit": d.unit, **d.health.snapshot()} for d in self.devices}
+
+
+class Buses:
+    """Every bus scheduler of one adapter, and the way in for writes addressed by tag."""
+
+    def __init__(self, adapter: str, device_maps: Iterable[DeviceMap], sink: Sink):
+        maps = list(device_maps)
+        runtimes = [DeviceRuntime(adapter, m, index / max(len(maps), 1)) for index, m in enumerate(maps)]
+        by_bus: dict[str, list[DeviceRuntime]] = {}
+        for runtime in runtimes:
+            by_bus.setdefault(runtime.config.bus, []).append(runtime)
+        self.schedulers = [BusScheduler(adapter, bus, members, sink) for bus, members in by_bus.items()]
+        self._targets: dict[str, tuple[BusScheduler, DeviceRuntime, TagBinding]] = {}
+        for scheduler in self.schedulers:
+            for runtime in scheduler.devices:
+                for binding in runtime.bindings:
+                    self._targets[binding.point.key] = (scheduler, runtime, binding)
+
+    @property
+    def points(self) -> list[Point]:
+        return [binding.point for _, _, binding in self._targets.values()]
+
+    def submit_write(self, point: Point, value: Any) -> asyncio.Future[Any]:
+        target = self._targets.get(point.key)
+        if target is None:
+            raise WriteRefused(f"no Modbus tag {point.key}")
+        scheduler, runtime, binding = target
+        return scheduler.submit_write(runtime, binding, value)
+
+    def status(self) -> dict[str, Any]:
+        devices: dict[str, Any] = {}
+        for scheduler in self.schedulers:
+            devices.update(scheduler.status())
+        return devices
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for scheduler in self.schedulers:
+                tasks.create_task(scheduler.run(), name=f"bus {scheduler.bus}")

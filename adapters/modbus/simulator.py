@@ -1,0 +1,241 @@
+"""A simulated Modbus device (a pymodbus server) for the demo and the tests: holding and input
+registers, coils and discrete inputs, with a register map that changes over time, a request log,
+and switches that make a unit fall silent or answer garbage.
+
+    python -m adapters.modbus.simulator --host 127.0.0.1 --port 15020 [--period 0.5]
+    python -m adapters.modbus.simulator --serial /dev/pts/3 --baudrate 19200
+
+Not part of a production gateway: it is a stand-in for plant equipment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+log = logging.getLogger("adapters.modbus.simulator")
+
+REGISTERS = 12000
+BITS = 8192
+FUNCTION_TABLE = {
+    1: "coil",
+    5: "coil",
+    15: "coil",
+    2: "discrete",
+    4: "input",
+    3: "holding",
+    6: "holding",
+    16: "holding",
+}
+READ_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+WRITE_CODES = {"coil": 15, "holding": 16}
+
+# The demo map (etc/demo/adapters/line1.toml reads it); every address below is changed by `step`.
+DEMO_MAP = """\
+holding 0       uint16   cycle counter, +1 per step
+holding 1-2     float32  temperature, degC, 20..30 sine (big word order)
+holding 3-4     int32    parts produced, +3 per step
+holding 5-6     float32  vibration, mm/s, same value in little word order (CDAB)
+holding 7       uint16   status word, bit 0 = running, bit 1 = alarm (alarm every 10th step)
+holding 10-17   string   "SIM-PRESS-01" (16 chars)
+holding 20      uint16   speed setpoint (writable; the simulator never changes it)
+input 0         int16    pressure x10, 950..1050
+coil 0          bool     run command (writable)
+discrete 0      bool     door closed, toggles every 5 steps
+"""
+
+
+@dataclass(frozen=True)
+class Request:
+    unit: int
+    table: str
+    function: int
+    address: int
+    count: int
+
+
+class Simulator:
+    """The server plus what tests need to see and steer it."""
+
+    def __init__(self, units: Iterable[int] = (0,)):
+        """`units`: the unit ids served, each with its own registers; 0 answers every unit id."""
+        self.units = list(units)
+        self.requests: list[Request] = []
+        self.muted: set[int] = set()  # units that receive but never answer
+        self.garbled: set[int] = set()  # units whose answers are corrupted on the wire
+        self.server: ModbusTcpServer | ModbusSerialServer | None = None
+        self.steps = 0
+        self._last_unit = 0
+
+    def _devices(self) -> list[SimDevice]:
+        return [
+            SimDevice(
+                id=unit,
+                simdata=(
+                    [SimData(0, count=BITS, values=False, datatype=DataType.BITS)],
+                    [SimData(0, count=BITS, values=False, datatype=DataType.BITS)],
+                    [SimData(0, count=REGISTERS, values=0, datatype=DataType.REGISTERS)],
+                    [SimData(0, count=REGISTERS, values=0, datatype=DataType.REGISTERS)],
+                ),
+            )
+            for unit in self.units
+        ]
+
+    # ---- serving ------------------------------------------------------------------------------
+
+    async def start_tcp(self, host: str, port: int) -> None:
+        self.server = ModbusTcpServer(
+            self._devices(), address=(host, port), trace_pdu=self._trace_pdu, trace_packet=self._trace_packet
+        )
+        await self.server.serve_forever(background=True)
+
+    async def start_serial(self, port: str, baudrate: int = 19200, parity: str = "N", stopbits: int = 1) -> None:
+        self.server = ModbusSerialServer(
+            self._devices(),
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+            trace_pdu=self._trace_pdu,
+            trace_packet=self._trace_packet,
+        )
+        await self.server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.shutdown()
+            self.server = None
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        if not sending:
+            self._last_unit = pdu.dev_id
+            table = FUNCTION_TABLE.get(pdu.function_code, "?")
+            count = getattr(pdu, "count", 0) or len(getattr(pdu, "registers", []) or getattr(pdu, "bits", []) or [])
+            self.requests.append(Request(pdu.dev_id, table, pdu.function_code, pdu.address, count))
+        return pdu
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending and self._last_unit in self.muted:
+            return b""
+        if sending and self._last_unit in self.garbled and len(data) > 8:
+            # same length, nonsense function code: a TCP frame still parses, an RTU frame fails its CRC
+            at = 7 if isinstance(self.server, ModbusTcpServer) else 1
+            return data[:at] + b"\x7f" + data[at + 1 :]
+        return data
+
+    def request_count(self, unit: int | None = None, table: str | None = None, reads_only: bool = True) -> int:
+        return sum(
+            1
+            for r in self.requests
+            if (unit is None or r.unit == unit)
+            and (table is None or r.table == table)
+            and (not reads_only or r.function in READ_CODES.values())
+        )
+
+    def reset_counts(self) -> Counter[str]:
+        counts = Counter(r.table for r in self.requests)
+        self.requests.clear()
+        return counts
+
+    # ---- the datastore ------------------------------------------------------------------------
+
+    async def get(self, table: str, address: int, count: int = 1, unit: int = 1) -> list[Any]:
+        assert self.server is not None
+        return list(await self.server.async_getValues(unit, READ_CODES[table], address, count))
+
+    async def set(self, table: str, address: int, values: list[int] | list[bool], unit: int = 1) -> None:
+        assert self.server is not None
+        await self.server.async_setValues(unit, WRITE_CODES.get(table, READ_CODES[table]), address, values)
+
+    async def set_direct(self, table: str, address: int, values: list[int] | list[bool], unit: int = 1) -> None:
+        """Set values in any table, discrete inputs and input registers included (the device's own side)."""
+        assert self.server is not None
+        code = {"coil": 15, "discrete": 2, "holding": 16, "input": 4}[table]
+        await self.server.context.async_setValues(unit, code, address, values)
+
+    # ---- the changing demo map ----------------------------------------------------------------
+
+    async def load_demo(self, unit: int = 1) -> None:
+        await self.set_direct("holding", 10, _string_registers("SIM-PRESS-01", 8), unit)
+        await self.set_direct("holding", 20, [1200], unit)
+        await self.step(unit)
+
+    async def step(self, unit: int = 1) -> None:
+        self.steps += 1
+        n = self.steps
+        temperature = 25 + 5 * math.sin(n / 10)
+        vibration = 2.5 + math.sin(n / 3)
+        hi, lo = struct.unpack(">HH", struct.pack(">f", temperature))
+        vhi, vlo = struct.unpack(">HH", struct.pack(">f", vibration))
+        parts = (n * 3) & 0xFFFFFFFF
+        status = 1 | (2 if n % 10 == 0 else 0)
+        await self.set_direct("holding", 0, [n & 0xFFFF, hi, lo, parts >> 16, parts & 0xFFFF, vlo, vhi, status], unit)
+        await self.set_direct("input", 0, [round(1000 + 50 * math.sin(n / 7)) & 0xFFFF], unit)
+        await self.set_direct("discrete", 0, [(n // 5) % 2 == 0], unit)
+
+    async def run_changes(self, period_s: float, unit: int = 1) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            await self.step(unit)
+
+
+def _string_registers(text: str, registers: int) -> list[int]:
+    data = text.encode().ljust(registers * 2, b"\x00")[: registers * 2]
+    return list(struct.unpack(f">{registers}H", data))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    simulator = Simulator()
+    if args.serial:
+        await simulator.start_serial(args.serial, args.baudrate)
+        where = args.serial
+    else:
+        await simulator.start_tcp(args.host, args.port)
+        where = f"{args.host}:{args.port}"
+    await simulator.load_demo(unit=1)
+    log.info("event=simulator-listening at=%s period_s=%s", where, args.period)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    changes = asyncio.create_task(simulator.run_changes(args.period))
+    await stop.wait()
+    changes.cancel()
+    await simulator.stop()
+    log.info("event=simulator-stopped requests=%d", len(simulator.requests))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m adapters.modbus.simulator",
+        description="A simulated Modbus device with a changing register map:\n" + DEMO_MAP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=15020)
+    parser.add_argument("--serial", help="serve Modbus RTU on this serial device instead of TCP")
+    parser.add_argument("--baudrate", type=int, default=19200)
+    parser.add_argument("--period", type=float, default=0.5, help="seconds between register map changes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    started = time.monotonic()
+    asyncio.run(_main(args))
+    log.info("event=exit uptime_s=%.1f", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

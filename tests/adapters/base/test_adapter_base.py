@@ -1,0 +1,100 @@
+"""The protocol-neutral adapter base: the publish decision (deadbands, every poll, quality changes),
+the publisher's one-payload-per-topic buffer, and `/set` command parsing and refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from adapters.base.change_filter import ChangeFilter
+from adapters.base.commands import CommandRouter, WriteRefused, parse_command
+from adapters.base.publisher import Publisher
+from adapters.base.tag import Point, TagValue
+from gateway.mqtt import Received
+
+
+def readings(filter_: ChangeFilter, point: Point, values: list[object]) -> list[object]:
+    return [v for v in values if filter_.admit(point, TagValue.good(v, 0))]
+
+
+def test_absolute_deadband_publishes_only_moves_beyond_it() -> None:
+    point = Point("press", "t", "l/press/t", deadband=0.5)
+    assert readings(ChangeFilter(), point, [20.0, 20.3, 20.5, 20.6, 20.2, 20.0]) == [20.0, 20.6, 20.0]
+
+
+def test_percent_deadband_is_relative_to_the_last_published_value() -> None:
+    point = Point("press", "p", "l/press/p", deadband_percent=10)
+    assert readings(ChangeFilter(), point, [100, 105, 111, 120, 0, 0, 1]) == [100, 111, 0, 1]
+
+
+def test_no_deadband_publishes_changes_and_every_poll_publishes_all() -> None:
+    assert readings(ChangeFilter(), Point("d", "a", "x/d/a"), [1, 1, 2, 2, "x", "x"]) == [1, 2, "x"]
+    assert readings(ChangeFilter(), Point("d", "a", "x/d/a", every_poll=True), [1, 1, 1]) == [1, 1, 1]
+
+
+def test_quality_changes_always_publish() -> None:
+    point = Point("press", "t", "l/press/t", deadband=100)
+    f = ChangeFilter()
+    assert f.admit(point, TagValue.good(1.0, 0))
+    assert f.admit(point, TagValue.bad("timeout", 1))
+    assert not f.admit(point, TagValue.bad("timeout", 2))
+    assert f.admit(point, TagValue.bad("exception 2", 3))
+    assert f.admit(point, TagValue.good(1.0, 4))
+
+
+class RecordingBroker:
+    """Stands in for the broker connection (the end-to-end test uses the real one)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+        self.connected = True
+
+    async def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, timeout_s: float = 10
+    ):
+        self.sent.append((topic, json.loads(payload)))
+
+
+def test_publisher_keeps_only_the_newest_payload_per_topic_while_waiting() -> None:
+    async def scenario() -> None:
+        publisher = Publisher("line1", window=8)
+        broker = RecordingBroker()
+        point = Point("press", "count", "line1/press/count", every_poll=True)
+        for value in range(5):
+            publisher.offer(point, TagValue.good(value, value))
+        assert publisher.backlog == 1 and publisher.superseded == 4
+        task = asyncio.create_task(publisher.run(broker))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        assert broker.sent == [("line1/press/count", {"value": 4, "quality": "good", "ts": 4})]
+
+    asyncio.run(scenario())
+
+
+def test_commands_parse_bare_values_and_objects_and_refuse_garbage() -> None:
+    assert parse_command(b"42") == (42, None)
+    assert parse_command(b'{"value": true, "id": "a1"}') == (True, "a1")
+    with pytest.raises(WriteRefused, match="not JSON"):
+        parse_command(b"forty")
+    with pytest.raises(WriteRefused, match='"value"'):
+        parse_command(b'{"v": 1}')
+
+
+def test_read_only_tag_refuses_a_write_on_set_result() -> None:
+    class NeverWrites:
+        def submit_write(self, point: Point, value: object) -> asyncio.Future:
+            raise AssertionError("must not be asked")
+
+    async def scenario() -> list[tuple[str, dict]]:
+        broker = RecordingBroker()
+        points = [Point("press", "t", "line1/press/t"), Point("press", "sp", "custom/sp", writable=True)]
+        router = CommandRouter("line1", points, NeverWrites(), broker)
+        assert router.filters() == ["line1/+/+/set", "custom/sp/set"]
+        await router.handle(Received("line1/press/t/set", b'{"value": 1, "id": 7}', 1, False))
+        return broker.sent
+
+    [(topic, body)] = asyncio.run(scenario())
+    assert topic == "line1/press/t/set/result"
+    assert body["ok"] is False and "read-only" in body["error"] and body["id"] == 7
