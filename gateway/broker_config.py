@@ -1,5 +1,6 @@
-"""Renders mosquitto.conf for the local broker: a unix-socket listener for local components, no
-anonymous access, the password and ACL files compiled from the config, queues sized for QoS 1 routes.
+"""Renders mosquitto.conf for the local broker: a unix-socket listener for local components, the
+mutual-TLS listener for devices (group CA, CRL, CN as identity), no anonymous access, the password and
+ACL files compiled from the config, queues sized for QoS 1 routes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def mosquitto_conf_text(config: GatewayConfig, paths: GatewayPaths, user: Servic
             f"max_inflight_messages {broker.max_inflight_messages}",
             # headroom over the largest payload for topic, properties and header
             f"max_packet_size {int(broker.message_size_limit) + 65536}",
-            "log_dest stdout",
+            "log_dest stderr",  # unbuffered: stdout is block-buffered into supervisord's pipe
             "log_type error",
             "log_type warning",
             "log_type notice",
@@ -54,5 +55,25 @@ def mosquitto_conf_text(config: GatewayConfig, paths: GatewayPaths, user: Servic
             "# local components: per-component credentials over a unix socket",
             f"listener 0 {paths.broker_socket}",
             "",
+            *tls_listener_lines(config, paths),
+            "",
         ]
     )
+
+
+def tls_listener_lines(config: GatewayConfig, paths: GatewayPaths) -> list[str]:
+    """Devices: a client certificate from the current group CA, not revoked, is required; its CN is
+    the username the ACL knows it by and its client id, so no device can take over another's session.
+    A reload (SIGHUP) picks up a renewed server certificate, a rotated CA and a new CRL."""
+    return [
+        "# devices: mutual TLS with certificates from the group CA (CN = thing name)",
+        f"listener {config.broker.tls_port}",
+        "protocol mqtt",
+        f"cafile {paths.ca_cert}",
+        f"certfile {paths.server_cert}",
+        f"keyfile {paths.server_key}",
+        f"crlfile {paths.crl_file}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+    ]

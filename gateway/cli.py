@@ -8,36 +8,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
-from gateway.paths import GatewayPaths, default_config_dir, default_state_dir
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_INVALID = 2
-
-
-def _paths(args: argparse.Namespace, loaded: LoadedConfig | None = None) -> GatewayPaths:
-    state = args.state
-    log_dir = None
-    if loaded is not None:
-        gateway = loaded.gateway.gateway
-        if state is None and gateway.state_dir is not None:
-            state = gateway.state_dir
-        log_dir = gateway.log_dir
-    return GatewayPaths.resolve(args.config, state or default_state_dir(), log_dir)
-
-
-def _load(args: argparse.Namespace) -> LoadedConfig:
-    try:
-        return load_config(args.config)
-    except ConfigInvalid as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        raise SystemExit(EXIT_INVALID) from None
+from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for
+from gateway.paths import default_config_dir
+from gateway.security_cli import add_security_parsers
+from gateway.shadow_cli import add_shadow_parser
+from gateway.spool_cli import add_spool_parser
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    loaded = _load(args)
+    loaded = load_or_exit(args)
     print(
         f"{loaded.config_dir}: valid ({len(loaded.gateway.functions)} functions, {len(loaded.adapters)} adapters, "
         f"{len(loaded.gateway.subscriptions)} subscriptions)"
@@ -49,9 +28,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.broker_config import BrokerNotInstalled
     from gateway.launch import StateDirError, exec_supervisord, prepare
 
-    loaded = _load(args)
+    loaded = load_or_exit(args)
     try:
-        conf = prepare(loaded, _paths(args, loaded))
+        conf = prepare(loaded, paths_for(args, loaded))
     except (StateDirError, BrokerNotInstalled) as exc:
         print(f"millgate run: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -62,7 +41,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.status import gather_status, render_status
 
-    paths = _paths(args, _load_quietly(args))
+    paths = paths_for(args, load_quietly(args))
     report = gather_status(paths)
     print(render_status(report, as_json=args.json))
     return EXIT_OK if report.supervisor_reachable else EXIT_FAILED
@@ -71,7 +50,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.check import render_checks, run_checks
 
-    paths = _paths(args, _load_quietly(args))
+    paths = paths_for(args, load_quietly(args))
     results = run_checks(paths)
     print(render_checks(results))
     return EXIT_FAILED if any(r.required and not r.passed for r in results) else EXIT_OK
@@ -82,7 +61,7 @@ def cmd_pub(args: argparse.Namespace) -> int:
 
     payloads = [args.payload] if args.payload is not None else (line.rstrip("\n") for line in sys.stdin)
     try:
-        count = publish_lines(_paths(args, _load_quietly(args)), args.topic, payloads, args.qos, args.retain)
+        count = publish_lines(paths_for(args, load_quietly(args)), args.topic, payloads, args.qos, args.retain)
     except OperatorError as exc:
         print(f"millgate pub: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -95,19 +74,11 @@ def cmd_sub(args: argparse.Namespace) -> int:
     from gateway.operator_client import OperatorError, subscribe_print
 
     try:
-        complete = subscribe_print(_paths(args, _load_quietly(args)), args.filter, args.count, args.timeout)
+        complete = subscribe_print(paths_for(args, load_quietly(args)), args.filter, args.count, args.timeout)
     except OperatorError as exc:
         print(f"millgate sub: {exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK if complete else EXIT_FAILED
-
-
-def _load_quietly(args: argparse.Namespace) -> LoadedConfig | None:
-    """The config if it is valid (for state_dir/log_dir); operator verbs still work without it."""
-    try:
-        return load_config(args.config)
-    except ConfigInvalid:
-        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-n", "--count", type=int, default=None, help="exit 0 after this many messages")
     sub.add_argument("--timeout", type=float, default=None, metavar="S", help="exit 1 if COUNT has not arrived")
     sub.set_defaults(handler=cmd_sub)
+
+    add_security_parsers(verbs, common)
+    add_shadow_parser(verbs, common)
+    add_spool_parser(verbs, common)
     return parser
 
 

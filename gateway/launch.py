@@ -67,11 +67,22 @@ def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     write_atomic(paths.password_file, password_file_text(creds), 0o640, owner)
     write_atomic(paths.acl_file, acl_file_text(compile_grants(config, loaded.adapters)), 0o640, owner)
     mosquitto = mosquitto_binary()
+    prepare_ca(loaded, paths, user)
     write_atomic(paths.mosquitto_conf, mosquitto_conf_text(config, paths, user), 0o640, owner)
     deploy_functions(loaded, paths)
     conf = supervisord_conf_text(config, paths, user, programs(loaded, paths, mosquitto))
     write_atomic(paths.supervisord_conf, conf, 0o640, owner)
     return paths.supervisord_conf
+
+
+def prepare_ca(loaded: LoadedConfig, paths: GatewayPaths, user: ServiceUser) -> None:
+    """Local security (issue 3): the group CA on first start, the broker's certificate and CRL current."""
+    from gateway.ca import CaError, ensure_ca
+
+    try:
+        ensure_ca(paths, loaded.gateway, user.owner if as_root() else None)
+    except (CaError, OSError) as exc:
+        raise StateDirError(f"group CA: {exc}") from exc
 
 
 def as_root() -> bool:

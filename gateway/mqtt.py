@@ -66,6 +66,7 @@ class Received:
     mid: int = 0
     session: int = 0  # which connection delivered it; an ack on a later one is meaningless
     response_topic: str | None = None  # MQTT 5: where the sender wants an answer
+    properties: Properties | None = None  # every MQTT 5 property the message carried
 
 
 def paho_client(creds: Credentials, client_id: str, will: tuple[str, bytes] | None = None) -> paho.Client:
@@ -113,7 +114,7 @@ class LocalMqtt:
         component: str,
         *,
         status_interval_s: float = 5.0,
-        subscriptions: Sequence[tuple[str, int]] = (),
+        subscriptions: Sequence[tuple[str, int | SubscribeOptions]] = (),
         on_message: MessageHandler | None = None,
         status_fields: Callable[[], dict[str, Any]] | None = None,
         inbox_size: int = 10_000,
@@ -284,7 +285,9 @@ class LocalMqtt:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[ReasonCode]] = loop.create_future()
         with self._lock:
-            result, mid = client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in self.subscriptions])
+            result, mid = client.subscribe(
+                [(f, q if isinstance(q, SubscribeOptions) else SubscribeOptions(qos=q)) for f, q in self.subscriptions]
+            )
             if result != paho.MQTT_ERR_SUCCESS or mid is None:
                 raise NotConnected(f"subscribe: {paho.error_string(result)}")
             self._pending[mid] = future  # type: ignore[assignment]
@@ -354,6 +357,7 @@ class LocalMqtt:
             message.mid,
             self._session_number,
             getattr(message.properties, "ResponseTopic", None),
+            message.properties,
         )
         assert self._loop is not None
         # Blocking the network thread while the inbox is full pushes back on the broker, which

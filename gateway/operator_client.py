@@ -24,7 +24,7 @@ class OperatorError(RuntimeError):
     pass
 
 
-def _connected_client(paths: GatewayPaths, suffix: str) -> paho.Client:
+def connected_operator(paths: GatewayPaths, suffix: str) -> paho.Client:
     try:
         creds = load_credentials(paths.credentials_dir, OPERATOR)
     except PermissionError:
@@ -50,7 +50,7 @@ def publish_lines(paths: GatewayPaths, topic: str, payloads: Iterable[str], qos:
         validate_topic_name(topic)
     except TopicError as exc:
         raise OperatorError(f"topic {exc}") from None
-    client = _connected_client(paths, "pub")
+    client = connected_operator(paths, "pub")
     failures: list[str] = []
 
     def on_publish(_c: paho.Client, _u: object, mid: int, reason: object, _p: object) -> None:
@@ -82,7 +82,7 @@ def subscribe_print(paths: GatewayPaths, topic_filter: str, count: int | None, t
         validate_topic_filter(topic_filter)
     except TopicError as exc:
         raise OperatorError(f"filter {exc}") from None
-    client = _connected_client(paths, "sub")
+    client = connected_operator(paths, "sub")
     received = 0
     enough = threading.Event()
     refused: list[str] = []

@@ -34,6 +34,8 @@ class Program:
     as_service_user: bool = True
     log_file: Path | None = None  # default: log_dir/system/<name>.log
     log_max_bytes: int | None = None  # default: logging.max_bytes_per_component
+    # exit codes that mean "stopped on purpose, do not restart" (the uplink exits 3 on a damaged spool)
+    exit_codes: str = "0"
 
 
 def _escape(value: str) -> str:
@@ -52,7 +54,7 @@ def programs(loaded: LoadedConfig, paths: GatewayPaths, mosquitto: Path) -> list
         Program("core", python_component("gateway.core", paths), priority=20, as_service_user=False),
     ]
     if needs_uplink(loaded.gateway):
-        found.append(Program(UPLINK, python_component("gateway.uplink", paths), priority=30))
+        found.append(Program(UPLINK, python_component("gateway.uplink", paths), priority=30, exit_codes="0,3"))
     for function in loaded.gateway.functions:
         if function.lifecycle == "long-lived":
             command = python_component("functions.pinned", paths, "--name", function.name)
@@ -115,7 +117,8 @@ def supervisord_conf_text(
             f"command={_escape(shlex.join(program.command))}",
             f"priority={program.priority}",
             "autostart=true",
-            "autorestart=true",
+            "autorestart=unexpected",
+            f"exitcodes={program.exit_codes}",
             "startsecs=1",
             "startretries=10",
             "stopsignal=TERM",

@@ -7,10 +7,15 @@ import logging
 
 from functions.runtime import run_on_demand_functions
 from gateway.acl import CORE
+from gateway.ca import CaKeyInsecure, check_key_permissions
 from gateway.component import start_component, stop_on_signals
+from gateway.core.cert_renewal import CertRenewal
 from gateway.core.health import ComponentHealth
 from gateway.core.socket_access import keep_socket_open_to_local_users
+from gateway.discovery import DiscoveryServer
 from gateway.mqtt import LocalMqtt
+from gateway.shadows.router import TopicRouter
+from gateway.shadows.service import ShadowService
 from gateway.topics import STATUS_FILTER
 
 log = logging.getLogger("gateway.core")
@@ -20,20 +25,37 @@ async def main() -> None:
     ctx = start_component(CORE)
     stop = stop_on_signals()
     health = ComponentHealth()
+    # the shadow service shares the core's broker connection; a router splits the topics
+    shadows = ShadowService.open(ctx.paths.state_dir / "shadows.db", ctx.loaded.gateway.shadows)
+    router = TopicRouter()
+    router.add([STATUS_FILTER], health.on_status)
+    router.add([f for f, _ in shadows.subscriptions], shadows.on_message)
     mqtt = LocalMqtt(
         ctx.paths.broker_socket,
         ctx.creds,
         CORE,
         status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
-        subscriptions=[(STATUS_FILTER, 1)],
-        on_message=health.on_status,
-        status_fields=lambda: {"thing_name": ctx.loaded.gateway.gateway.thing_name, **health.summary()},
+        subscriptions=[(STATUS_FILTER, 1), *shadows.subscriptions],
+        on_message=router.dispatch,
+        status_fields=lambda: {
+            "thing_name": ctx.loaded.gateway.gateway.thing_name,
+            **health.summary(),
+            **shadows.status_fields(),
+        },
     )
     log.info("event=starting thing=%s config=%s", ctx.loaded.gateway.gateway.thing_name, ctx.paths.config_dir)
+    try:
+        check_key_permissions(ctx.paths)
+    except CaKeyInsecure as exc:
+        log.error("event=refusing-to-start reason=%s", exc)
+        raise SystemExit(1) from None
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(mqtt.run(stop))
+        tasks.create_task(shadows.run(stop, mqtt.publish))
         tasks.create_task(run_on_demand_functions(ctx.loaded, ctx.paths, stop))
         tasks.create_task(keep_socket_open_to_local_users(ctx.paths.broker_socket, stop))
+        tasks.create_task(CertRenewal(ctx.paths, ctx.loaded.gateway).run(stop))
+        tasks.create_task(DiscoveryServer(ctx.paths, ctx.loaded.gateway).run(stop))
     log.info("event=stopped")
 
 

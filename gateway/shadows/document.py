@@ -1,0 +1,355 @@
+"""AWS IoT device shadow semantics as pure functions: request validation with AWS's codes and texts,
+the merge, per-leaf metadata, the delta, the size and depth limits, and the response documents
+(../shared/aws-shadow-semantics.md, sections 2-7).
+
+It does no I/O and knows no topics or storage; `gateway/shadows/handler.py` applies it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SECTIONS = ("desired", "reported")
+MAX_STATE_BYTES = 8192  # desired + reported of the merged document, metadata excluded
+MAX_DEPTH = 6  # levels below desired/reported
+MAX_CLIENT_TOKEN_BYTES = 64
+MAX_REQUEST_BYTES = 128 * 1024  # AWS IoT's MQTT payload limit
+THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
+SHADOW_NAME = re.compile(r"[A-Za-z0-9:_-]{1,64}")
+
+Json = dict[str, Any]
+
+
+class ShadowError(Exception):
+    """A request AWS IoT would reject: the HTTP-style code and AWS's exact message."""
+
+    def __init__(self, code: int, message: str, client_token: str | None = None):
+        super().__init__(f"{code} {message}")
+        self.code = code
+        self.message = message
+        self.client_token = client_token
+
+
+def bad_request(message: str) -> ShadowError:
+    return ShadowError(400, message)
+
+
+def not_found(thing: str, name: str | None) -> ShadowError:
+    # AWS quotes the shadow's name, and for the classic shadow names the thing
+    return ShadowError(404, f"No shadow exists with name: '{name or thing}'")
+
+
+VERSION_CONFLICT = "Version conflict"
+TOO_LARGE = "The payload exceeds the maximum size allowed"
+NOT_UTF8 = "Unsupported documented encoding; supported encoding is UTF-8"
+INTERNAL = "Internal service failure"
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    state: Json | None  # None: the request said "state": null (clears both sections)
+    client_token: str | None
+    version: int | None
+
+
+# ---- reading requests ---------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(payload: bytes) -> Any:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ShadowError(415, NOT_UTF8) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise bad_request("Invalid JSON") from None
+
+
+def client_token(document: Json) -> str | None:
+    if "clientToken" not in document:
+        return None
+    token = document["clientToken"]
+    if not isinstance(token, str) or len(token.encode("utf-8")) > MAX_CLIENT_TOKEN_BYTES:
+        raise bad_request("Invalid clientToken")
+    return token
+
+
+def token_of_side_request(payload: bytes) -> str | None:
+    """A get or delete request's clientToken; the rest of its content is ignored [S2], and so is a
+    payload that is not a JSON object. An over-long token is still refused like an update's [S1]."""
+    if not payload.strip():
+        return None
+    try:
+        document = read_json(payload)
+    except ShadowError:
+        return None
+    return client_token(document) if isinstance(document, dict) else None
+
+
+def parse_update(payload: bytes) -> UpdateRequest:
+    """Validate an /update request document [S1][S3]; raise ShadowError with AWS's code and text."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise ShadowError(413, TOO_LARGE)
+    document = read_json(payload)
+    if not isinstance(document, dict):
+        raise bad_request("Invalid JSON")
+    token = client_token(document)
+    try:
+        version = _version(document)
+        if "state" not in document:
+            raise bad_request("Missing required node: state")
+        state = document["state"]
+        if state is None:
+            return UpdateRequest(None, token, version)
+        if not isinstance(state, dict):
+            raise bad_request("State node must be an object")
+        if any(key not in SECTIONS for key in state):
+            raise bad_request("State contains an invalid node")
+        for section in SECTIONS:
+            if section in state:
+                _check_section(section, state[section])
+        return UpdateRequest(state, token, version)
+    except ShadowError as exc:
+        exc.client_token = token
+        raise
+
+
+def _version(document: Json) -> int | None:
+    if "version" not in document:
+        return None
+    version = document["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise bad_request("Invalid version")
+    return version
+
+
+def _check_section(section: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise bad_request(f"{section.capitalize()} node must be an object")
+    if depth(value) > MAX_DEPTH:
+        raise bad_request(f"JSON contains too many levels of nesting; maximum is {MAX_DEPTH}")
+    if _array_holds_null(value, in_array=False):
+        raise bad_request("Invalid JSON")
+
+
+def depth(value: Any) -> int:
+    """Nesting levels of objects and arrays: `{"a": 1}` is 1."""
+    if isinstance(value, dict):
+        return 1 + max((depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth(v) for v in value), default=0)
+    return 0
+
+
+def _array_holds_null(value: Any, in_array: bool) -> bool:
+    if value is None:
+        return in_array
+    if isinstance(value, dict):
+        return any(_array_holds_null(v, False) for v in value.values())
+    if isinstance(value, list):
+        return any(_array_holds_null(v, True) for v in value)
+    return False
+
+
+def check_names(thing: str, name: str | None) -> None:
+    if not THING_NAME.fullmatch(thing):
+        raise bad_request("Invalid thing name")
+    if name is not None and not SHADOW_NAME.fullmatch(name):
+        raise bad_request("Invalid shadow name")
+
+
+# ---- merge, metadata, delta ---------------------------------------------------------------------
+
+
+def mirror(value: Any, timestamp: int) -> Any:
+    """Metadata for a value: its shape, with {"timestamp": t} at every leaf (array elements too)."""
+    if isinstance(value, dict):
+        return {k: mirror(v, timestamp) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mirror(v, timestamp) for v in value]
+    return {"timestamp": timestamp}
+
+
+def strip_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: strip_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _merge(state: Json, metadata: Json, patch: Json, timestamp: int) -> tuple[Json, Json]:
+    state, metadata = dict(state), dict(metadata)
+    for key, value in patch.items():
+        if value is None:
+            state.pop(key, None)
+            metadata.pop(key, None)
+        elif isinstance(value, dict) and isinstance(state.get(key), dict):
+            inner_meta = metadata.get(key)
+            state[key], metadata[key] = _merge(
+                state[key], inner_meta if isinstance(inner_meta, dict) else {}, value, timestamp
+            )
+        else:
+            clean = strip_nulls(value)
+            state[key] = clean
+            metadata[key] = mirror(clean, timestamp)
+    return state, metadata
+
+
+def apply_update(state: Json, metadata: Json, request_state: Json | None, timestamp: int) -> tuple[Json, Json]:
+    """The stored state and metadata after an accepted update [S1]: only the fields given change, a
+    null removes a field (or a whole section), arrays are replaced whole; an emptied section is dropped."""
+    if request_state is None:
+        return {}, {}
+    state, metadata = dict(state), dict(metadata)
+    for section in SECTIONS:
+        if section not in request_state:
+            continue
+        patch = request_state[section]
+        if patch is None:
+            state.pop(section, None)
+            metadata.pop(section, None)
+            continue
+        state[section], metadata[section] = _merge(state.get(section, {}), metadata.get(section, {}), patch, timestamp)
+        if not state[section]:
+            del state[section]
+            metadata.pop(section, None)
+    return state, metadata
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """JSON equality: true is not 1, objects compare key by key, arrays element by element."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict | list) or isinstance(b, dict | list):
+        return False
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b  # JSON has one number type: 1 and 1.0 are the same value
+    return type(a) is type(b) and a == b
+
+
+def delta(desired: Json, reported: Json) -> Json:
+    """Desired fields whose value differs from reported, down to the differing leaf [S1 Delta state]."""
+    out: Json = {}
+    for key, want in desired.items():
+        if key not in reported:
+            out[key] = want
+            continue
+        have = reported[key]
+        if isinstance(want, dict) and isinstance(have, dict):
+            inner = delta(want, have)
+            if inner:
+                out[key] = inner
+        elif not same_value(want, have):
+            out[key] = want
+    return out
+
+
+def delta_metadata(delta_state: Json, desired_metadata: Json) -> Json:
+    """The delta's metadata: the desired metadata of the same fields [S1]."""
+    out: Json = {}
+    for key, value in delta_state.items():
+        meta = desired_metadata.get(key, {})
+        out[key] = delta_metadata(value, meta) if isinstance(value, dict) and isinstance(meta, dict) else meta
+    return out
+
+
+def state_delta(state: Json) -> Json:
+    return delta(state.get("desired", {}), state.get("reported", {}))
+
+
+def state_size(state: Json) -> int:
+    """Bytes counted against the 8 KB limit: compact JSON of desired plus reported [S6]."""
+    return sum(len(compact(state[s])) for s in SECTIONS if s in state)
+
+
+def compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# ---- response documents [S1] --------------------------------------------------------------------
+
+
+def _with_token(document: Json, token: str | None) -> Json:
+    if token is not None:
+        document["clientToken"] = token
+    return document
+
+
+def error_document(error: ShadowError, timestamp: int) -> Json:
+    return _with_token({"code": error.code, "message": error.message, "timestamp": timestamp}, error.client_token)
+
+
+def update_accepted(request: UpdateRequest, version: int, timestamp: int) -> Json:
+    """Only the fields of the request, each with its metadata timestamp."""
+    if request.state is None:
+        state: Json | None = None
+        metadata: Json = {}
+    else:
+        state = {s: request.state[s] for s in SECTIONS if s in request.state}
+        metadata = {s: mirror(v, timestamp) for s, v in state.items()}
+    return _with_token(
+        {"state": state, "metadata": metadata, "version": version, "timestamp": timestamp}, request.client_token
+    )
+
+
+def snapshot(state: Json, metadata: Json, version: int) -> Json:
+    """A document as `/update/documents` shows it: sections only, no delta."""
+    return {
+        "state": {s: state[s] for s in SECTIONS if s in state},
+        "metadata": {s: metadata[s] for s in SECTIONS if s in metadata},
+        "version": version,
+    }
+
+
+def documents_message(previous: Json | None, current: Json, timestamp: int, token: str | None) -> Json:
+    document: Json = {}
+    if previous is not None:
+        document["previous"] = previous
+    document["current"] = current
+    document["timestamp"] = timestamp
+    return _with_token(document, token)
+
+
+def delta_message(state: Json, metadata: Json, version: int, timestamp: int, token: str | None) -> Json | None:
+    """The `/update/delta` message, or None when desired and reported agree."""
+    changes = state_delta(state)
+    if not changes:
+        return None
+    return _with_token(
+        {
+            "version": version,
+            "timestamp": timestamp,
+            "state": changes,
+            "metadata": delta_metadata(changes, metadata.get("desired", {})),
+        },
+        token,
+    )
+
+
+def get_accepted(state: Json, metadata: Json, version: int, timestamp: int, token: str | None) -> Json:
+    full_state = {s: state[s] for s in SECTIONS if s in state}
+    full_metadata = {s: metadata[s] for s in SECTIONS if s in metadata}
+    changes = state_delta(state)
+    if changes:
+        full_state["delta"] = changes
+        full_metadata["delta"] = delta_metadata(changes, metadata.get("desired", {}))
+    return _with_token(
+        {"state": full_state, "metadata": full_metadata, "version": version, "timestamp": timestamp}, token
+    )
+
+
+def delete_accepted(version: int, timestamp: int, token: str | None) -> Json:
+    return _with_token({"version": version, "timestamp": timestamp}, token)

@@ -1,0 +1,142 @@
+"""`millgate spool stats|export FILE|purge --topic PREFIX`: the operator's view of the uplink's
+store-and-forward spool (state_dir/spool.db), safe to use while the uplink runs (SQLite WAL).
+
+It only reads, exports or deletes what the operator names; sending is the uplink's job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.cli_support import load_quietly, paths_for
+from storage.spool import Spool, SpoolError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def _open(args: argparse.Namespace) -> Spool:
+
+    path = paths_for(args, load_quietly(args)).state_dir / "spool.db"
+    if not path.exists():
+        raise SpoolError(f"no spool at {path} (the uplink has not run with this state directory)")
+    return Spool(path, rules=None)
+
+
+def _payload(payload: bytes) -> dict[str, str]:
+    try:
+        return {"payload": payload.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"payload_b64": base64.b64encode(payload).decode()}
+
+
+def cmd_spool_stats(args: argparse.Namespace) -> int:
+    try:
+        with closing(_open(args)) as spool:
+            stats = spool.stats(by_priority=True)
+    except SpoolError as exc:
+        print(f"millgate spool: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    age = round(time.time() - stats.oldest_ts, 1) if stats.oldest_ts else None
+    report: dict[str, Any] = {
+        "messages": stats.messages,
+        "bytes": stats.bytes,
+        "max_bytes": stats.max_bytes,
+        "oldest_age_s": age,
+        "dead_letters": stats.dead_letters,
+        "by_priority": stats.by_priority,
+        "counters": stats.counters,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"waiting:      {stats.messages} messages, {stats.bytes} bytes")
+    print(f"oldest:       {f'{age} s ago' if age is not None else '-'}")
+    print(f"dead letters: {stats.dead_letters}")
+    for level, count in stats.by_priority.items():
+        print(f"priority {level:>4}: {count} messages")
+    for name, value in stats.counters.items():
+        print(f"{name + ':':<26}{value}")
+    return EXIT_OK
+
+
+def _write_export(spool: Spool, out: TextIO, dead: bool) -> int:
+    count = 0
+    if dead:
+        for letter in spool.dead_letters():
+            record = {
+                "topic": letter.topic,
+                "ts": letter.ts,
+                "qos": letter.qos,
+                "tries": letter.tries,
+                "reason": letter.reason,
+                "dead_at": letter.dead_at,
+                **_payload(letter.payload),
+            }
+            out.write(json.dumps(record) + "\n")
+            count += 1
+        return count
+    for message in spool.messages():
+        record = {
+            "topic": message.topic,
+            "ts": message.ts,
+            "qos": message.qos,
+            "priority": message.priority,
+            "tries": message.tries,
+            **_payload(message.payload),
+        }
+        out.write(json.dumps(record) + "\n")
+        count += 1
+    return count
+
+
+def cmd_spool_export(args: argparse.Namespace) -> int:
+    try:
+        with closing(_open(args)) as spool:
+            if args.file == "-":
+                count = _write_export(spool, sys.stdout, args.dead_letters)
+            else:
+                with Path(args.file).open("w") as out:
+                    count = _write_export(spool, out, args.dead_letters)
+    except (SpoolError, OSError) as exc:
+        print(f"millgate spool: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    what = "dead letters" if args.dead_letters else "waiting messages"
+    print(f"exported {count} {what} to {args.file}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_spool_purge(args: argparse.Namespace) -> int:
+    try:
+        with closing(_open(args)) as spool:
+            count = spool.purge(args.topic)
+    except SpoolError as exc:
+        print(f"millgate spool: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"purged {count} waiting messages whose topic starts with {args.topic!r} (counted as purged.operator)")
+    return EXIT_OK
+
+
+def add_spool_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
+    spool = verbs.add_parser("spool", help="inspect, export or purge the cloud spool", parents=[common])
+    actions = spool.add_subparsers(dest="spool_verb", required=True, metavar="ACTION")
+
+    stats = actions.add_parser("stats", help="depth, oldest message, dead letters, drop counters", parents=[common])
+    stats.add_argument("--json", action="store_true", help="print JSON instead of text")
+    stats.set_defaults(handler=cmd_spool_stats)
+
+    export = actions.add_parser("export", help="write waiting messages as JSON Lines", parents=[common])
+    export.add_argument("file", metavar="FILE", help="where to write ('-': stdout)")
+    export.add_argument("--dead-letters", action="store_true", help="export the dead letters instead")
+    export.set_defaults(handler=cmd_spool_export)
+
+    purge = actions.add_parser("purge", help="delete waiting messages by topic prefix", parents=[common])
+    purge.add_argument("--topic", required=True, metavar="PREFIX", help="topic prefix, e.g. plant/line1/")
+    purge.set_defaults(handler=cmd_spool_purge)

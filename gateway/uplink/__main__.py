@@ -1,0 +1,175 @@
+"""Entry point of the uplink process: wires the spool, the local broker client, the cloud link, the
+drain, the downlink and the bulk uploader together, and stops them on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from gateway.acl import UPLINK
+from gateway.component import ComponentContext, start_component, stop_on_signals
+from gateway.mqtt import LocalMqtt
+from gateway.uplink.bulk_upload import BulkUploader
+from gateway.uplink.cloud_link import CloudLink, LinkConfigError
+from gateway.uplink.downlink import Downlink
+from gateway.uplink.drain import Drain
+from gateway.uplink.ingest import Ingest
+from gateway.uplink.metrics import UplinkMetrics
+from gateway.uplink.spool_thread import StorageThread
+from storage.bulk import BulkStore
+from storage.spool import Rule, Spool, SpoolError
+
+log = logging.getLogger("gateway.uplink")
+
+EXIT_STORAGE = 3
+EXIT_CONFIG = 2
+EXPIRE_EVERY_S = 30.0
+DEFAULT_MAX_PAYLOAD = 128 * 1024
+
+
+def open_spool(ctx: ComponentContext) -> Spool:
+    config = ctx.loaded.gateway
+    return Spool(
+        ctx.paths.state_dir / "spool.db",
+        max_bytes=int(config.spool.max_bytes),
+        policy=config.spool.policy,
+        rules=[Rule(r.prefix, r.priority, r.ttl_s) for r in config.spool.topics],
+        max_payload_bytes=int(config.cloud.max_payload_bytes) if config.cloud else DEFAULT_MAX_PAYLOAD,
+    )
+
+
+async def sample(
+    spool: Spool, storage: StorageThread, metrics: UplinkMetrics, link: CloudLink | None, every_s: float
+) -> None:
+    since_expiry = 0.0
+    while True:
+        metrics.sample()
+        if since_expiry >= EXPIRE_EVERY_S:
+            await storage.call(spool.expire)
+            since_expiry = 0.0
+        metrics.spool = await storage.call(spool.stats)
+        if link is not None:
+            metrics.cloud_state, metrics.cloud_reason = link.state, link.reason
+        await asyncio.sleep(every_s)
+        since_expiry += every_s
+
+
+async def main() -> int:
+    ctx = start_component(UPLINK)
+    config = ctx.loaded.gateway
+    stop = stop_on_signals()
+    storage = StorageThread()
+    try:
+        spool = storage.run(open_spool, ctx)
+        bulk_store = (
+            storage.run(BulkStore, ctx.paths.state_dir / "bulk.db", ctx.paths.state_dir / "bulk")
+            if config.bulk
+            else None
+        )
+    except SpoolError as exc:
+        log.error("event=spool-unusable %s", exc)
+        storage.close()
+        return EXIT_STORAGE
+
+    metrics = UplinkMetrics()
+    metrics.spool = storage.run(spool.stats)
+    wake = asyncio.Event()
+    thing = config.gateway.thing_name
+    bulk = BulkUploader(bulk_store, storage, config.bulk, thing, metrics) if config.bulk and bulk_store else None
+    local: LocalMqtt | None = None
+
+    def ack(received: object) -> None:
+        assert local is not None
+        local.ack(received)  # type: ignore[arg-type]
+
+    ingest = Ingest(
+        spool,
+        storage,
+        ack,
+        metrics,
+        wake,
+        max_batch=config.spool.max_batch,
+        bulk=bulk_store,
+        is_bulk=bulk.wants if bulk else lambda _t: False,
+    )
+    to_cloud = list(dict.fromkeys(s.topic for s in config.subscriptions if s.target == "cloud"))
+    from_cloud = list(dict.fromkeys(s.topic for s in config.subscriptions if s.source == "cloud"))
+    local = LocalMqtt(
+        ctx.paths.broker_socket,
+        ctx.creds,
+        UPLINK,
+        status_interval_s=config.gateway.status_interval_s,
+        subscriptions=[(topic, 1) for topic in to_cloud],
+        on_message=ingest.on_message,
+        status_fields=metrics.status_fields,
+        inbox_size=config.spool.max_batch * 2,
+        manual_ack=True,
+        persistent_session=True,
+    )
+    link = None
+    drain = None
+    if config.cloud is not None:
+        downlink = Downlink(local, metrics)
+        try:
+            link = CloudLink(
+                config.cloud,
+                config.cloud.client_id or thing,
+                subscriptions=from_cloud,
+                on_message=downlink.on_cloud_message,
+            )
+        except LinkConfigError as exc:
+            log.error("event=cloud-config-unusable %s", exc)
+            storage.close()
+            return EXIT_CONFIG
+        downlink.link = link
+        drain = Drain(
+            spool,
+            storage,
+            link,
+            metrics,
+            wake,
+            window=config.cloud.inflight_window,
+            dead_after=config.cloud.dead_letter_after,
+        )
+    count, size = spool.depth
+    log.info(
+        "event=starting spool=%s messages=%d bytes=%d max_bytes=%d policy=%s cloud=%s to_cloud=%s from_cloud=%s",
+        spool.path,
+        count,
+        size,
+        spool.max_bytes,
+        spool.policy,
+        f"{config.cloud.endpoint}:{config.cloud.port}" if config.cloud else "none (local-only: data stays spooled)",
+        ",".join(to_cloud) or "-",
+        ",".join(from_cloud) or "-",
+    )
+    status = 0
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(local.run(stop))
+            workers = [
+                tasks.create_task(ingest.run()),
+                tasks.create_task(sample(spool, storage, metrics, link, config.gateway.status_interval_s)),
+            ]
+            if link is not None and drain is not None:
+                tasks.create_task(link.run(stop))
+                workers.append(tasks.create_task(drain.run()))
+            if bulk is not None:
+                workers.append(tasks.create_task(bulk.run()))
+            await stop.wait()
+            for worker in workers:
+                worker.cancel()
+    except* SpoolError as group:
+        log.error("event=spool-unusable %s", group.exceptions[0])
+        status = EXIT_STORAGE
+    storage.run(spool.close)
+    if bulk_store is not None:
+        storage.run(bulk_store.close)
+    storage.close()
+    log.info("event=stopped")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,529 @@
+"""The store-and-forward spool: cloud-bound messages kept on disk in SQLite (WAL, fsync per commit,
+many messages per commit) until the cloud acknowledged them, under a byte cap with a full-spool
+policy, per-prefix priorities and time-to-live, and a dead-letter table for what can never be sent.
+
+It knows nothing of MQTT or of the cloud; one thread owns a Spool (sqlite3 connections are not shared).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Policy = Literal["drop-oldest", "reject-new"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    properties TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    properties TEXT,
+    tries INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# counter names, persisted so they survive restarts: `millgate spool stats` shows them
+DROPPED_FULL = "dropped.spool-full"  # drop-oldest: an old message made room for a new one
+REJECTED_FULL = "rejected.spool-full"  # reject-new: a new message was refused
+DROPPED_DISK_FULL = "dropped.disk-full"
+REJECTED_DISK_FULL = "rejected.disk-full"
+EXPIRED = "expired.ttl"
+DEAD_TOO_LARGE = "dead.payload-too-large"
+DEAD_REFUSED = "dead.refused"
+PURGED = "purged.operator"
+
+_PER_ROW_OVERHEAD = 32  # what SQLite spends per row beyond topic, payload and properties, roughly
+
+
+class SpoolError(Exception):
+    """The spool file cannot be used; the message names the file and what to do."""
+
+
+class SpoolCorrupt(SpoolError):
+    pass
+
+
+class SpoolUnwritable(SpoolError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rule:
+    prefix: str
+    priority: int = 0
+    ttl_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    ts: float = field(default_factory=time.time)
+    properties: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Stored:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    ts: float
+    properties: dict[str, Any] | None
+    priority: int
+    tries: int
+
+
+@dataclass
+class AppendResult:
+    stored: int = 0
+    dropped_oldest: int = 0
+    rejected: int = 0
+    dead: int = 0
+    disk_full: bool = False
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    messages: int
+    bytes: int
+    max_bytes: int
+    oldest_ts: float | None
+    dead_letters: int
+    counters: dict[str, int]
+    by_priority: dict[int, int]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    ts: float
+    tries: int
+    reason: str
+    dead_at: float
+
+
+def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+class Spool:
+    """One spool file. Every method is a transaction of its own; call them all from one thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int = 1_000_000_000,
+        policy: Policy = "drop-oldest",
+        rules: Sequence[Rule] | None = (),
+        max_payload_bytes: int | None = None,
+        durable: bool = True,
+    ):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.policy = policy
+        # longest prefix first, so the most specific rule wins; None: keep the stored priorities (tools)
+        self.rules = sorted(rules or (), key=lambda r: len(r.prefix), reverse=True)
+        self.max_payload_bytes = max_payload_bytes
+        self._db = self._open(durable)
+        self._levels: set[int] = {0, *(r.priority for r in self.rules)}
+        self._count = 0
+        self._bytes = 0
+        self._data_version = -1
+        if rules is not None:
+            self._apply_rules_if_changed()
+        self._levels |= {row[0] for row in self._db.execute("SELECT DISTINCT priority FROM messages")}
+        self._refresh_totals(force=True)
+
+    # ---- opening ----------------------------------------------------------------------------
+
+    def _open(self, durable: bool) -> sqlite3.Connection:
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        except sqlite3.OperationalError as exc:
+            raise SpoolUnwritable(
+                f"spool {self.path}: cannot open: {exc}; check that the directory exists and is writable "
+                "by the uplink's user"
+            ) from None
+        try:
+            if existed:
+                # reads only: a damaged file is reported before anything could write to it
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                verdict = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(verdict)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise SpoolCorrupt(
+                f"spool {self.path} is damaged ({exc}); the uplink will not touch it. Move it aside "
+                f"(mv {self.path} {self.path}.damaged), recover what you can with `sqlite3 {self.path}.damaged "
+                "'.recover'`, then restart the uplink to begin a new spool"
+            ) from None
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an acknowledged message survives power loss
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+            db.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            db.close()
+            raise SpoolUnwritable(
+                f"spool {self.path}: cannot write: {exc}; check permissions and free space of {self.path.parent}"
+            ) from None
+        return db
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ---- rules ------------------------------------------------------------------------------
+
+    def rule_for(self, topic: str) -> Rule | None:
+        for rule in self.rules:
+            if topic.startswith(rule.prefix):
+                return rule
+        return None
+
+    def _apply_rules_if_changed(self) -> None:
+        """Stored messages take the current rules, so one topic never has two priorities (its order)."""
+        fingerprint = json.dumps([[r.prefix, r.priority, r.ttl_s] for r in self.rules])
+        row = self._db.execute("SELECT value FROM meta WHERE key='rules'").fetchone()
+        if row is not None and row[0] == fingerprint:
+            return
+        with self._transaction():
+            self._db.execute("UPDATE messages SET priority=0, expires_at=NULL WHERE priority != 0 OR expires_at")
+            for rule in reversed(self.rules):  # shortest first: longer prefixes overwrite
+                self._db.execute(
+                    "UPDATE messages SET priority=?, expires_at=CASE WHEN ? IS NULL THEN NULL ELSE ts + ? END "
+                    "WHERE substr(topic, 1, ?) = ?",
+                    (rule.priority, rule.ttl_s, rule.ttl_s, len(rule.prefix), rule.prefix),
+                )
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rules', ?)", (fingerprint,))
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def append(self, messages: Sequence[Message]) -> AppendResult:
+        """Store `messages` in one transaction (one fsync); when this returns, they are durable.
+
+        The result says how many were stored, how many older ones were dropped to make room
+        (drop-oldest), how many new ones were refused (reject-new) and how many went to the dead
+        letters for being over the payload limit. Nothing is silent: each is also counted.
+        """
+        self._refresh_totals()
+        result = AppendResult()
+        try:
+            with self._transaction():
+                self._append(messages, result)
+        except sqlite3.OperationalError as exc:
+            if not _is_disk_full(exc):
+                raise SpoolUnwritable(f"spool {self.path}: write failed: {exc}") from None
+            self._refresh_totals(force=True)
+            result = AppendResult(disk_full=True)
+            self._append_on_full_disk(messages, result)
+        return result
+
+    def _append(self, messages: Sequence[Message], result: AppendResult) -> None:
+        now = time.time()
+        rows = []
+        incoming = 0
+        for message in messages:
+            properties = json.dumps(message.properties) if message.properties else None
+            if self.max_payload_bytes is not None and len(message.payload) > self.max_payload_bytes:
+                self._bury(
+                    message,
+                    properties,
+                    0,
+                    f"payload of {len(message.payload)} bytes is over the cloud's limit of {self.max_payload_bytes}",
+                    now,
+                )
+                self._bump(DEAD_TOO_LARGE)
+                result.dead += 1
+                continue
+            size = len(message.topic) + len(message.payload) + len(properties or "") + _PER_ROW_OVERHEAD
+            rule = self.rule_for(message.topic)
+            priority = rule.priority if rule else 0
+            expires = message.ts + rule.ttl_s if rule and rule.ttl_s else None
+            if self._bytes + incoming + size > self.max_bytes:
+                if self.policy == "reject-new" or size > self.max_bytes:
+                    result.rejected += 1
+                    continue
+                freed = self._drop_oldest(self._bytes + incoming + size - self.max_bytes)
+                result.dropped_oldest += freed
+                if self._bytes + incoming + size > self.max_bytes:
+                    # what is left to drop is this very batch: refuse the newcomer instead
+                    result.rejected += 1
+                    continue
+            rows.append((message.topic, message.payload, message.qos, message.ts, properties, priority, expires, size))
+            incoming += size
+            self._levels.add(priority)
+        self._db.executemany(
+            "INSERT INTO messages (topic, payload, qos, ts, properties, priority, expires_at, size) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if result.rejected:
+            self._bump(REJECTED_FULL, result.rejected)
+        result.stored = len(rows)
+        self._count += len(rows)
+        self._bytes += incoming
+
+    def _append_on_full_disk(self, messages: Sequence[Message], result: AppendResult) -> None:
+        """The disk (or the file's page limit) is full: follow the policy as if the cap were reached."""
+        if self.policy == "drop-oldest" and self._count:
+            needed = sum(len(m.topic) + len(m.payload) + _PER_ROW_OVERHEAD for m in messages)
+            try:
+                with self._transaction():
+                    dropped = self._drop_oldest(max(needed * 2, 1), counter=DROPPED_DISK_FULL)
+                with self._transaction():
+                    self._append(messages, result)
+                result.dropped_oldest += dropped
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_disk_full(exc):
+                    raise SpoolUnwritable(f"spool {self.path}: write failed: {exc}") from None
+                self._refresh_totals(force=True)
+        result.stored = 0
+        result.rejected = len(messages)
+        try:
+            with self._transaction():
+                self._bump(REJECTED_DISK_FULL, len(messages))
+        except sqlite3.OperationalError:
+            pass  # not even a counter fits; the caller logs the refusal
+
+    def _drop_oldest(self, needed: int, counter: str = DROPPED_FULL) -> int:
+        """Delete the oldest messages of the lowest priority first until `needed` bytes are free."""
+        dropped = 0
+        freed = 0
+        for level in sorted(self._levels):
+            while freed < needed:
+                victims = self._db.execute(
+                    "SELECT id, size FROM messages WHERE priority=? ORDER BY id LIMIT 256", (level,)
+                ).fetchall()
+                if not victims:
+                    break
+                for rowid, size in victims:
+                    self._db.execute("DELETE FROM messages WHERE id=?", (rowid,))
+                    freed += size
+                    dropped += 1
+                    if freed >= needed:
+                        break
+            if freed >= needed:
+                break
+        if dropped:
+            self._bump(counter, dropped)
+            self._count -= dropped
+            self._bytes -= freed
+        return dropped
+
+    def delete(self, ids: Iterable[int]) -> int:
+        """Forget messages the cloud acknowledged."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        with self._transaction():
+            sizes = self._db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) RETURNING size", (json.dumps(ids),)
+            ).fetchall()
+        self._count -= len(sizes)
+        self._bytes -= sum(s for (s,) in sizes)
+        return len(sizes)
+
+    def refused(self, refusals: dict[int, str], dead_after: int) -> int:
+        """Count a cloud refusal against each message; one refused `dead_after` times goes to the dead
+        letters with the last reason. Returns how many were buried."""
+        if not refusals:
+            return 0
+        buried = 0
+        now = time.time()
+        with self._transaction():
+            for rowid, reason in refusals.items():
+                row = self._db.execute(
+                    "UPDATE messages SET tries = tries + 1 WHERE id=? "
+                    "RETURNING topic, payload, qos, ts, properties, tries, size",
+                    (rowid,),
+                ).fetchone()
+                if row is None or row[5] < dead_after:
+                    continue
+                topic, payload, qos, ts, properties, tries, size = row
+                self._db.execute("DELETE FROM messages WHERE id=?", (rowid,))
+                self._bury(Message(topic, payload, qos, ts), properties, tries, f"refused {tries} times: {reason}", now)
+                self._count -= 1
+                self._bytes -= size
+                buried += 1
+            if buried:
+                self._bump(DEAD_REFUSED, buried)
+        return buried
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete messages past their time-to-live, counted, never sent."""
+        now = time.time() if now is None else now
+        with self._transaction():
+            sizes = self._db.execute(
+                "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING size", (now,)
+            ).fetchall()
+            if sizes:
+                self._bump(EXPIRED, len(sizes))
+        self._count -= len(sizes)
+        self._bytes -= sum(s for (s,) in sizes)
+        return len(sizes)
+
+    def purge(self, prefix: str) -> int:
+        """Delete every waiting message whose topic starts with `prefix` (an operator's decision)."""
+        with self._transaction():
+            sizes = self._db.execute(
+                "DELETE FROM messages WHERE substr(topic, 1, ?) = ? RETURNING size", (len(prefix), prefix)
+            ).fetchall()
+            if sizes:
+                self._bump(PURGED, len(sizes))
+        self._count -= len(sizes)
+        self._bytes -= sum(s for (s,) in sizes)
+        return len(sizes)
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def next_batch(self, cursors: dict[int, int], limit: int, now: float | None = None) -> list[Stored]:
+        """Up to `limit` messages after `cursors` (priority -> last id handed out), from the highest
+        priority that has any; ids grow with arrival, so each topic comes out in order. Expired
+        messages met on the way are deleted and counted instead. Advances `cursors`."""
+        now = time.time() if now is None else now
+        for level in sorted(self._levels, reverse=True):
+            while True:
+                rows = self._db.execute(
+                    "SELECT id, topic, payload, qos, ts, properties, priority, tries, expires_at FROM messages "
+                    "WHERE priority=? AND id>? ORDER BY id LIMIT ?",
+                    (level, cursors.get(level, 0), limit),
+                ).fetchall()
+                if not rows:
+                    break
+                cursors[level] = rows[-1][0]
+                if any(r[8] is not None and r[8] <= now for r in rows):
+                    self.expire(now)
+                live = [
+                    Stored(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6], r[7])
+                    for r in rows
+                    if r[8] is None or r[8] > now
+                ]
+                if live:
+                    return live
+        return []
+
+    def stats(self, by_priority: bool = False) -> SpoolStats:
+        """Depth, oldest message, dead letters and counters; `by_priority` adds a count per level
+        (a scan of the index: for the operator's CLI, not for a heartbeat)."""
+        self._refresh_totals()
+        oldest = self._db.execute("SELECT ts FROM messages ORDER BY id LIMIT 1").fetchone()
+        dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        counters = dict(self._db.execute("SELECT name, value FROM counters ORDER BY name").fetchall())
+        levels = {
+            level: self._db.execute("SELECT count(*) FROM messages WHERE priority=?", (level,)).fetchone()[0]
+            for level in (sorted(self._levels, reverse=True) if by_priority else ())
+        }
+        return SpoolStats(
+            messages=self._count,
+            bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            oldest_ts=oldest[0] if oldest else None,
+            dead_letters=dead,
+            counters=counters,
+            by_priority={k: v for k, v in levels.items() if v},
+        )
+
+    def messages(self) -> Iterator[Stored]:
+        """Every waiting message in drain order (for export)."""
+        for level in sorted(self._levels, reverse=True):
+            for r in self._db.execute(
+                "SELECT id, topic, payload, qos, ts, properties, priority, tries FROM messages "
+                "WHERE priority=? ORDER BY id",
+                (level,),
+            ):
+                yield Stored(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None, r[6], r[7])
+
+    def dead_letters(self) -> Iterator[DeadLetter]:
+        for r in self._db.execute(
+            "SELECT id, topic, payload, qos, ts, tries, reason, dead_at FROM dead_letters ORDER BY id"
+        ):
+            yield DeadLetter(*r)
+
+    @property
+    def depth(self) -> tuple[int, int]:
+        """(messages, bytes) waiting, from the running totals (no query)."""
+        return self._count, self._bytes
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _bump(self, name: str, by: int = 1) -> None:
+        self._db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def _bury(self, message: Message, properties: str | None, tries: int, reason: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO dead_letters (topic, payload, qos, ts, properties, tries, reason, dead_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.topic, message.payload, message.qos, message.ts, properties, tries, reason, now),
+        )
+
+    def _refresh_totals(self, force: bool = False) -> None:
+        """Recount after another connection (the operator's CLI) changed the file."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if force or version != self._data_version:
+            count, size = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
+            self._count, self._bytes = count, size
+            self._data_version = version
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if kind is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self.db.execute("ROLLBACK")
+                raise
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")

@@ -1,0 +1,156 @@
+"""The gateway's own Greengrass discovery API (issue 3, item 6): mutual TLS with the device's
+certificate, AWS's JSON shape with the core's connectivity and the group CA, 404 for a thing that is
+not a device of the group, 403 for another device's thing or a client without a certificate, and a
+TLS refusal (logged with the reason) for a revoked or foreign certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.discovery import discover_response
+from gateway.ip_detector import interface_addresses
+from tests.fixtures.gateway import RunningGateway, wait_until
+from tests.fixtures.tls_devices import (
+    DeviceFiles,
+    client_context,
+    enrol,
+    foreign_ca_device,
+    free_port,
+    gateway_on,
+    peer_certificate,
+)
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[RunningGateway]:
+    tls_port, discovery_port = free_port(), free_port()
+    toml = f"""
+[gateway]
+thing_name = "disc-gw"
+status_interval_s = 0.5
+
+[broker]
+tls_port = {tls_port}
+
+[discovery]
+port = {discovery_port}
+"""
+    with gateway_on(toml) as running:
+        running.tls_port, running.discovery_port = tls_port, discovery_port  # type: ignore[attr-defined]
+        wait_until(lambda: "event=discovery-serving" in core_log(running), 10, "discovery to listen")
+        yield running
+
+
+def core_log(gw: RunningGateway) -> str:
+    return gw.paths.component_log("core").read_text()
+
+
+def discover(port: int, thing: str, files: DeviceFiles | None, trust: Path) -> tuple[int, dict]:
+    """GET /greengrass/discover/thing/<thing> the way AWS's v1 Python SDK does it: HTTP/1.1 with a
+    Host header, status from the status line, body length from a lower-case `content-length`."""
+    context = client_context(files, trust)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(f"GET /greengrass/discover/thing/{thing} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = tls.recv(4096)
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = re.match(r"HTTP/1.1 ([0-9]+) ", head.decode())
+        length = re.search(r"content-length: ([0-9]+)\r\n", head.decode() + "\r\n")
+        assert status and length, head
+        while len(body) < int(length.group(1)):
+            body += tls.recv(4096)
+    return int(status.group(1)), json.loads(body)
+
+
+def test_known_thing_gets_the_aws_shaped_answer_with_connectivity_and_group_ca(gw, short_tmp) -> None:
+    files = enrol(gw.paths, "sensor-1", short_tmp)
+    status, body = discover(gw.discovery_port, "sensor-1", files, files.ca)
+    assert status == 200, body
+    (group,) = body["GGGroups"]
+    assert group["GGGroupId"] == "disc-gw"
+    (core,) = group["Cores"]
+    assert core["thingArn"].endswith(":thing/disc-gw")
+    assert group["CAs"] == [gw.paths.ca_cert.read_text()]
+    detected = interface_addresses()
+    assert [c["HostAddress"] for c in core["Connectivity"]] == detected
+    for entry in core["Connectivity"]:
+        assert set(entry) == {"Id", "HostAddress", "PortNumber", "Metadata"}
+        assert entry["PortNumber"] == gw.tls_port
+    # what discovery returns is enough to reach the broker: its CA verifies the broker for each address
+    trusting_answer = short_tmp / "from-discovery.pem"
+    trusting_answer.write_text(group["CAs"][0])
+    as_sdk = DeviceFiles("sensor-1", files.cert, files.key, trusting_answer)
+    for entry in core["Connectivity"]:
+        peer_certificate(gw.tls_port, as_sdk, host=entry["HostAddress"])
+
+
+def test_thing_that_is_not_a_device_of_the_group_is_404(gw, short_tmp) -> None:
+    files = enrol(gw.paths, "sensor-2", short_tmp)
+    status, body = discover(gw.discovery_port, "never-enrolled", files, files.ca)
+    assert status == 404
+    assert "not a device of this group" in body["errorMessage"]
+
+
+def test_another_devices_thing_is_403(gw, short_tmp) -> None:
+    files = enrol(gw.paths, "sensor-3", short_tmp)
+    enrol(gw.paths, "sensor-4", short_tmp)
+    status, body = discover(gw.discovery_port, "sensor-4", files, files.ca)
+    assert status == 403
+    assert "CN=sensor-3" in body["errorMessage"]
+
+
+def test_client_without_a_certificate_is_403(gw) -> None:
+    status, body = discover(gw.discovery_port, "sensor-1", None, gw.paths.ca_cert)
+    assert status == 403
+    assert "client certificate" in body["errorMessage"]
+
+
+@pytest.mark.parametrize(("kind", "logged"), [("revoked", "certificate revoked"), ("foreign", "unable to get local")])
+def test_revoked_or_foreign_certificate_is_refused_and_logged(gw, short_tmp, kind: str, logged: str) -> None:
+    if kind == "revoked":
+        files = enrol(gw.paths, "sensor-revoked", short_tmp)
+        result = gw.cli("device", "revoke", "sensor-revoked")
+        assert result.returncode == 0, result.stderr
+    else:
+        files = foreign_ca_device(gw.paths, "sensor-foreign", short_tmp)
+    with pytest.raises((ssl.SSLError, ConnectionError, AssertionError)):
+        discover(gw.discovery_port, files.thing, files, gw.paths.ca_cert)
+    wait_until(lambda: f"event=discovery-refused peer=127.0.0.1 reason='{logged}" in core_log(gw), 5, "the log line")
+
+
+def test_configured_addresses_override_the_detected_ones() -> None:
+    config = GatewayConfig.model_validate(
+        {
+            "gateway": {"thing_name": "gw"},
+            "broker": {"tls_port": 8883},
+            "discovery": {
+                "addresses": ["gw.plant.example:8883", "10.0.0.5:18883"],
+                "group_id": "plant-a",
+                "core_thing_arn": "arn:aws:iot:eu-west-1:123456789012:thing/gw",
+            },
+        }
+    )
+    body = discover_response(config, "PEM", detected=["192.0.2.9"])
+    (group,) = body["GGGroups"]
+    assert group["GGGroupId"] == "plant-a"
+    assert group["Cores"][0]["thingArn"] == "arn:aws:iot:eu-west-1:123456789012:thing/gw"
+    assert group["Cores"][0]["Connectivity"] == [
+        {"Id": "gw.plant.example:8883", "HostAddress": "gw.plant.example", "PortNumber": 8883, "Metadata": ""},
+        {"Id": "10.0.0.5:18883", "HostAddress": "10.0.0.5", "PortNumber": 18883, "Metadata": ""},
+    ]
+    assert group["CAs"] == ["PEM"]

@@ -1,0 +1,248 @@
+"""The spool on its own: order, durability across reopen, caps under each policy, priorities,
+time-to-live, dead letters, a full disk and a damaged file."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage.spool import (
+    DEAD_REFUSED,
+    DEAD_TOO_LARGE,
+    DROPPED_FULL,
+    EXPIRED,
+    REJECTED_FULL,
+    Message,
+    Rule,
+    Spool,
+    SpoolCorrupt,
+    SpoolUnwritable,
+)
+
+
+def drain_all(spool: Spool, limit: int = 7) -> list[tuple[str, bytes]]:
+    """Read everything in drain order, deleting as a cloud would acknowledge."""
+    out = []
+    cursors: dict[int, int] = {}
+    while batch := spool.next_batch(cursors, limit):
+        out += [(m.topic, m.payload) for m in batch]
+        spool.delete(m.id for m in batch)
+    return out
+
+
+def test_spool_keeps_every_message_in_order_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    sent = [Message(f"t/{i % 3}", str(i).encode()) for i in range(100)]
+    assert spool.append(sent[:60]).stored == 60
+    assert spool.append(sent[60:]).stored == 40
+    spool.close()
+    reopened = Spool(path)
+    assert reopened.depth[0] == 100
+    assert drain_all(reopened) == [(m.topic, m.payload) for m in sent]
+    assert reopened.depth == (0, 0)
+
+
+def test_committed_messages_survive_kill_9_of_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    script = (
+        "import os, sys\n"
+        "from storage.spool import Spool, Message\n"
+        f"s = Spool(__import__('pathlib').Path({str(path)!r}))\n"
+        "for n in range(50):\n"
+        "    s.append([Message('a', f'{n}-{i}'.encode()) for i in range(20)])\n"
+        "    print(n, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -9
+    committed = len(result.stdout.split())
+    spool = Spool(path)
+    assert spool.depth[0] == committed * 20 == 1000
+
+
+def test_drop_oldest_keeps_the_newest_within_the_cap_and_counts(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=10_000, policy="drop-oldest")
+    for i in range(100):
+        result = spool.append([Message("t", b"x" * 100 + str(i).encode())])
+        assert result.stored == 1
+    count, size = spool.depth
+    assert size <= 10_000
+    stats = spool.stats()
+    assert stats.counters[DROPPED_FULL] == 100 - count
+    remaining = [p for _t, p in drain_all(spool)]
+    assert remaining[-1].endswith(b"99")
+    assert remaining == sorted(remaining, key=lambda p: int(p[100:]))
+
+
+def test_reject_new_keeps_the_oldest_and_counts_the_refused(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=10_000, policy="reject-new")
+    results = [spool.append([Message("t", b"x" * 100 + str(i).encode())]) for i in range(100)]
+    stored = sum(r.stored for r in results)
+    rejected = sum(r.rejected for r in results)
+    assert stored + rejected == 100 and rejected > 0
+    assert spool.stats().counters[REJECTED_FULL] == rejected
+    remaining = [p for _t, p in drain_all(spool)]
+    assert remaining[0].endswith(b"x0")
+
+
+def test_drop_oldest_sacrifices_low_priority_before_alarms(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_bytes=5_000, rules=[Rule("alarms/", priority=10)])
+    spool.append([Message("alarms/1", b"A" * 100)])
+    for i in range(60):
+        spool.append([Message("telemetry/x", b"t" * 100 + str(i).encode())])
+    topics = [t for t, _p in drain_all(spool)]
+    assert topics[0] == "alarms/1"
+
+
+def test_higher_priority_drains_first_and_each_topic_stays_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", rules=[Rule("plant/alarms/", 10), Rule("plant/", 1)])
+    spool.append([Message("bulk/x", b"b1"), Message("plant/t", b"p1"), Message("plant/alarms/a", b"a1")])
+    spool.append([Message("bulk/x", b"b2"), Message("plant/alarms/a", b"a2"), Message("plant/t", b"p2")])
+    assert drain_all(spool) == [
+        ("plant/alarms/a", b"a1"),
+        ("plant/alarms/a", b"a2"),
+        ("plant/t", b"p1"),
+        ("plant/t", b"p2"),
+        ("bulk/x", b"b1"),
+        ("bulk/x", b"b2"),
+    ]
+
+
+def test_an_alarm_arriving_mid_drain_jumps_the_queue(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", rules=[Rule("alarms/", 5)])
+    spool.append([Message("t", str(i).encode()) for i in range(10)])
+    cursors: dict[int, int] = {}
+    first = spool.next_batch(cursors, 3)
+    spool.append([Message("alarms/fire", b"!")])
+    second = spool.next_batch(cursors, 3)
+    assert [m.payload for m in first] == [b"0", b"1", b"2"]
+    assert [m.topic for m in second] == ["alarms/fire"]
+    assert [m.payload for m in spool.next_batch(cursors, 3)] == [b"3", b"4", b"5"]
+
+
+def test_changed_rules_apply_to_waiting_messages(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    spool.append([Message("t", b"old"), Message("alarms/a", b"1")])
+    spool.close()
+    spool = Spool(path, rules=[Rule("alarms/", 9)])
+    spool.append([Message("alarms/a", b"2")])
+    assert drain_all(spool) == [("alarms/a", b"1"), ("alarms/a", b"2"), ("t", b"old")]
+
+
+def test_expired_messages_are_counted_and_never_handed_out(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", rules=[Rule("fast/", ttl_s=10)])
+    spool.append([Message("fast/a", b"1", ts=1000.0), Message("slow/a", b"2", ts=1000.0)])
+    batch = spool.next_batch({}, 10, now=1011.0)
+    assert [m.topic for m in batch] == ["slow/a"]
+    assert spool.stats().counters[EXPIRED] == 1
+    spool.append([Message("fast/b", b"3", ts=1000.0)])
+    assert spool.expire(now=1020.0) == 1
+    assert spool.stats().counters[EXPIRED] == 2
+
+
+def test_payload_over_the_limit_goes_to_dead_letters_with_the_reason(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_payload_bytes=1000)
+    result = spool.append([Message("t", b"ok"), Message("t", b"x" * 1001)])
+    assert (result.stored, result.dead) == (1, 1)
+    dead = list(spool.dead_letters())
+    assert len(dead) == 1 and "1001 bytes" in dead[0].reason and "1000" in dead[0].reason
+    assert spool.stats().counters[DEAD_TOO_LARGE] == 1
+
+
+def test_a_message_refused_n_times_is_buried_and_the_rest_flows(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.append([Message("t", b"poison"), Message("t", b"fine")])
+    poison = spool.next_batch({}, 1)[0]
+    assert spool.refused({poison.id: "Not authorized"}, dead_after=3) == 0
+    assert spool.refused({poison.id: "Not authorized"}, dead_after=3) == 0
+    assert spool.refused({poison.id: "Not authorized"}, dead_after=3) == 1
+    assert drain_all(spool) == [("t", b"fine")]
+    (dead,) = spool.dead_letters()
+    assert dead.payload == b"poison" and dead.tries == 3 and "Not authorized" in dead.reason
+    assert spool.stats().counters[DEAD_REFUSED] == 1
+
+
+def test_purge_by_prefix_is_seen_by_a_running_spool(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    running = Spool(path)
+    running.append([Message("a/1", b"1"), Message("b/1", b"2"), Message("a/2", b"3")])
+    operator = Spool(path)
+    assert operator.purge("a/") == 2
+    assert running.stats().messages == 1
+    assert drain_all(running) == [("b/1", b"2")]
+
+
+def test_full_disk_follows_the_drop_oldest_policy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", policy="drop-oldest")
+    spool._db.execute("PRAGMA max_page_count=60")  # a disk that is full at 60 pages
+    results = [spool.append([Message("t", b"x" * 2000 + str(i).encode())]) for i in range(200)]
+    assert any(r.disk_full for r in results)
+    assert all(r.stored == 1 for r in results)
+    assert drain_all(spool)[-1][1].endswith(b"199")
+
+
+def test_full_disk_follows_the_reject_new_policy(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", policy="reject-new")
+    spool._db.execute("PRAGMA max_page_count=60")
+    results = [spool.append([Message("t", b"x" * 2000 + str(i).encode())]) for i in range(200)]
+    assert any(r.disk_full and r.rejected == 1 for r in results)
+    assert drain_all(spool)[0][1].endswith(b"x0")
+
+
+def test_a_damaged_file_is_refused_with_its_path_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path)
+    spool.append([Message("t", b"x" * 100) for _ in range(500)])
+    spool.close()
+    data = bytearray(path.read_bytes())
+    data[0:16] = b"this is garbage!"
+    path.write_bytes(bytes(data))
+    with pytest.raises(SpoolCorrupt) as caught:
+        Spool(path)
+    assert str(path) in str(caught.value) and "damaged" in str(caught.value)
+    assert path.read_bytes() == bytes(data)
+
+
+def test_an_unwritable_place_is_reported_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "spool.db"
+    with pytest.raises(SpoolUnwritable) as caught:
+        Spool(path)
+    assert str(path) in str(caught.value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a/1", "a/2", "alarm/x", "b"]), st.integers(1, 5)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_each_topic_comes_out_in_arrival_order_whatever_the_mix(tmp_path_factory, ops) -> None:
+    spool = Spool(tmp_path_factory.mktemp("p") / "spool.db", rules=[Rule("alarm/", 3)], durable=False)
+    sent: dict[str, list[bytes]] = {}
+    for index, (topic, _limit) in enumerate(ops):
+        payload = str(index).encode()
+        spool.append([Message(topic, payload)])
+        sent.setdefault(topic, []).append(payload)
+    got: dict[str, list[bytes]] = {}
+    cursors: dict[int, int] = {}
+    while batch := spool.next_batch(cursors, ops[len(got) % len(ops)][1]):
+        for message in batch:
+            got.setdefault(message.topic, []).append(message.payload)
+        spool.delete(m.id for m in batch)
+    assert got == sent
+
+
+def test_sqlite_is_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    Spool(path).close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
