@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import EXIT_INVALID, EXIT_OK, main
+from gateway.cli import main
+from gateway.cli_support import EXIT_INVALID, EXIT_OK
 
 REPO = Path(__file__).resolve().parents[2]
 MILLGATE = Path(sys.executable).parent / "millgate"

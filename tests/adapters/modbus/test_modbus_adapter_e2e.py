@@ -85,7 +85,7 @@ def test_tag_values_flow_to_the_broker_and_a_set_round_trips(simulator, gateway_
 
     for step in range(3):  # the simulator's registers change; the adapter publishes each change
         sim.call(sim.sim.step(unit=1))
-        wait_until(lambda s=step: (latest("line1/press-01/cycle") or {}).get("value") == sim.sim.steps, 10, "cycle")
+        wait_until(lambda s=step: (latest("line1/press-01/cycle") or {}).get("value") == sim.sim.steps, 30, "cycle")
     temperature = latest("line1/press-01/temperature")
     assert temperature["quality"] == "good" and 20 <= temperature["value"] <= 30 and temperature["units"] == "degC"
     assert isinstance(temperature["ts"], int) and abs(temperature["ts"] / 1000 - time.time()) < 10
