@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 5.0
 SESSION_EXPIRY_S = 7 * 24 * 3600
-INBOX_FULL_WAIT_S = 10.0
 
 
 class MqttError(Exception):
@@ -162,15 +161,12 @@ class LocalMqtt:
         if client is None or loop is None or not self.connected:
             raise NotConnected(f"{self.component}: not connected to the local broker")
         future: asyncio.Future[ReasonCode] = loop.create_future()
-        with self._lock:
-            info = client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                raise NotConnected(f"{self.component}: publish to {topic}: {paho.error_string(info.rc)}")
-            self._pending[info.mid] = future
-            early = self._early.pop(info.mid, None)
-        if early is not None:
-            self._pending.pop(info.mid, None)
-            future.set_result(early)
+        # Never hold self._lock while calling into paho: paho runs on_publish with its own mutex held
+        # and on_publish takes self._lock, so holding both in the other order would deadlock.
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"{self.component}: publish to {topic}: {paho.error_string(info.rc)}")
+        self._await_outcome(info.mid, future)
         if qos == 0:
             future.add_done_callback(_consume)
             return
@@ -251,10 +247,11 @@ class LocalMqtt:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         try:
-            properties = None
+            properties = Properties(PacketTypes.CONNECT)
             if self.persistent_session:
-                properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            if self.manual_ack:
+                properties.ReceiveMaximum = min(self._inbox.maxsize, 65535)
             await asyncio.to_thread(
                 partial(
                     client.connect,
@@ -284,13 +281,12 @@ class LocalMqtt:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[ReasonCode]] = loop.create_future()
-        with self._lock:
-            result, mid = client.subscribe(
-                [(f, q if isinstance(q, SubscribeOptions) else SubscribeOptions(qos=q)) for f, q in self.subscriptions]
-            )
-            if result != paho.MQTT_ERR_SUCCESS or mid is None:
-                raise NotConnected(f"subscribe: {paho.error_string(result)}")
-            self._pending[mid] = future  # type: ignore[assignment]
+        result, mid = client.subscribe(
+            [(f, q if isinstance(q, SubscribeOptions) else SubscribeOptions(qos=q)) for f, q in self.subscriptions]
+        )
+        if result != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise NotConnected(f"subscribe: {paho.error_string(result)}")
+        self._await_outcome(mid, future)
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             reasons = await future
         refused = [f"{f} ({r})" for (f, _), r in zip(self.subscriptions, reasons, strict=False) if r.is_failure]
@@ -339,6 +335,15 @@ class LocalMqtt:
     def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any) -> None:
         self._resolve(mid, reasons)
 
+    def _await_outcome(self, mid: int, future: asyncio.Future[Any]) -> None:
+        """Tie `future` to the acknowledgement of `mid`, which may already have arrived."""
+        with self._lock:
+            early = self._early.pop(mid, None)
+            if early is None:
+                self._pending[mid] = future
+        if early is not None:
+            future.set_result(early)
+
     def _resolve(self, mid: int, outcome: Any) -> None:
         with self._lock:
             future = self._pending.pop(mid, None)
@@ -360,20 +365,22 @@ class LocalMqtt:
             message.properties,
         )
         assert self._loop is not None
-        # Blocking the network thread while the inbox is full pushes back on the broker, which
-        # queues for us; only a handler stuck for INBOX_FULL_WAIT_S makes us drop (and count) one.
-        waiter = asyncio.run_coroutine_threadsafe(self._inbox.put(received), self._loop)
+        # Hand over without waiting: paho's network thread must never wait for the event loop (the loop
+        # may be calling into paho). Lossless consumers use manual_ack, and then Receive Maximum keeps
+        # the broker from sending more than the inbox holds.
+        self._loop.call_soon_threadsafe(self._enqueue, received)
+
+    def _enqueue(self, received: Received) -> None:
         try:
-            waiter.result(INBOX_FULL_WAIT_S)
-        except TimeoutError:
-            waiter.cancel()
+            self._inbox.put_nowait(received)
+        except asyncio.QueueFull:
             self.dropped_inbound += 1
             if self.dropped_inbound == 1 or self.dropped_inbound % 1000 == 0:
                 log.error(
                     "component=%s event=inbox-full dropped=%d topic=%s",
                     self.component,
                     self.dropped_inbound,
-                    message.topic,
+                    received.topic,
                 )
 
     # ---- helpers ------------------------------------------------------------------------------
