@@ -253,23 +253,49 @@ def overlap_conflict(a: ModbusTag, b: ModbusTag) -> str | None:
     )
 
 
+NODE_ID_PATTERN = r"^(ns=\d+;|nsu=[^;]+;)?[isgb]=.+$"  # OPC-UA Part 6 5.3.1.10, e.g. ns=2;s=Line2.Temperature
+BROWSE_PATH_PATTERN = r"^(\d+:)?[^/]+(/(\d+:)?[^/]+)*$"  # from Objects: "2:Line2/2:Temperature"
+NodeIdText = Annotated[str, Field(pattern=NODE_ID_PATTERN)]
+BrowsePathText = Annotated[str, Field(pattern=BROWSE_PATH_PATTERN)]
+
+
 class OpcuaNode(Strict):
     name: Name
-    node_id: str | None = None
-    browse_path: str | None = None
-    topic: TopicName | None = None
-    sampling_ms: int = Field(default=1000, ge=0, le=86_400_000)
-    deadband: float = Field(default=0.0, ge=0)
-    deadband_percent: float = Field(default=0.0, ge=0, le=100)
-    queue_size: int = Field(default=1, ge=1, le=10_000)
-    mode: Literal["subscribe", "poll"] = "subscribe"
-    writable: bool = False
+    node_id: NodeIdText | None = None
+    browse_path: BrowsePathText | None = None  # resolved once per session, from the Objects folder
+    topic: TopicName | None = None  # default: <adapter>/<name>
+    sampling_ms: int = Field(default=1000, ge=0, le=86_400_000)  # monitored item sampling, or the poll period
+    deadband: float = Field(default=0.0, ge=0)  # absolute, in the node's units
+    deadband_percent: float = Field(default=0.0, ge=0, le=100)  # subscribe: of the node's EURange (server side)
+    queue_size: int = Field(default=1, ge=1, le=10_000)  # server-side queue of the monitored item
+    mode: Literal["subscribe", "poll"] = "subscribe"  # poll: read every sampling_ms (for unreliable servers)
+    writable: bool = False  # true: `<topic>/set` writes the node with its own data type
+    units: str | None = None
 
     @model_validator(mode="after")
     def _one_address(self) -> Self:
         if (self.node_id is None) == (self.browse_path is None):
             raise ValueError("a node needs exactly one of 'node_id' or 'browse_path'")
+        if self.deadband and self.deadband_percent:
+            raise ValueError("an OPC-UA data change filter has one deadband: set 'deadband' or 'deadband_percent'")
+        if self.mode == "poll" and self.sampling_ms < 10:
+            raise ValueError(f"a polled node needs sampling_ms >= 10 (got {self.sampling_ms})")
         return self
+
+    @property
+    def address(self) -> str:
+        return self.node_id or f"browse path {self.browse_path}"
+
+
+class OpcuaMethod(Strict):
+    """A method an operator or function may call: a JSON list of input arguments on `topic`, the
+    outputs (or the error) on `<topic>/result`."""
+
+    name: Name
+    object_id: NodeIdText  # the object the method belongs to
+    method_id: NodeIdText
+    topic: TopicName | None = None  # default: <adapter>/<name>/call
+    timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
 
 
 class OpcuaAdapter(Strict):
@@ -280,7 +306,19 @@ class OpcuaAdapter(Strict):
     security_mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
     username: str | None = None
     password: str | None = None
+    # the client's application instance certificate (DER or PEM) and key; default: generated on first use
+    # under <state>/opcua/<adapter>/ and its thumbprint logged, for the operator to trust on the server
+    certificate: str | None = None
+    private_key: str | None = None
+    server_certificate: str | None = None  # pin the server's certificate; default: the endpoint's own
+    application_uri: str | None = None  # default: urn:millgate:<adapter>
+    qos: Literal[0, 1] = 1  # of node value publications
+    retain: bool = False
+    timeout_ms: int = Field(default=5000, ge=100, le=120_000)  # every request and the connect sequence
+    backoff_max_ms: int = Field(default=30_000, ge=100, le=3_600_000)  # longest wait between reconnects
+    watchdog_ms: int = Field(default=1000, ge=100, le=60_000)  # how often an idle session is probed
     nodes: list[OpcuaNode] = Field(min_length=1)
+    methods: list[OpcuaMethod] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _security_pairs(self) -> Self:
@@ -291,7 +329,17 @@ class OpcuaAdapter(Strict):
             )
         if (self.username is None) != (self.password is None):
             raise ValueError("'username' and 'password' go together (omit both for anonymous)")
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("'certificate' and 'private_key' go together (omit both to generate a pair)")
         return self
+
+    def node_topic(self, node: OpcuaNode) -> str:
+        """Where a node's value is published (its `/set` is this plus `/set`)."""
+        return node.topic or f"{self.name}/{node.name}"
+
+    def method_topic(self, method: OpcuaMethod) -> str:
+        """Where calls of a method arrive (its outcome goes to this plus `/result`)."""
+        return method.topic or f"{self.name}/{method.name}/call"
 
 
 AdapterConfig = ModbusAdapter | OpcuaAdapter

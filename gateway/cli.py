@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for
+from gateway.deploy_cli import add_deploy_parser
+from gateway.logs_cli import add_logs_parser
+from gateway.opcua_cli import add_opcua_parser
 from gateway.paths import default_config_dir
 from gateway.security_cli import add_security_parsers
 from gateway.shadow_cli import add_shadow_parser
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_parsers(verbs, common)
     add_shadow_parser(verbs, common)
     add_spool_parser(verbs, common)
+    add_deploy_parser(verbs, common)
+    add_logs_parser(verbs, common)
+    add_opcua_parser(verbs, common)
     return parser
 
 

@@ -23,6 +23,7 @@ from gateway.adapter_config import (
     ModbusAdapter,
     ModbusDevice,
     ModbusTag,
+    OpcuaAdapter,
     RegisterMapError,
     device_tags,
     overlap_conflict,
@@ -371,14 +372,48 @@ def _adapter_cross_checks(adapter: AdapterConfig, config_dir: Path, shown: str) 
     if isinstance(adapter, ModbusAdapter):
         problems += _modbus_cross_checks(adapter, config_dir / ADAPTERS_DIR, shown)
     else:
-        for index, first in _duplicates([n.name for n in adapter.nodes]):
-            problems.append(
-                Problem(
-                    shown,
-                    f"nodes[{index}].name",
-                    f"duplicate node name {adapter.nodes[index].name!r} (also nodes[{first}])",
-                )
+        problems += _opcua_cross_checks(adapter, shown)
+    return problems
+
+
+def _opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for index, first in _duplicates([n.name for n in adapter.nodes]):
+        problems.append(
+            Problem(
+                shown,
+                f"nodes[{index}].name",
+                f"duplicate node name {adapter.nodes[index].name!r} (also nodes[{first}])",
             )
+        )
+    for index, first in _duplicates([m.name for m in adapter.methods]):
+        problems.append(
+            Problem(
+                shown,
+                f"methods[{index}].name",
+                f"duplicate method name {adapter.methods[index].name!r} (also methods[{first}])",
+            )
+        )
+    # every topic the adapter publishes or listens on, so two uses of one topic are caught
+    claimed: dict[str, str] = {}
+    for index, node in enumerate(adapter.nodes):
+        topic = adapter.node_topic(node)
+        for used in (topic, topic + "/set", topic + "/set/result"):
+            claimed.setdefault(used, f"nodes[{index}]")
+    duplicate_names = {index for index, _ in _duplicates([n.name for n in adapter.nodes])}
+    for index, node in enumerate(adapter.nodes):
+        topic = adapter.node_topic(node)
+        owner = claimed.get(topic)
+        if owner != f"nodes[{index}]" and index not in duplicate_names:  # a duplicate name is reported once
+            problems.append(Problem(shown, f"nodes[{index}].topic", f"topic {topic!r} is also used by {owner}"))
+    for index, method in enumerate(adapter.methods):
+        topic = adapter.method_topic(method)
+        for used in (topic, topic + "/result"):
+            if used in claimed:
+                problems.append(
+                    Problem(shown, f"methods[{index}].topic", f"topic {used!r} is also used by {claimed[used]}")
+                )
+            claimed.setdefault(used, f"methods[{index}]")
     return problems
 
 

@@ -1,7 +1,6 @@
-"""`make demo`: runs the gateway on the embedded demo plant (etc/demo) with a state dir under ./var,
-prints what happens on the local broker, and stops everything on Ctrl-C (or after DEMO_SECONDS).
-
-It starts processes and reads the broker as the operator; it is not part of a production gateway.
+"""`make demo`: the whole product on the embedded demo plant (etc/demo): simulated equipment, the
+gateway, a local mosquitto standing in for AWS IoT. It walks through the scenes an operator cares about
+and stops everything on Ctrl-C or after DEMO_SECONDS. Not part of a production gateway.
 """
 
 from __future__ import annotations
@@ -9,27 +8,117 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 
-from gateway.config_loader import ConfigInvalid, load_config
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
 from gateway.credentials import load_credentials
+from gateway.demo_cloud import DemoCloud, LineProxy, make_cloud_pki
 from gateway.mqtt import MqttError, connect_blocking, paho_client
 from gateway.paths import GatewayPaths
-from gateway.status import gather_status, render_status
+from gateway.status import gather_status, read_component_status, render_status
 
 CONFIG = Path("etc/demo")
-STATE = Path("var")
-START_TIMEOUT_S = 30.0
-NON_INTERACTIVE_SECONDS = 20.0
+STATE = Path(os.environ.get("MILLGATE_DEMO_STATE", "var"))
+START_TIMEOUT_S = 40.0
+NON_INTERACTIVE_SECONDS = 45.0
+SIMULATORS = {
+    "modbus": (["adapters.modbus.simulator", "--host", "127.0.0.1", "--port", "15020"], 15020),
+    "opcua": (["adapters.opcua.simulator", "--port", "14840"], 14840),
+}
+SIMULATOR_START_S = 15.0
+CLOUD_PORT = 18885
 
 
-def _millgate(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway.cli", *args, "--config", str(CONFIG), "--state", str(STATE)]
+class Watch:
+    """The operator's view of the local broker: the latest message on every topic, and counts."""
+
+    def __init__(self, paths: GatewayPaths, filters: list[str]):
+        self.latest: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.client = paho_client(load_credentials(paths.credentials_dir, "operator"), f"operator-demo-{os.getpid()}")
+        self.client.on_message = self._on_message
+        connect_blocking(self.client, paths.broker_socket)
+        self.client.subscribe([(f, 1) for f in filters])
+
+    def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        try:
+            value: Any = json.loads(message.payload)
+        except ValueError:
+            value = message.payload.decode(errors="replace")
+        with self.lock:
+            self.latest[message.topic] = value
+            self.counts[message.topic] = self.counts.get(message.topic, 0) + 1
+
+    def matching(self, prefix: str) -> dict[str, Any]:
+        with self.lock:
+            return {t: v for t, v in sorted(self.latest.items()) if t.startswith(prefix)}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class CloudCounter:
+    """A subscriber on the demo cloud: how many messages arrived there, by first topic level."""
+
+    def __init__(self, cloud: DemoCloud):
+        self.total = 0
+        self.subscribed = threading.Event()
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id="demo-cloud-watcher", protocol=paho.MQTTv5
+        )
+        context = ssl.create_default_context(cafile=str(cloud.pki.ca))
+        context.load_cert_chain(str(cloud.pki.client_cert), str(cloud.pki.client_key))
+        self.client.tls_set_context(context)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe("#", 1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.connect_async("localhost", cloud.port)
+        self.client.reconnect_delay_set(1, 2)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, _m: paho.MQTTMessage) -> None:
+        self.total += 1
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def scene(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def _start_scenery(loaded: LoadedConfig, logs: Path) -> list[subprocess.Popen[bytes]]:
+    logs.mkdir(parents=True, exist_ok=True)
+    started = []
+    for protocol in sorted({a.config.protocol for a in loaded.adapters.values()}):
+        module, port = SIMULATORS[protocol]
+        log = (logs / f"simulator-{protocol}.log").open("ab")
+        started.append(subprocess.Popen([sys.executable, "-m", *module], stdout=log, stderr=log))
+        print(f"demo: simulated {protocol} equipment: python -m {' '.join(module)}", flush=True)
+        _wait_for_port(port)
+    return started
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + SIMULATOR_START_S
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    print(f"demo: nothing answers on 127.0.0.1:{port} yet; the adapter will retry")
 
 
 def _wait_until_up(paths: GatewayPaths, gateway: subprocess.Popen[bytes]) -> None:
@@ -39,33 +128,108 @@ def _wait_until_up(paths: GatewayPaths, gateway: subprocess.Popen[bytes]) -> Non
             raise SystemExit(f"demo: `millgate run` exited with {gateway.returncode}; see {paths.system_log_dir}")
         if paths.supervisor_socket.exists():
             report = gather_status(paths)
-            if report.broker_reachable and all(p.state == "RUNNING" for p in report.processes.values()):
-                print(render_status(report, as_json=False), flush=True)
+            states = {name: p.state for name, p in report.processes.items()}
+            if report.broker_reachable and states and all(s == "RUNNING" for s in states.values()):
+                print(render_status(report, as_json=False).split("\nbroker:")[0], flush=True)
                 return
-        time.sleep(0.3)
-    raise SystemExit(f"demo: the gateway did not come up in {START_TIMEOUT_S:.0f} s; see {paths.system_log_dir}")
+        time.sleep(0.5)
+    print(render_status(gather_status(paths), as_json=False))
+    print(f"demo: not every process is RUNNING after {START_TIMEOUT_S:.0f} s; see {paths.system_log_dir}")
 
 
-def _describe(message: paho.MQTTMessage) -> str:
-    payload = message.payload.decode("utf-8", errors="backslashreplace")
+def _uplink(paths: GatewayPaths) -> dict[str, Any]:
+    components, _ = read_component_status(paths)
+    return components.get("uplink", {})
+
+
+def _show_plant_data(watch: Watch, loaded: LoadedConfig) -> None:
+    time.sleep(3)
+    for name in loaded.adapters:
+        for topic, value in watch.matching(f"{name}/").items():
+            if "/set" not in topic:
+                print(f"  {topic:<42} {json.dumps(value)}")
+
+
+def _write_round_trip(watch: Watch) -> None:
+    topic = "line1/press-01/speed_setpoint/set"
+    print(f'  operator publishes {{"value": 1500}} on {topic}')
+    watch.client.publish(topic, json.dumps({"value": 1500}), qos=1)
+    for _ in range(50):
+        result = watch.matching(f"{topic}/result")
+        if result:
+            print(f"  {topic}/result -> {json.dumps(next(iter(result.values())))}")
+            return
+        time.sleep(0.1)
+    print("  no /set/result within 5 s (see log/system/adapter-line1.log)")
+
+
+def _offline_then_drain(paths: GatewayPaths, line: LineProxy, counter: CloudCounter) -> None:
+    for _ in range(3):
+        time.sleep(2)
+        uplink = _uplink(paths)
+        spool, link = uplink.get("spool", {}), uplink.get("cloud", {})
+        print(
+            f"  cloud {link.get('state', '?'):<12} spooled {spool.get('messages', '?'):>6} messages "
+            f"({spool.get('bytes', '?')} bytes), oldest {spool.get('oldest_age_s', '?')} s"
+        )
+    scene("6. The line comes back: the spool drains, in order, into the cloud")
+    line.up()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(2)
+        uplink = _uplink(paths)
+        spool = uplink.get("spool", {})
+        print(
+            f"  cloud {uplink.get('cloud', {}).get('state', '?'):<12} spooled {spool.get('messages', '?'):>6}"
+            f"  drained {uplink.get('drained_total', '?'):>6}  arrived at the cloud {counter.total:>6}"
+        )
+        if uplink.get("cloud", {}).get("connected") and spool.get("messages", 1) < 20:
+            break
+
+
+def _show_function(paths: GatewayPaths, watch: Watch) -> None:
+    components, _ = read_component_status(paths)
+    anomaly = components.get("fn-anomaly", {})
+    keys = ("function_state", "workers", "invocations", "errors", "p50_ms", "p99_ms")
+    print("  fn-anomaly " + " ".join(f"{k}={anomaly.get(k)}" for k in keys))
+    alerts = watch.matching("alerts/")
+    print(
+        f"  alerts seen on the broker: {sum(watch.counts.get(t, 0) for t in alerts)}"
+        + (f", latest {json.dumps(next(iter(alerts.values())))}" if alerts else "")
+    )
+
+
+def _run_scenes(
+    loaded: LoadedConfig,
+    paths: GatewayPaths,
+    gateway: subprocess.Popen[bytes],
+    line: LineProxy,
+    counter: CloudCounter,
+    deadline: float | None,
+) -> None:
+    scene("1. The processes (millgate status)")
+    _wait_until_up(paths, gateway)
+    watch = Watch(paths, ["line1/#", "line2/#", "alerts/#"])
     try:
-        data = json.loads(payload)
-    except ValueError:
-        return f"{message.topic}  {payload}"
-    if message.topic.endswith("/status") and isinstance(data, dict):
-        extra = {k: v for k, v in data.items() if k not in ("component", "state", "pid", "started_at", "ts")}
-        return f"{message.topic}  {data.get('state')} pid={data.get('pid')} {json.dumps(extra)}"
-    return f"{message.topic}  {payload}"
+        scene("2. Plant data: tags published as {value, quality, ts}")
+        _show_plant_data(watch, loaded)
+        scene("3. A command to the press, and its result")
+        _write_round_trip(watch)
+        scene("4. A device over mutual TLS, and an impostor refused")
+        from gateway.demo_devices import show_device_tls
 
-
-def _watch(paths: GatewayPaths) -> paho.Client:
-    client = paho_client(load_credentials(paths.credentials_dir, "operator"), "operator-demo")
-    client.on_message = lambda _c, _u, m: print(_describe(m), flush=True)
-    connect_blocking(client, paths.broker_socket)
-    client.subscribe([("millgate/#", 1), ("$aws/things/#", 1)])
-    for name in load_config(CONFIG).adapters:
-        client.subscribe(f"{name}/#", 1)
-    return client
+        show_device_tls(paths, loaded.gateway.broker.tls_port)
+        scene("5. The line to the cloud is down: cloud-bound data waits in the spool on disk")
+        _offline_then_drain(paths, line, counter)
+        scene("7. The on-demand function watching the temperature")
+        _show_function(paths, watch)
+        scene("The gateway keeps running" + ("; Ctrl-C stops it" if deadline is None else ""))
+        while deadline is None or time.monotonic() < deadline:
+            if gateway.poll() is not None:
+                raise SystemExit(f"demo: gateway exited unexpectedly ({gateway.returncode})")
+            time.sleep(0.5)
+    finally:
+        watch.close()
 
 
 def main() -> int:
@@ -76,32 +240,34 @@ def main() -> int:
         return 2
     paths = GatewayPaths.resolve(CONFIG, STATE, loaded.gateway.gateway.log_dir)
     seconds = float(os.environ.get("DEMO_SECONDS", "0")) or (None if sys.stdout.isatty() else NON_INTERACTIVE_SECONDS)
-    print(f"demo: starting millgate on {CONFIG}/ (state in {STATE}/, logs in {paths.system_log_dir}/)", flush=True)
-    gateway = subprocess.Popen(_millgate("run"), stdout=subprocess.DEVNULL, start_new_session=True)
-    watcher = None
+    deadline = None if seconds is None else time.monotonic() + seconds
+    assert loaded.gateway.cloud is not None, "the demo config routes data to its stand-in cloud"
+    pki = make_cloud_pki(CONFIG / "certs", loaded.gateway.gateway.thing_name)
+    # the cloud runs from the start on its own port; the gateway reaches it through a line we cut and restore
+    cloud = DemoCloud(pki, STATE / "demo-cloud", CLOUD_PORT)
+    line = LineProxy(loaded.gateway.cloud.port, CLOUD_PORT)
+    cloud.start()
+    print(f"demo: millgate on {CONFIG}/, state in {STATE}/, logs in {paths.system_log_dir}/", flush=True)
+    scenery = _start_scenery(loaded, STATE / "demo-logs")
+    command = [sys.executable, "-m", "gateway.cli", "run", "--config", str(CONFIG), "--state", str(STATE)]
+    gateway = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_until_up(paths, gateway)
-        watcher = _watch(paths)
-        print("demo: live messages follow" + ("; Ctrl-C to stop" if seconds is None else f" for {seconds:.0f} s"))
-        deadline = None if seconds is None else time.monotonic() + seconds
-        while deadline is None or time.monotonic() < deadline:
-            if gateway.poll() is not None:
-                print(f"demo: gateway exited unexpectedly ({gateway.returncode})", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        counter = CloudCounter(cloud)
+        _run_scenes(loaded, paths, gateway, line, counter, deadline)
     except KeyboardInterrupt:
         pass
     except MqttError as exc:
         print(f"demo: {exc}", file=sys.stderr)
-        return 1
     finally:
-        if watcher is not None:
-            watcher.disconnect()
-            watcher.loop_stop()
         if gateway.poll() is None:
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(15)
-    print(f"demo: stopped cleanly (exit {gateway.returncode})")
+        line.down()
+        cloud.stop()
+        for process in scenery:
+            process.terminate()
+            process.wait(5)
+    print(f"\ndemo: stopped cleanly (gateway exit {gateway.returncode})")
     return 0 if gateway.returncode == 0 else 1
 
 

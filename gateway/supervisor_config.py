@@ -17,6 +17,8 @@ from gateway.config_loader import LoadedConfig
 from gateway.paths import GatewayPaths
 from gateway.service_user import ServiceUser
 
+FINGERPRINT_ENV = "MILLGATE_CONFIG_FINGERPRINT"
+LOGSHIP = "logship"  # ships logs to CloudWatch; no broker identity, no heartbeat
 LOG_BACKUPS = 4
 # supervisord stops programs one priority band at a time; two bands at 4 s each stay under 10 s.
 STOP_WAIT_S = 4
@@ -36,6 +38,9 @@ class Program:
     log_max_bytes: int | None = None  # default: logging.max_bytes_per_component
     # exit codes that mean "stopped on purpose, do not restart" (the uplink exits 3 on a damaged spool)
     exit_codes: str = "0"
+    # the config slices this program reads (gateway/deploy_plan.py): a new value makes supervisord's
+    # reloadConfig see the program as changed, so a deployment restarts it and nothing else
+    fingerprint: str = ""
 
 
 def _escape(value: str) -> str:
@@ -71,6 +76,9 @@ def programs(loaded: LoadedConfig, paths: GatewayPaths, mosquitto: Path) -> list
     for name, adapter in sorted(loaded.adapters.items()):
         module = f"adapters.{adapter.config.protocol}"
         found.append(Program(adapter_component(name), python_component(module, paths, "--name", name), priority=40))
+    cloudwatch = loaded.gateway.logging.cloudwatch
+    if cloudwatch is not None and cloudwatch.enabled:
+        found.append(Program(LOGSHIP, python_component("gateway.cloudwatch_ship", paths), priority=60))
     return found
 
 
@@ -112,10 +120,14 @@ def supervisord_conf_text(
     ]
     for program in program_list:
         env = {"PYTHONUNBUFFERED": "1", "MILLGATE_COMPONENT": program.name, **program.environment}
+        if program.fingerprint:
+            env[FINGERPRINT_ENV] = program.fingerprint
         sections += [
             f"[program:{program.name}]",
             f"command={_escape(shlex.join(program.command))}",
             f"priority={program.priority}",
+            # relative paths in the config (certificates, code) mean relative to the config dir
+            f"directory={_escape(str(paths.config_dir))}",
             "autostart=true",
             "autorestart=unexpected",
             f"exitcodes={program.exit_codes}",

@@ -1,5 +1,6 @@
-"""Decides whether a new reading of a tag is worth publishing: always on a quality change, on every
-poll if the tag asks for it, otherwise when the value moved past the absolute or percent deadband.
+"""Decides whether a new reading of a tag is worth publishing: always on a quality change (or a new
+reason for a bad or uncertain one), on every poll if the tag asks for it, otherwise when the value
+moved past the absolute or percent deadband.
 
 It keeps only the last published reading per tag; it never publishes anything itself.
 """
@@ -40,8 +41,8 @@ class ChangeFilter:
             last is None
             or point.every_poll
             or last.quality != reading.quality
-            or (reading.quality == Quality.BAD and last.reason != reading.reason)
-            or (reading.quality == Quality.GOOD and exceeds_deadband(point, last.value, reading.value))
+            or (reading.quality != Quality.GOOD and last.reason != reading.reason)
+            or (reading.quality != Quality.BAD and exceeds_deadband(point, last.value, reading.value))
         )
         if publish:
             self._last[point.key] = reading

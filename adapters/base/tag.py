@@ -1,5 +1,6 @@
 """What a tag is to the rest of the gateway (a point with a topic and publish rules) and what one
-reading of it is (value, quality, timestamp, reason), rendered as the JSON the adapter publishes.
+reading of it is (value, quality, timestamp, reason, and the source's own timestamps where the protocol
+has them), rendered as the JSON the adapter publishes.
 
 Protocol-neutral: how a value is read or encoded belongs to the protocol adapter.
 """
@@ -15,6 +16,7 @@ from typing import Any
 
 class Quality(StrEnum):
     GOOD = "good"
+    UNCERTAIN = "uncertain"  # a value the source itself doubts (OPC-UA Uncertain_*); Modbus never has one
     BAD = "bad"
 
 
@@ -37,11 +39,20 @@ class Point:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceTimes:
+    """The protocol's own timestamps of a reading, epoch ms (None: the server did not give one)."""
+
+    source_ms: int | None
+    server_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TagValue:
     value: Any
     quality: Quality
-    ts_ms: int
+    ts_ms: int  # when the adapter received the reading
     reason: str | None = None
+    times: SourceTimes | None = None  # set by protocols that timestamp at the source (OPC-UA)
 
     @classmethod
     def good(cls, value: Any, ts_ms: int | None = None) -> TagValue:
@@ -52,8 +63,12 @@ class TagValue:
         return cls(None, Quality.BAD, now_ms() if ts_ms is None else ts_ms, reason)
 
     def payload(self, units: str | None = None) -> bytes:
-        """`{"value", "quality", "ts"}` (ts in epoch milliseconds), plus "reason" when bad and "units" if set."""
+        """`{"value", "quality", "ts"}` (ts in epoch milliseconds), plus "source_ts" and "server_ts" when the
+        reading carries source times, "reason" when not good and "units" if set."""
         body: dict[str, Any] = {"value": self.value, "quality": self.quality.value, "ts": self.ts_ms}
+        if self.times is not None:
+            body["source_ts"] = self.times.source_ms
+            body["server_ts"] = self.times.server_ms
         if self.reason is not None:
             body["reason"] = self.reason
         if units is not None:

@@ -101,7 +101,6 @@ class CloudLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ack_handler: AckHandler | None = None
         self._inbox: asyncio.Queue[CloudMessage] = asyncio.Queue(maxsize=inbox_size)
-        self._context = tls_context(cloud)
         self._outage_reasons: set[str | None] = set()
         self._acks: list[tuple[int, Ack]] = []
         self._acks_lock = threading.Lock()
@@ -184,7 +183,10 @@ class CloudLink:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else not persistent,
         )
-        client.tls_set_context(self._context)
+        try:  # loaded on every attempt: certificates put in place (or renewed) later are picked up
+            client.tls_set_context(tls_context(cloud))
+        except LinkConfigError as exc:
+            raise LinkDown(str(exc)) from None
         client.connect_timeout = cloud.connect_timeout_s
         client.max_inflight_messages_set(cloud.inflight_window)
         client.max_queued_messages_set(0)

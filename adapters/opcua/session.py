@@ -1,0 +1,430 @@
+"""The session to one OPC-UA server and everything that runs on it, as an explicit state machine:
+connecting -> session-active (node ids and data types resolved) -> subscriptions-created -> running
+-> lost -> (backoff) -> connecting... Each session is a fresh asyncua client, so nothing stale from
+a dead server survives a reconnect; every monitored item is created again and its first notification
+re-reads the current value, while every node reads bad with the reason in between.
+
+It hands readings to the sink and performs writes and method calls; it never touches MQTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Any
+
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+
+from adapters.base.commands import WriteRefused
+from adapters.base.device_health import DeviceHealth
+from adapters.base.tag import Point, TagValue
+from adapters.opcua.certificate import ClientCertificate
+from adapters.opcua.node_map import (
+    BATCH,
+    MethodBinding,
+    NodeBinding,
+    read_data_types,
+    read_method_inputs,
+    resolve_node_ids,
+)
+from adapters.opcua.quality import status_reason
+from adapters.opcua.variants import bad_reading, reading_of, to_json, to_variant
+from gateway.adapter_config import OpcuaAdapter
+from gateway.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[Point, TagValue], None]
+SECURITY_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+}
+SESSION_TIMEOUT_MS = 120_000  # the server drops a session we abandoned after this long
+CLOSE_TIMEOUT_S = 2.0
+MIN_PUBLISHING_MS = 50.0
+BACKOFF_INITIAL_S = 0.5
+
+
+class State(StrEnum):
+    CONNECTING = "connecting"
+    SESSION_ACTIVE = "session-active"
+    SUBSCRIBED = "subscriptions-created"
+    RUNNING = "running"
+    LOST = "lost"
+
+
+class CallRefused(Exception):
+    """A method call that cannot be attempted (not connected, wrong arguments)."""
+
+
+class CallFailed(Exception):
+    """A method call the server answered with a bad status."""
+
+
+class WriteFailed(Exception):
+    """A write the server did not accept."""
+
+
+def describe(exc: BaseException, endpoint: str, timeout_s: float) -> str:
+    """What went wrong talking to the server, in words an operator can act on."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {endpoint} within {timeout_s:g} s"
+    if isinstance(exc, ua.UaStatusCodeError):
+        return status_reason(exc.code)
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {endpoint} (is the server running and the port right?)"
+    if isinstance(exc, OSError):
+        return f"cannot reach {endpoint}: {exc.strerror or exc}"
+    if isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
+        return f"{endpoint} offers no endpoint with this security policy and mode ({exc})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class _Notifications:
+    """asyncua's subscription handler for one session: forwards to the session while it is current."""
+
+    def __init__(self, session: OpcuaSession, generation: int):
+        self.session = session
+        self.generation = generation
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        if self.generation == self.session.generation:
+            self.session.on_data_change(data.subscription_data.client_handle, data.monitored_item.Value)
+
+    def status_change_notification(self, status: Any) -> None:
+        if self.generation == self.session.generation:
+            code = getattr(status, "Status", status)
+            value = code.value if isinstance(code, ua.StatusCode) else int(code)
+            self.session.signal_lost(f"subscription status {status_reason(value)}")
+
+    def event_notification(self, event: Any) -> None:
+        return None
+
+
+class OpcuaSession:
+    def __init__(
+        self,
+        config: OpcuaAdapter,
+        nodes: list[NodeBinding],
+        methods: list[MethodBinding],
+        sink: Sink,
+        certificate: ClientCertificate | None = None,
+    ):
+        self.config = config
+        self.nodes = nodes
+        self.methods = methods
+        self.sink = sink
+        self.certificate = certificate
+        self.timeout_s = config.timeout_ms / 1000
+        self.health = DeviceHealth(config.name, "server")
+        self.backoff = Backoff(initial_s=BACKOFF_INITIAL_S, cap_s=config.backoff_max_ms / 1000)
+        self.state = State.CONNECTING
+        self.reason: str | None = None
+        self.generation = 0  # one per session attempt; late callbacks from an older one are ignored
+        self.sessions = 0
+        self.notifications = 0
+        self._client: Client | None = None
+        self._lost = asyncio.Event()
+        self._lost_reason: str | None = None
+        self._by_key = {b.point.key: b for b in nodes}
+        self._by_handle = {b.handle: b for b in nodes}
+        self._node_problems: dict[str, str] = {}
+
+    @property
+    def points(self) -> list[Point]:
+        return [b.point for b in self.nodes]
+
+    # ---- the state machine --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep a session up until cancelled."""
+        while True:
+            reason = await self._one_session()
+            self._enter(State.LOST, reason)
+            self.health.set_down(reason)
+            for binding in self.nodes:
+                self.sink(binding.point, bad_reading(reason))
+            await asyncio.sleep(self.backoff.next_delay())
+
+    def _enter(self, state: State, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+        log.debug("adapter=%s event=session-state state=%s reason=%s", self.config.name, state, reason)
+
+    def signal_lost(self, reason: str) -> None:
+        if not self._lost.is_set():
+            self._lost_reason = reason
+            self._lost.set()
+
+    async def _one_session(self) -> str:
+        """Run one session from connect to loss; return why it ended."""
+        self.generation += 1
+        self._lost = asyncio.Event()
+        self._lost_reason = None
+        client = self._new_client()
+        try:
+            self._enter(State.CONNECTING)
+            async with asyncio.timeout(self.timeout_s * 2):
+                await self._secure(client)
+                await client.connect()
+            self.sessions += 1
+            self._enter(State.SESSION_ACTIVE)
+            await resolve_node_ids(client, self.nodes, self.timeout_s)
+            await read_data_types(client, self.nodes, self.timeout_s)
+            await self._subscribe(client)
+            self._enter(State.SUBSCRIBED)
+            self._report_problems()
+            self._client = client
+            self._enter(State.RUNNING)
+            self.health.set_up()
+            self.backoff.reset()
+            async with asyncio.TaskGroup() as tasks:
+                pollers = [tasks.create_task(self._poll(client, ms, group)) for ms, group in self._poll_groups()]
+                await self._lost.wait()
+                for poller in pollers:
+                    poller.cancel()
+            return self._lost_reason or "session lost"
+        except Exception as exc:
+            if not isinstance(exc, OSError | TimeoutError | ConnectionError | ua.UaError):
+                log.debug("adapter=%s event=session-error", self.config.name, exc_info=True)
+            return self._lost_reason or describe(exc, self.config.endpoint, self.timeout_s)
+        finally:
+            self._client = None
+            self.generation += 1
+            await self._close(client)
+
+    def _new_client(self) -> Client:
+        client = Client(self.config.endpoint, timeout=self.timeout_s, watchdog_intervall=self.config.watchdog_ms / 1000)
+        client.application_uri = self.config.application_uri or f"urn:millgate:{self.config.name}"
+        client.name = client.description = f"millgate adapter {self.config.name}"
+        client.session_timeout = SESSION_TIMEOUT_MS
+        if self.config.username is not None and self.config.password is not None:
+            client.set_user(self.config.username)
+            client.set_password(self.config.password)
+        generation = self.generation
+
+        async def lost(exc: Exception) -> None:
+            if generation == self.generation:
+                self.signal_lost(describe(exc, self.config.endpoint, self.timeout_s))
+
+        client.connection_lost_callback = lost
+        return client
+
+    async def _secure(self, client: Client) -> None:
+        if self.config.security_policy == "None":
+            return
+        assert self.certificate is not None, "a secured adapter is started with its client certificate"
+        await client.set_security(
+            SECURITY_POLICIES[self.config.security_policy],
+            str(self.certificate.cert_path),
+            str(self.certificate.key_path),
+            server_certificate=self.config.server_certificate,
+            mode=getattr(ua.MessageSecurityMode, self.config.security_mode),
+        )
+
+    async def _close(self, client: Client) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await client.disconnect()
+        with contextlib.suppress(Exception):
+            client.disconnect_socket()
+
+    def _report_problems(self) -> None:
+        """A node that cannot be read this session reads bad with why; logged once per new reason."""
+        for binding in self.nodes:
+            key = binding.point.key
+            if binding.problem is None:
+                if self._node_problems.pop(key, None) is not None:
+                    log.info("adapter=%s node=%s event=node-recovered", self.config.name, binding.config.name)
+                continue
+            if self._node_problems.get(key) != binding.problem:
+                log.warning(
+                    "adapter=%s node=%s address=%s event=node-unavailable reason=%s",
+                    self.config.name,
+                    binding.config.name,
+                    binding.address,
+                    binding.problem,
+                )
+                self._node_problems[key] = binding.problem
+            self.sink(binding.point, bad_reading(f"{binding.address}: {binding.problem}"))
+
+    # ---- subscriptions ------------------------------------------------------------------------
+
+    async def _subscribe(self, client: Client) -> None:
+        groups: dict[int, list[NodeBinding]] = {}
+        for binding in self.nodes:
+            if binding.config.mode == "subscribe" and binding.problem is None:
+                groups.setdefault(binding.config.sampling_ms, []).append(binding)
+        handler = _Notifications(self, self.generation)
+        for sampling_ms, group in sorted(groups.items()):
+            async with asyncio.timeout(self.timeout_s):
+                subscription = await client.create_subscription(max(float(sampling_ms), MIN_PUBLISHING_MS), handler)
+            for start in range(0, len(group), BATCH):
+                chunk = group[start : start + BATCH]
+                async with asyncio.timeout(self.timeout_s):
+                    results = await subscription.create_monitored_items([self._item_request(b) for b in chunk])
+                for binding, result in zip(chunk, results, strict=True):
+                    if isinstance(result, ua.StatusCode):
+                        binding.problem = status_reason(result.value)
+
+    @staticmethod
+    def _item_request(binding: NodeBinding) -> ua.MonitoredItemCreateRequest:
+        node = binding.config
+        item = ua.ReadValueId()
+        item.NodeId = binding.node_id
+        item.AttributeId = ua.AttributeIds.Value
+        params = ua.MonitoringParameters()
+        params.ClientHandle = binding.handle
+        params.SamplingInterval = float(node.sampling_ms)
+        params.QueueSize = node.queue_size
+        params.DiscardOldest = True
+        if node.deadband or node.deadband_percent:
+            change = ua.DataChangeFilter()
+            change.Trigger = ua.DataChangeTrigger.StatusValue
+            change.DeadbandType = ua.DeadbandType.Absolute if node.deadband else ua.DeadbandType.Percent
+            change.DeadbandValue = node.deadband or node.deadband_percent
+            params.Filter = change
+        request = ua.MonitoredItemCreateRequest()
+        request.ItemToMonitor = item
+        request.MonitoringMode = ua.MonitoringMode.Reporting
+        request.RequestedParameters = params
+        return request
+
+    def on_data_change(self, handle: int, data: ua.DataValue) -> None:
+        binding = self._by_handle.get(handle)
+        if binding is None:
+            return
+        self.notifications += 1
+        self.sink(binding.point, reading_of(data))
+
+    # ---- polling ------------------------------------------------------------------------------
+
+    def _poll_groups(self) -> list[tuple[int, list[NodeBinding]]]:
+        groups: dict[int, list[NodeBinding]] = {}
+        for binding in self.nodes:
+            if binding.config.mode == "poll" and binding.problem is None:
+                groups.setdefault(binding.config.sampling_ms, []).append(binding)
+        return sorted(groups.items())
+
+    async def _poll(self, client: Client, period_ms: int, group: list[NodeBinding]) -> None:
+        """Read a group every period in batched Read requests (with both timestamps) until cancelled."""
+        loop = asyncio.get_running_loop()
+        period_s = period_ms / 1000
+        due = loop.time()
+        while True:
+            try:
+                for start in range(0, len(group), BATCH):
+                    chunk = group[start : start + BATCH]
+                    params = ua.ReadParameters()
+                    params.TimestampsToReturn = ua.TimestampsToReturn.Both
+                    for binding in chunk:
+                        item = ua.ReadValueId()
+                        item.NodeId = binding.node_id
+                        item.AttributeId = ua.AttributeIds.Value
+                        params.NodesToRead.append(item)
+                    started = loop.time()
+                    async with asyncio.timeout(self.timeout_s):
+                        results = await client.uaclient.read(params)
+                    self.health.answered(loop.time() - started)
+                    for binding, data in zip(chunk, results, strict=True):
+                        self.sink(binding.point, reading_of(data))
+            except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+                self.health.failed("timeout" if isinstance(exc, TimeoutError) else "exception")
+                self.signal_lost(describe(exc, self.config.endpoint, self.timeout_s))
+                return
+            due += period_s
+            now = loop.time()
+            if due < now:
+                self.health.missed_polls += int((now - due) // period_s) + 1
+                due = now
+            await asyncio.sleep(due - now)
+
+    # ---- writes and method calls --------------------------------------------------------------
+
+    def _live_client(self, what: str) -> Client:
+        if self._client is None or self.state != State.RUNNING:
+            raise WriteRefused(f"{what}: {self.config.endpoint} is not connected ({self.reason or self.state})")
+        return self._client
+
+    def submit_write(self, point: Point, value: Any) -> Awaitable[Any]:
+        """TagWriter: convert to the node's own type now (refusing at once), then write."""
+        binding = self._by_key.get(point.key)
+        if binding is None:
+            raise WriteRefused(f"no OPC-UA node {point.key}")
+        client = self._live_client(f"{point.key} ({binding.address})")
+        if binding.node_id is None or binding.variant_type is None:
+            raise WriteRefused(f"{point.key} ({binding.address}): {binding.problem or 'data type not known yet'}")
+        try:
+            variant = to_variant(value, binding.variant_type, binding.value_rank)
+        except ValueError as exc:
+            raise WriteRefused(f"{point.key} ({binding.address}) is {binding.variant_type.name}: {exc}") from None
+        return self._write(client, binding, variant)
+
+    async def _write(self, client: Client, binding: NodeBinding, variant: ua.Variant) -> Any:
+        assert binding.node_id is not None
+        node = client.get_node(binding.node_id)
+        started = asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await node.write_attribute(ua.AttributeIds.Value, ua.DataValue(variant))
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            self.health.writes_failed += 1
+            raise WriteFailed(
+                f"{binding.point.key} ({binding.address}): {describe(exc, self.config.endpoint, self.timeout_s)}"
+            ) from None
+        self.health.answered(asyncio.get_running_loop().time() - started)
+        self.health.writes_ok += 1
+        return to_json(variant.Value)
+
+    async def call(self, method: MethodBinding, args: list[Any]) -> list[Any]:
+        """Call a configured method with JSON arguments converted to its input types; its outputs as JSON."""
+        name = method.config.name
+        try:
+            client = self._live_client(f"method {name}")
+        except WriteRefused as exc:
+            raise CallRefused(str(exc)) from None
+        timeout_s = method.config.timeout_ms / 1000
+        try:
+            inputs = await read_method_inputs(client, method, self.timeout_s)
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            raise CallFailed(
+                f"method {name}: cannot read its input arguments: {describe(exc, '', timeout_s)}"
+            ) from None
+        if len(args) != len(inputs):
+            raise CallRefused(f"method {name} takes {len(inputs)} input argument(s), got {len(args)}")
+        variants = []
+        for index, (arg, (vtype, rank)) in enumerate(zip(args, inputs, strict=True)):
+            try:
+                variants.append(to_variant(arg, vtype, rank))
+            except ValueError as exc:
+                raise CallRefused(f"method {name}: argument {index + 1} is {vtype.name}: {exc}") from None
+        request = ua.CallMethodRequest()
+        request.ObjectId = method.object_id
+        request.MethodId = method.method_id
+        request.InputArguments = variants
+        try:
+            async with asyncio.timeout(timeout_s):
+                [result] = await client.uaclient.call([request])
+        except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            raise CallFailed(f"method {name}: {describe(exc, self.config.endpoint, timeout_s)}") from None
+        if not result.StatusCode.is_good():
+            raise CallFailed(f"method {name}: the server answered {status_reason(result.StatusCode.value)}")
+        return [to_json(v.Value if isinstance(v, ua.Variant) else v) for v in result.OutputArguments or []]
+
+    # ---- health -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "server": {
+                "endpoint": self.config.endpoint,
+                "session": self.state.value,
+                "sessions": self.sessions,
+                "notifications": self.notifications,
+                **self.health.snapshot(),
+            },
+            "nodes": {"total": len(self.nodes), "unavailable": dict(self._node_problems)},
+        }

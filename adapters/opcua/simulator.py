@@ -1,0 +1,168 @@
+"""A simulated OPC-UA server for the demo, the tests and the benchmark (`python -m adapters.opcua.simulator
+--port 14840`): an asyncua server whose Line2 object has changing variables, writable ones of several
+types and a method, optionally with Basic256Sha256 endpoints and N extra variables for load.
+
+It is a stand-in for plant equipment; the adapter never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import math
+import signal
+from pathlib import Path
+from typing import Any, cast
+
+from asyncua import Server, ua
+from asyncua.common.methods import uamethod
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+NAMESPACE = "urn:millgate:simulator"
+SERVER_URI = "urn:millgate:simulator:server"
+log = logging.getLogger("adapters.opcua.simulator")
+
+# name: (variant type, initial value, writable); node ids are ns=2;s=Line2.<name>
+VARIABLES: dict[str, tuple[ua.VariantType, Any, bool]] = {
+    "Temperature": (ua.VariantType.Double, 21.0, False),
+    "Counter": (ua.VariantType.UInt32, 0, False),
+    "Pressure": (ua.VariantType.Float, 1.0, False),
+    "Setpoint": (ua.VariantType.Int16, 100, True),
+    "Speed": (ua.VariantType.Double, 0.0, True),
+    "Mode": (ua.VariantType.String, "auto", True),
+    "Running": (ua.VariantType.Boolean, True, True),
+    "Limits": (ua.VariantType.Int32, [0, 100], True),
+}
+
+
+def node_id(name: str, ns: int = 2) -> str:
+    return f"ns={ns};s=Line2.{name}"
+
+
+class Simulator:
+    def __init__(self, port: int, period_s: float = 0.5, items: int = 0, host: str = "127.0.0.1"):
+        self.port = port
+        self.period_s = period_s
+        self.items = items
+        self.host = host
+        self.server = Server()
+        self.ns = 2
+        self.tick = 0
+        self.variables: dict[str, Any] = {}
+        self.bench: list[ua.NodeId] = []
+
+    async def setup(self, cert_dir: Path | None = None, secure_only: bool = False) -> None:
+        server = self.server
+        await server.init()
+        server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
+        server.set_server_name("millgate OPC-UA simulator")
+        policies = [ua.SecurityPolicyType.NoSecurity] if not secure_only else []
+        if cert_dir is not None:
+            await server.set_application_uri(SERVER_URI)
+            cert, key = cert_dir / "server-cert.der", cert_dir / "server-key.pem"
+            await setup_self_signed_certificate(
+                key,
+                cert,
+                SERVER_URI,
+                self.host,
+                [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH],
+                {"commonName": "millgate simulator"},
+            )
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+            policies += [
+                ua.SecurityPolicyType.Basic256Sha256_Sign,
+                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ]
+        server.set_security_policy(policies)
+        self.ns = await server.register_namespace(NAMESPACE)
+        line = await server.nodes.objects.add_object(self._id("Line2"), ua.QualifiedName("Line2", self.ns))
+        for name, (vtype, initial, writable) in VARIABLES.items():
+            variant = ua.Variant(initial, vtype, is_array=isinstance(initial, list))
+            var = await line.add_variable(self._id(f"Line2.{name}"), ua.QualifiedName(name, self.ns), variant)
+            if isinstance(initial, list):
+                await var.write_value_rank(1)
+            if writable:
+                await var.set_writable()
+            self.variables[name] = var
+        await line.add_method(
+            self._id("Line2.SetCounter"),
+            ua.QualifiedName("SetCounter", self.ns),
+            self._set_counter,
+            [ua.VariantType.UInt32],
+            [ua.VariantType.UInt32],
+        )
+        if self.items:
+            bench = await server.nodes.objects.add_object(self._id("Bench"), ua.QualifiedName("Bench", self.ns))
+            for index in range(self.items):
+                var = await bench.add_variable(self._id(f"Bench.{index}"), f"{self.ns}:B{index}", 0.0)
+                self.bench.append(var.nodeid)
+
+    def _id(self, name: str) -> ua.NodeId:
+        return ua.NodeId(ua.String(name), ua.Int16(self.ns))
+
+    @uamethod
+    async def _set_counter(self, parent: ua.NodeId, value: int) -> int:
+        previous = await self.variables["Counter"].read_value()
+        await self.variables["Counter"].write_value(ua.Variant(value, ua.VariantType.UInt32))
+        return int(previous)
+
+    async def step(self) -> None:
+        """Advance the simulated line one tick: temperature and pressure drift, the counter counts."""
+        self.tick += 1
+        now = cast(ua.DateTime, dt.datetime.now(dt.UTC))
+        temperature = 21.0 + 4.0 * math.sin(self.tick / 5)
+        counter = await self.variables["Counter"].read_value()
+        values = {
+            "Temperature": ua.Variant(round(temperature, 3), ua.VariantType.Double),
+            "Counter": ua.Variant((counter + 1) % 2**32, ua.VariantType.UInt32),
+            "Pressure": ua.Variant(1.0 + (self.tick % 10) / 100, ua.VariantType.Float),
+        }
+        for name, variant in values.items():
+            await self.server.write_attribute_value(
+                self.variables[name].nodeid, ua.DataValue(variant, SourceTimestamp=now, ServerTimestamp=now)
+            )
+        for index, nodeid in enumerate(self.bench):
+            await self.server.write_attribute_value(
+                nodeid, ua.DataValue(ua.Variant(float(self.tick + index), ua.VariantType.Double), SourceTimestamp=now)
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with self.server:
+            log.info("event=serving endpoint=opc.tcp://%s:%d/ namespace=%s", self.host, self.port, NAMESPACE)
+            while not stop.is_set():
+                await self.step()
+                try:
+                    async with asyncio.timeout(self.period_s):
+                        await stop.wait()
+                except TimeoutError:
+                    pass
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m adapters.opcua.simulator", description=__doc__)
+    parser.add_argument("--port", type=int, default=14840)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--period", type=float, default=0.5, help="seconds between value changes")
+    parser.add_argument("--items", type=int, default=0, help="extra Double variables Bench.0..N-1 (load tests)")
+    parser.add_argument("--cert-dir", type=Path, default=None, help="serve Basic256Sha256 too, with a cert made here")
+    parser.add_argument("--secure-only", action="store_true", help="with --cert-dir: no unsecured endpoint")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    sim = Simulator(args.port, args.period, args.items, args.host)
+    if args.cert_dir is not None:
+        args.cert_dir.mkdir(parents=True, exist_ok=True)
+    await sim.setup(args.cert_dir, args.secure_only)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await sim.run(stop)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
