@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTHON3 := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 DEBIAN_PACKAGES := mosquitto socat acl
 
-.PHONY: deps demo test lint bench clean
+.PHONY: deps demo test lint bench clean deb package-test
 
 deps: $(STAMP)
 
@@ -37,3 +37,14 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) var bench/results.json .pytest_cache .mypy_cache .ruff_cache
+
+# The Debian package: dist/millgate_<version>_<arch>.deb, then lintian (errors fail the build).
+deb:
+	packaging/install-build-tools.sh lintian
+	packaging/build-deb.sh dist
+	lintian --fail-on error dist/millgate_*.deb
+
+# Installs the package into a fresh Debian 12 root made with debootstrap (slow, needs a Debian mirror).
+package-test: deps
+	packaging/install-build-tools.sh lintian debootstrap
+	$(PY) -m pytest tests/ops -m package -p no:cacheprovider

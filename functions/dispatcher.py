@@ -11,8 +11,9 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from functions.user_log import UserLog
 from functions.worker_process import InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 REAP_INTERVAL_S = 1.0
 
 
+Answer = dict[str, Any]  # {"result", "function_error": None|"Handled"|"Unhandled", "error"[, "payload"]}
+
+
 @dataclass(frozen=True)
 class Invocation:
     request_id: str
@@ -31,6 +35,30 @@ class Invocation:
     payload: bytes
     reply_to: str | None
     enqueued_at: float
+    client_context: str | None = None  # Greengrass v1: the caller's base64 client context, passed through
+    on_answer: Callable[[Answer], None] | None = None  # an invoker in this process, instead of reply_to
+
+
+class Worker(Protocol):
+    """What the pool needs of a worker: the native pipe worker and the Greengrass v1 kinds alike."""
+
+    idle_since: float
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def invoke(
+        self, request_id: str, topic: str, payload: bytes, timeout_s: float, client_context: str | None = None
+    ) -> dict[str, Any]: ...
+
+    async def kill(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 class FunctionStats:
@@ -51,23 +79,32 @@ class FunctionStats:
 class FunctionPool:
     """One on-demand function: its queue, its workers, its statistics."""
 
-    def __init__(self, function: Function, spec: WorkerSpec, user_log: UserLog, problems: list[str]):
+    def __init__(
+        self,
+        function: Function,
+        spec: WorkerSpec,
+        user_log: UserLog,
+        problems: list[str],
+        new_worker: Callable[[], Worker] | None = None,
+    ):
         self.function = function
         self.spec = spec
         self.user_log = user_log
         self.problems = problems
+        self.new_worker: Callable[[], Worker] = new_worker or (lambda: WorkerProcess(self.spec, self.user_log))
         self.queue: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=function.queue_size)
         self.stats = FunctionStats()
-        self.idle: list[WorkerProcess] = []
-        self.busy: set[WorkerProcess] = set()
+        self.idle: list[Worker] = []
+        self.busy: set[Worker] = set()
         self.mqtt: LocalMqtt | None = None
         self._slots = asyncio.Semaphore(function.max_concurrency)
+        self._accepting: set[asyncio.Task[None]] = set()
 
     def status(self) -> dict[str, Any]:
         return {
             "function_state": "failed" if self.problems else "ready",
             "problems": self.problems,
-            "lifecycle": "on-demand",
+            "lifecycle": self.function.lifecycle,
             "workers": len(self.idle) + len(self.busy),
             "busy": len(self.busy),
             "queue_depth": self.queue.qsize(),
@@ -83,6 +120,27 @@ class FunctionPool:
         invocation = Invocation(
             uuid.uuid4().hex, message.topic, message.payload, message.response_topic, time.monotonic()
         )
+        await self._accept(invocation)
+
+    def submit(
+        self, topic: str, payload: bytes, client_context: str | None = None, wait: bool = True
+    ) -> asyncio.Future[Answer] | None:
+        """Invoke from inside this process (the Greengrass v1 API); with `wait`, a future of the answer."""
+        future: asyncio.Future[Answer] | None = asyncio.get_running_loop().create_future() if wait else None
+
+        def answered(answer: Answer) -> None:
+            if future is not None and not future.done():
+                future.set_result(answer)
+
+        invocation = Invocation(
+            uuid.uuid4().hex, topic, payload, None, time.monotonic(), client_context, answered if wait else None
+        )
+        task = asyncio.create_task(self._accept(invocation))
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+        return future
+
+    async def _accept(self, invocation: Invocation) -> None:
         if self.problems:
             self.stats.errors += 1
             await self._reply(invocation, None, "Unhandled", f"function cannot run: {'; '.join(self.problems)}")
@@ -97,7 +155,7 @@ class FunctionPool:
                     self.function.name,
                     self.stats.rejected,
                     self.function.queue_size,
-                    message.topic,
+                    invocation.topic,
                 )
             await self._reply(invocation, None, "Unhandled", "input queue full: message rejected")
 
@@ -126,13 +184,13 @@ class FunctionPool:
             for task in running:
                 task.cancel()
 
-    async def _take_worker(self) -> WorkerProcess:
+    async def _take_worker(self) -> Worker:
         while self.idle:
             worker = self.idle.pop()
-            if worker.process is not None and worker.process.returncode is None:
+            if worker.alive:
                 return worker
             await worker.kill()
-        worker = WorkerProcess(self.spec, self.user_log)
+        worker = self.new_worker()
         await worker.start()
         log.info(
             "function=%s event=worker-started pid=%s workers=%d",
@@ -143,17 +201,21 @@ class FunctionPool:
         return worker
 
     async def _invoke(self, invocation: Invocation) -> None:
-        worker: WorkerProcess | None = None
+        worker: Worker | None = None
         started = time.monotonic()
         try:
             worker = await self._take_worker()
             self.busy.add(worker)
             answer = await worker.invoke(
-                invocation.request_id, invocation.topic, invocation.payload, self.function.timeout_s
+                invocation.request_id,
+                invocation.topic,
+                invocation.payload,
+                self.function.timeout_s,
+                client_context=invocation.client_context,
             )
             self.stats.invocations += 1
             if answer.get("ok"):
-                await self._reply(invocation, answer.get("result"), None, None)
+                await self._reply(invocation, answer.get("result"), None, None, answer.get("payload"))
             else:
                 self.stats.errors += 1
                 log.warning(
@@ -162,7 +224,7 @@ class FunctionPool:
                     invocation.request_id,
                     answer.get("error"),
                 )
-                await self._reply(invocation, None, "Handled", answer.get("error"))
+                await self._reply(invocation, None, "Handled", answer.get("error"), answer.get("payload"))
                 if str(answer.get("error", "")).startswith("MemoryError"):
                     await worker.kill()  # it exits by itself; make sure it is not reused
             self.stats.durations_ms.append((time.monotonic() - started) * 1000)
@@ -186,7 +248,7 @@ class FunctionPool:
         finally:
             if worker is not None:
                 self.busy.discard(worker)
-                if worker.process is not None and worker.process.returncode is None:
+                if worker.alive:
                     worker.idle_since = time.monotonic()
                     self.idle.append(worker)
             self._slots.release()
@@ -200,10 +262,17 @@ class FunctionPool:
                 log.info("function=%s event=worker-idle-stopped pid=%s", self.function.name, worker.pid)
                 await worker.stop()
 
-    async def _reply(self, invocation: Invocation, result: Any, function_error: str | None, error: Any) -> None:
+    async def _reply(
+        self, invocation: Invocation, result: Any, function_error: str | None, error: Any, payload: str | None = None
+    ) -> None:
+        answer: Answer = {"result": result, "function_error": function_error, "error": error}
+        if payload is not None:
+            answer["payload"] = payload  # a Greengrass v1 worker's raw answer, base64
+        if invocation.on_answer is not None:
+            invocation.on_answer(answer)
+            return
         if not invocation.reply_to or self.mqtt is None:
             return
-        answer = {"result": result, "function_error": function_error, "error": error}
         try:
             await self.mqtt.publish(invocation.reply_to, json.dumps(answer), qos=1)
         except (MqttError, TimeoutError) as exc:

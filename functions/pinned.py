@@ -1,6 +1,9 @@
 """A long-lived (pinned) function, one supervised process `fn-<name>`: it drops to the function's uid,
 runs the module's init once in its own thread (it may loop forever, as the periodic-task pattern does)
 and feeds the messages routed to it, in arrival order, to its handler when it has one.
+
+A long-lived Greengrass v1 function is instead this process running the v1 runtime: the core takes its
+messages and hands them over, in order, through the v1 API.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from functions.dispatcher import FunctionStats
+from functions.greengrass.environment import pinned_token
+from functions.greengrass.lambda_runtime import function_side, setup_logging
+from functions.greengrass.lambda_runtime import run as run_v1
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
 from functions.limits import limit_address_space
 from functions.privileges import drop_privileges
-from functions.runtime import routed_filters, worker_environment
-from gateway.component import start_component, stop_on_signals
+from functions.runtime import function_environment, routed_filters, worker_environment
+from gateway.component import ComponentContext, start_component, stop_on_signals
+from gateway.config import Function
 from gateway.function_deploy import read_manifest
 from gateway.mqtt import LocalMqtt, Received
 from gateway.topics import invoke_topic
@@ -99,10 +106,35 @@ class PinnedFunction:
                 log.error("function=%s event=handler-error error=%r\n%s", self.name, outcome.error, outcome.traceback)
 
 
-async def main() -> None:
+def run_greengrass_v1(ctx: ComponentContext, function: Function) -> int:
+    """Become the function's single v1 worker: its uid, its v1 environment, its memory cap, then the runtime."""
+    deployed = read_manifest(ctx.paths.state_dir / "functions")[function.name]
+    if deployed.problems:
+        log.error("function=%s event=not-started problems=%r", function.name, deployed.problems)
+        while True:  # exiting would only make supervisord retry what cannot work; the core reports it
+            time.sleep(3600)
+    token = pinned_token(ctx.paths.credentials_dir, function.name)
+    environment = function_environment(ctx.loaded, ctx.paths, function, deployed.version, Path(deployed.path))
+    drop_privileges(function.uid, function.gid, deployed.extra_groups)
+    os.environ.clear()
+    os.environ.update({**environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token})
+    os.chdir(deployed.path)
+    limit_address_space(function.memory_mb)
+    setup_logging()
+    side = function_side(function.memory_mb, function.timeout_s)
+    return run_v1(Path(deployed.path), function.handler, side, long_lived=True)
+
+
+def entry() -> None:
     ctx = start_component("fn")
     assert ctx.name is not None, "--name FUNCTION is required"
     function = next(f for f in ctx.loaded.gateway.functions if f.name == ctx.name)
+    if function.runtime == "greengrass-v1":
+        raise SystemExit(run_greengrass_v1(ctx, function))
+    asyncio.run(main(ctx, function))
+
+
+async def main(ctx: ComponentContext, function: Function) -> None:
     deployed = read_manifest(ctx.paths.state_dir / "functions")[function.name]
     thing = ctx.loaded.gateway.gateway.thing_name
     pinned = PinnedFunction(
@@ -138,4 +170,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    entry()

@@ -1,15 +1,20 @@
-"""Assembles the on-demand function runtime inside the core: one pool per on-demand function, each
-with its own broker connection under the function's identity (so the whitelist decides what reaches
-it), its deployed code, its granted groups and its log.
+"""Assembles the on-demand function runtime inside the core: one pool per on-demand function (and per
+long-lived Greengrass v1 function, whose single worker supervisord runs), each with its own broker
+connection under the function's identity (so the whitelist decides what reaches it), its deployed
+code, its granted groups and its log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from functions.dispatcher import FunctionPool
+from functions.dispatcher import FunctionPool, Worker
+from functions.greengrass.environment import v1_environment
+from functions.greengrass.service import GreengrassService
+from functions.greengrass.workers import PinnedV1Worker, V1WorkerProcess
 from functions.user_log import UserLog
 from functions.worker_process import WorkerSpec
 from gateway.acl import function_component, function_identity
@@ -42,11 +47,33 @@ def routed_filters(loaded: LoadedConfig, function: str) -> list[str]:
     return [s.topic for s in loaded.gateway.subscriptions if s.target == f"function:{function}"]
 
 
+def group_id(loaded: LoadedConfig) -> str:
+    return loaded.gateway.discovery.group_id or loaded.gateway.gateway.thing_name
+
+
+def function_environment(
+    loaded: LoadedConfig, paths: GatewayPaths, function: Function, version: str, code_dir: Path
+) -> dict[str, str]:
+    """A worker's environment: the native one, or for a v1 function the v1 one built on it."""
+    thing = loaded.gateway.gateway.thing_name
+    native = worker_environment(function, paths, thing, code_dir)
+    if function.runtime != "greengrass-v1":
+        return native
+    return v1_environment(native, function, version, thing, group_id(loaded))
+
+
 def build_pool(
-    loaded: LoadedConfig, paths: GatewayPaths, function: Function, deployed: DeployedFunction, status_interval_s: float
+    loaded: LoadedConfig,
+    paths: GatewayPaths,
+    function: Function,
+    deployed: DeployedFunction,
+    status_interval_s: float,
+    greengrass: GreengrassService | None = None,
 ) -> FunctionPool:
     thing = loaded.gateway.gateway.thing_name
     code_dir = Path(deployed.path)
+    if function.runtime == "greengrass-v1" and function.lifecycle == "long-lived":
+        function = function.model_copy(update={"max_concurrency": 1})  # one worker, messages in order
     spec = WorkerSpec(
         function=function.name,
         version=deployed.version,
@@ -57,11 +84,14 @@ def build_pool(
         gid=function.gid,
         extra_groups=deployed.extra_groups,
         memory_mb=function.memory_mb,
-        environment=worker_environment(function, paths, thing, code_dir),
+        environment=function_environment(loaded, paths, function, deployed.version, code_dir),
     )
-    pool = FunctionPool(
-        function, spec, UserLog(paths.function_log(function.name), int(function.log_max_bytes)), list(deployed.problems)
-    )
+    user_log = UserLog(paths.function_log(function.name), int(function.log_max_bytes))
+    new_worker = None
+    if function.runtime == "greengrass-v1":
+        assert greengrass is not None, "v1 functions need the Greengrass service"
+        new_worker = _v1_workers(function, spec, user_log, greengrass)
+    pool = FunctionPool(function, spec, user_log, list(deployed.problems), new_worker)
     subscriptions = [(f, 1) for f in routed_filters(loaded, function.name)] + [(invoke_topic(function.name), 1)]
     pool.mqtt = LocalMqtt(
         paths.broker_socket,
@@ -72,16 +102,34 @@ def build_pool(
         on_message=pool.on_message,
         status_fields=pool.status,
     )
+    if greengrass is not None:
+        greengrass.attach(function.name, pool)
     return pool
 
 
-async def run_on_demand_functions(loaded: LoadedConfig, paths: GatewayPaths, stop: asyncio.Event) -> None:
-    on_demand = [f for f in loaded.gateway.functions if f.lifecycle == "on-demand"]
-    if not on_demand:
+def _v1_workers(
+    function: Function, spec: WorkerSpec, user_log: UserLog, greengrass: GreengrassService
+) -> Callable[[], Worker]:
+    if function.lifecycle == "long-lived":
+        pinned = PinnedV1Worker(next(s for s in greengrass.slots.values() if s.function == function.name))
+        return lambda: pinned
+    return lambda: V1WorkerProcess(spec, user_log, greengrass, function.timeout_s)
+
+
+def runs_in_core(function: Function) -> bool:
+    """On-demand functions, and long-lived v1 ones (the core hands their worker its messages)."""
+    return function.lifecycle == "on-demand" or function.runtime == "greengrass-v1"
+
+
+async def run_on_demand_functions(
+    loaded: LoadedConfig, paths: GatewayPaths, stop: asyncio.Event, greengrass: GreengrassService | None = None
+) -> None:
+    in_core = [f for f in loaded.gateway.functions if runs_in_core(f)]
+    if not in_core:
         return
     manifest = read_manifest(paths.state_dir / "functions")
     interval = loaded.gateway.gateway.status_interval_s
-    pools = [build_pool(loaded, paths, f, manifest[f.name], interval) for f in on_demand]
+    pools = [build_pool(loaded, paths, f, manifest[f.name], interval, greengrass) for f in in_core]
     os.umask(0o022)
     async with asyncio.TaskGroup() as tasks:
         for pool in pools:

@@ -80,35 +80,47 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def spawn(self, command: list[str], environment: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
+        """Start `command` as the function's uid/gid/groups in its code dir, its output to the function's
+        log, in a memory cgroup where this machine allows one (`self.cgroup` says whether it did)."""
         identity: dict[str, Any] = {}
         if can_switch_users():
             identity = {"user": self.spec.uid, "group": self.spec.gid, "extra_groups": self.spec.extra_groups}
         try:
             self.process = await asyncio.create_subprocess_exec(
-                *self.spec.command(write_fd),
+                *command,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
-                env=self.spec.environment,
+                pass_fds=pass_fds,
+                env=environment,
                 cwd=self.spec.code_dir,
                 **identity,
             )
         except OSError as exc:
-            os.close(read_fd)
             raise WorkerFailed(f"cannot start a worker: {exc}") from exc
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._pipes = [asyncio.create_task(self._copy_to_log(s)) for s in (self.process.stdout, self.process.stderr)]
+        group = f"{self.spec.function}-{self.process.pid}"
+        self.cgroup = group if place_in_cgroup(group, self.process.pid, self.spec.memory_mb) else None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        read_fd, write_fd = os.pipe()
+        try:
+            await self.spawn(self.spec.command(write_fd), self.spec.environment, (write_fd,))
+        except WorkerFailed:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         replies = asyncio.StreamReader(limit=2**26)
         self._replies = replies
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(replies), os.fdopen(read_fd, "rb", 0))
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self._pipes = [asyncio.create_task(self._copy_to_log(s)) for s in (self.process.stdout, self.process.stderr)]
-        group = f"{self.spec.function}-{self.process.pid}"
-        self.cgroup = group if place_in_cgroup(group, self.process.pid, self.spec.memory_mb) else None
         await self._send({"type": "init", "cgroup": self.cgroup is not None})
         try:
             async with asyncio.timeout(INIT_TIMEOUT_S):
@@ -120,7 +132,9 @@ class WorkerProcess:
             await self.kill()
             raise WorkerFailed(f"the handler could not load: {ready.get('error')}")
 
-    async def invoke(self, request_id: str, topic: str, payload: bytes, timeout_s: float) -> dict[str, Any]:
+    async def invoke(
+        self, request_id: str, topic: str, payload: bytes, timeout_s: float, client_context: str | None = None
+    ) -> dict[str, Any]:
         await self._send({"id": request_id, "topic": topic, "payload": b64(payload), "timeout_s": timeout_s})
         try:
             async with asyncio.timeout(timeout_s):

@@ -11,7 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
-from gateway.topics import STATUS_FILTER, component_prefix, invoke_topic, reply_filter
+from gateway.topics import (
+    SHADOW_SYNC_DOWN_FILTER,
+    SHADOW_SYNC_UP_FILTER,
+    STATUS_FILTER,
+    component_prefix,
+    invoke_topic,
+    reply_filter,
+)
 
 CORE = "core"
 UPLINK = "uplink"
@@ -93,6 +100,11 @@ def compile_grants(config: GatewayConfig, adapter_names: Iterable[str]) -> dict[
     grant(CORE, "readwrite", SHADOW_TOPICS)
     for component, identity in component_identities(config, adapter_names).items():
         grant(identity, "write", component_prefix(component))
+    if any(s.sync != "none" for s in config.shadows):
+        # shadow sync: each side reads what the other writes under its own millgate/<component>/#;
+        # only when sync is configured, which is also exactly when the core subscribes to it
+        grant(UPLINK, "read", SHADOW_SYNC_UP_FILTER)
+        grant(CORE, "read", SHADOW_SYNC_DOWN_FILTER)
     for name in adapter_names:
         # an adapter owns its data namespace: it publishes tag values there and reads `<topic>/set`
         # commands; who else may read or write there is still decided by the subscriptions

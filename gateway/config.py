@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ByteSize, ConfigDict, Field
 
+from gateway.greengrass.arns import DEFAULT_DAEMON_PORT, parse_function_arn
 from gateway.topics import TopicError, validate_topic_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
@@ -135,9 +136,32 @@ class BulkSection(Strict):
     multipart_threshold: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), ge=5 * 1024 * 1024)
 
 
+class CloudWatchSection(Strict):
+    """Ship system and function logs to CloudWatch Logs (a log stream per component)."""
+
+    enabled: bool = True
+    log_group: str = Field(default="/millgate/{thing}", pattern=r"^[.\-_/#A-Za-z0-9{}]{1,512}$")  # {thing}
+    region: str | None = None
+    endpoint_url: str | None = None  # a CloudWatch Logs-compatible endpoint instead of AWS's
+    flush_interval_s: float = Field(default=5.0, gt=0, le=3600)  # how often new log lines are sent
+    # lines kept while CloudWatch is unreachable; beyond it the oldest are dropped (and counted)
+    buffer_max_bytes: ByteSize = Field(default=ByteSize(10_000_000), ge=64 * 1024)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+
 class LoggingSection(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     max_bytes_per_component: ByteSize = Field(default=ByteSize(25_000_000), ge=64 * 1024)
+    cloudwatch: CloudWatchSection | None = None
+
+
+class DeploymentSection(Strict):
+    """`millgate deploy`: how long new processes get to come up healthy before the deployment rolls back."""
+
+    health_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # a started process must stay healthy this long after its first good heartbeat (init failures show late)
+    settle_s: float = Field(default=3.0, ge=0, le=600)
+    keep: int = Field(default=5, ge=2, le=100)  # config snapshots kept under <state>/deployments
 
 
 class Resource(Strict):
@@ -161,6 +185,11 @@ def _run_as(value: str) -> str:
     return value
 
 
+def _function_arn(value: str) -> str:
+    parse_function_arn(value)
+    return value
+
+
 class Function(Strict):
     name: Name
     code: str = Field(min_length=1)
@@ -175,6 +204,16 @@ class Function(Strict):
     log_max_bytes: ByteSize = Field(default=ByteSize(25_000_000), ge=64 * 1024)  # the function's log files
     environment: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = {}
     resources: list[ResourceGrant] = []
+    # Greengrass v1 drop-in (docs/greengrass-v1.md): "greengrass-v1" runs an unmodified v1 function
+    # (greengrasssdk against the core's v1 HTTP API on 127.0.0.1); "native" uses `functions.sdk`
+    runtime: Literal["native", "greengrass-v1"] = "native"
+    encoding: Literal["json", "binary"] = "json"  # v1 EncodingType: events as decoded JSON, or raw bytes
+    # v1 only: the function's Lambda ARN, kept as MY_FUNCTION_ARN (qualified with the deployed code
+    # version when it has no qualifier); default: arn:aws:lambda:<AWS_REGION>:000000000000:function:<name>
+    arn: Annotated[str, AfterValidator(_function_arn)] | None = None
+    # v1 only: GG_DAEMON_PORT, where the core serves the v1 HTTP API on 127.0.0.1 (old bundled IPC
+    # clients are fixed to 8000)
+    daemon_port: int = Field(default=DEFAULT_DAEMON_PORT, ge=1024, le=65535)
 
     @property
     def uid(self) -> int:
@@ -209,6 +248,7 @@ class GatewayConfig(Strict):
     spool: SpoolSection = SpoolSection()
     bulk: BulkSection | None = None
     logging: LoggingSection = LoggingSection()
+    deployment: DeploymentSection = DeploymentSection()
     resources: list[Resource] = []
     functions: list[Function] = []
     subscriptions: list[Subscription] = []

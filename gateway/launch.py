@@ -16,7 +16,8 @@ from gateway.atomic_file import write_atomic
 from gateway.broker_config import mosquitto_binary, mosquitto_conf_text
 from gateway.config_loader import LoadedConfig
 from gateway.credentials import ensure_credentials, password_file_text
-from gateway.function_deploy import DeployedFunction, DeployError, deploy_function, write_manifest
+from gateway.deploy_plan import fingerprints
+from gateway.function_deploy import DeployedFunction, DeployError, deploy_function, read_manifest, write_manifest
 from gateway.paths import GatewayPaths
 from gateway.resource_grants import grant_resources
 from gateway.service_user import ServiceUser, service_user
@@ -53,7 +54,48 @@ def ensure_state_dirs(paths: GatewayPaths, user: ServiceUser) -> None:
 
 
 def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
-    """Write every generated file for `loaded`; return supervisord.conf's path."""
+    """`millgate run`: adopt the deployment to run (see adopt_deployment), write every generated file
+    for it; return supervisord.conf's path."""
+    loaded, paths = adopt_deployment(loaded, paths)
+    return render(loaded, paths)
+
+
+def adopt_deployment(loaded: LoadedConfig, paths: GatewayPaths) -> tuple[LoadedConfig, GatewayPaths]:
+    """The config a start runs on, as a deployment snapshot every process reads through the stable
+    <state>/deployments/current link: the given config dir when it changed since it was last deployed
+    (or nothing was ever deployed), else the current deployment (`millgate deploy` or the cloud may
+    have moved on from it, and a restart must not undo that)."""
+    from gateway.config_loader import ConfigInvalid, load_config
+    from gateway.deploy_store import DeploymentStore, DeployStoreError, HistoryEntry, config_digest, utc_now
+
+    store = DeploymentStore(paths.state_dir, loaded.gateway.deployment.keep)
+    if paths.config_dir == store.current_config:
+        return loaded, paths
+    try:
+        with store.locked():
+            source = paths.config_dir
+            version = config_digest(source)
+            last = store.last_from(source)
+            current = store.current()
+            adopted = None
+            if current is not None and store.exists(current) and last is not None and last.version == version:
+                try:
+                    adopted = load_config(store.current_config)
+                except ConfigInvalid as exc:
+                    log.error("event=current-deployment-invalid deployment=%d reason=%s", current, exc)
+            if adopted is None:
+                number = store.snapshot(source)
+                store.set_current(number)
+                store.record(HistoryEntry(number, version, utc_now(), str(source), "run", "running"))
+                adopted = load_config(store.current_config)
+    except (DeployStoreError, ConfigInvalid, OSError) as exc:
+        raise StateDirError(f"{store.root}: cannot snapshot the config to run: {exc}") from exc
+    log.info("event=deployment-adopted deployment=%s source=%s", store.current(), paths.config_dir)
+    return adopted, replace(paths, config_dir=store.current_config)
+
+
+def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
+    """Write every generated file for `loaded` as it is, with each program's config fingerprint."""
     user = service_user()
     ensure_state_dirs(paths, user)
     config = loaded.gateway
@@ -70,7 +112,9 @@ def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     prepare_ca(loaded, paths, user)
     write_atomic(paths.mosquitto_conf, mosquitto_conf_text(config, paths, user), 0o640, owner)
     deploy_functions(loaded, paths)
-    conf = supervisord_conf_text(config, paths, user, programs(loaded, paths, mosquitto))
+    found = fingerprints(loaded, read_manifest(paths.state_dir / "functions"), paths.mosquitto_conf.read_text())
+    program_list = [replace(p, fingerprint=found.get(p.name, "")) for p in programs(loaded, paths, mosquitto)]
+    conf = supervisord_conf_text(config, paths, user, program_list)
     write_atomic(paths.supervisord_conf, conf, 0o640, owner)
     return paths.supervisord_conf
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from functions.greengrass import daemon as greengrass_api
+from functions.greengrass.service import GreengrassService
 from functions.runtime import run_on_demand_functions
 from gateway.acl import CORE
 from gateway.ca import CaKeyInsecure, check_key_permissions
@@ -30,17 +32,22 @@ async def main() -> None:
     router = TopicRouter()
     router.add([STATUS_FILTER], health.on_status)
     router.add([f for f, _ in shadows.subscriptions], shadows.on_message)
+    # Greengrass v1 functions: the v1 HTTP API, whose shadow calls are answered over this connection
+    greengrass = GreengrassService.for_config(ctx.loaded, ctx.paths)
+    if greengrass is not None:
+        router.add([f for f, _ in greengrass.subscriptions], greengrass.on_shadow_answer)
     mqtt = LocalMqtt(
         ctx.paths.broker_socket,
         ctx.creds,
         CORE,
         status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
-        subscriptions=[(STATUS_FILTER, 1), *shadows.subscriptions],
+        subscriptions=[(STATUS_FILTER, 1), *shadows.subscriptions, *(greengrass.subscriptions if greengrass else [])],
         on_message=router.dispatch,
         status_fields=lambda: {
             "thing_name": ctx.loaded.gateway.gateway.thing_name,
             **health.summary(),
             **shadows.status_fields(),
+            **(greengrass.status_fields() if greengrass else {}),
         },
     )
     log.info("event=starting thing=%s config=%s", ctx.loaded.gateway.gateway.thing_name, ctx.paths.config_dir)
@@ -52,7 +59,10 @@ async def main() -> None:
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(mqtt.run(stop))
         tasks.create_task(shadows.run(stop, mqtt.publish))
-        tasks.create_task(run_on_demand_functions(ctx.loaded, ctx.paths, stop))
+        tasks.create_task(run_on_demand_functions(ctx.loaded, ctx.paths, stop, greengrass))
+        if greengrass is not None:
+            greengrass.use_publisher(mqtt.publish)
+            tasks.create_task(greengrass_api.serve(greengrass, stop))
         tasks.create_task(keep_socket_open_to_local_users(ctx.paths.broker_socket, stop))
         tasks.create_task(CertRenewal(ctx.paths, ctx.loaded.gateway).run(stop))
         tasks.create_task(DiscoveryServer(ctx.paths, ctx.loaded.gateway).run(stop))

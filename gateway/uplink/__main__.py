@@ -9,13 +9,14 @@ import sys
 
 from gateway.acl import UPLINK
 from gateway.component import ComponentContext, start_component, stop_on_signals
-from gateway.mqtt import LocalMqtt
+from gateway.mqtt import LocalMqtt, Received
 from gateway.uplink.bulk_upload import BulkUploader
-from gateway.uplink.cloud_link import CloudLink, LinkConfigError
+from gateway.uplink.cloud_link import CloudLink, CloudMessage, LinkConfigError
 from gateway.uplink.downlink import Downlink
 from gateway.uplink.drain import Drain
 from gateway.uplink.ingest import Ingest
 from gateway.uplink.metrics import UplinkMetrics
+from gateway.uplink.shadow_relay import ShadowRelay, cloud_filters, synced_shadows
 from gateway.uplink.spool_thread import StorageThread
 from storage.bulk import BulkStore
 from storage.spool import Rule, Spool, SpoolError
@@ -95,14 +96,29 @@ async def main() -> int:
     )
     to_cloud = list(dict.fromkeys(s.topic for s in config.subscriptions if s.target == "cloud"))
     from_cloud = list(dict.fromkeys(s.topic for s in config.subscriptions if s.source == "cloud"))
+    # shadow sync rides on the cloud link only; without a [cloud] section the core's engine just waits
+    shadow_filters = cloud_filters(config.shadows) if config.cloud is not None else []
+    relay: ShadowRelay | None = None
+
+    async def on_local_message(received: Received) -> None:
+        # the core's shadow-sync requests go to the relay only, never into the spool
+        if relay is not None and relay.wants_local(received.topic):
+            await relay.on_local_message(received)
+        else:
+            await ingest.on_message(received)
+
+    def status_fields() -> dict[str, object]:
+        return {**metrics.status_fields(), **(relay.status_fields() if relay is not None else {})}
+
     local = LocalMqtt(
         ctx.paths.broker_socket,
         ctx.creds,
         UPLINK,
         status_interval_s=config.gateway.status_interval_s,
-        subscriptions=[(topic, 1) for topic in to_cloud],
-        on_message=ingest.on_message,
-        status_fields=metrics.status_fields,
+        subscriptions=[(topic, 1) for topic in to_cloud]
+        + ([ShadowRelay.local_subscription()] if shadow_filters else []),
+        on_message=on_local_message,
+        status_fields=status_fields,
         inbox_size=config.spool.max_batch * 2,
         manual_ack=True,
         persistent_session=True,
@@ -111,18 +127,28 @@ async def main() -> int:
     drain = None
     if config.cloud is not None:
         downlink = Downlink(local, metrics)
+
+        async def on_cloud_message(message: CloudMessage) -> None:
+            # answers for the synced shadows go to the core's sync engine, not through the downlink
+            if relay is not None and relay.wants_cloud(message.topic):
+                await relay.on_cloud_message(message)
+            else:
+                await downlink.on_cloud_message(message)
+
         try:
             link = CloudLink(
                 config.cloud,
                 config.cloud.client_id or thing,
-                subscriptions=from_cloud,
-                on_message=downlink.on_cloud_message,
+                subscriptions=list(dict.fromkeys(from_cloud + shadow_filters)),
+                on_message=on_cloud_message,
             )
         except LinkConfigError as exc:
             log.error("event=cloud-config-unusable %s", exc)
             storage.close()
             return EXIT_CONFIG
         downlink.link = link
+        if shadow_filters:
+            relay = ShadowRelay(local, link, config.shadows)
         drain = Drain(
             spool,
             storage,
@@ -134,7 +160,8 @@ async def main() -> int:
         )
     count, size = spool.depth
     log.info(
-        "event=starting spool=%s messages=%d bytes=%d max_bytes=%d policy=%s cloud=%s to_cloud=%s from_cloud=%s",
+        "event=starting spool=%s messages=%d bytes=%d max_bytes=%d policy=%s cloud=%s to_cloud=%s from_cloud=%s "
+        "synced_shadows=%d",
         spool.path,
         count,
         size,
@@ -143,6 +170,7 @@ async def main() -> int:
         f"{config.cloud.endpoint}:{config.cloud.port}" if config.cloud else "none (local-only: data stays spooled)",
         ",".join(to_cloud) or "-",
         ",".join(from_cloud) or "-",
+        len(synced_shadows(config.shadows)) if shadow_filters else 0,
     )
     status = 0
     try:
@@ -157,7 +185,11 @@ async def main() -> int:
                 workers.append(tasks.create_task(drain.run()))
             if bulk is not None:
                 workers.append(tasks.create_task(bulk.run()))
+            if relay is not None:
+                workers.append(tasks.create_task(relay.run()))
             await stop.wait()
+            if relay is not None:
+                await relay.announce_stopped()
             for worker in workers:
                 worker.cancel()
     except* SpoolError as group:

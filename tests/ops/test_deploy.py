@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from tests.fixtures.gateway import RunningGateway, wait_until
+from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
 
 GATEWAY = """
 [gateway]
@@ -144,9 +144,17 @@ def test_deploy_restarts_only_the_changed_function_and_loses_nothing_on_other_ro
     assert "fn-other" in gw.cli("deploy", "--history").stdout
 
 
-def test_deployment_whose_function_fails_to_import_rolls_back(gateway_factory) -> None:
+def test_invalid_config_is_refused_and_a_function_failing_to_import_rolls_back(gateway_factory) -> None:
     gw = _start(gateway_factory)
     before = _pids(gw)
+    good = (gw.config_dir / "gateway.toml").read_text()
+    (gw.config_dir / "gateway.toml").write_text(good.replace('run_as = "1002:1002"', 'run_as = "0:0"'))
+    refused = gw.cli("deploy", timeout=60)
+    assert refused.returncode == 2
+    assert "functions[1].run_as" in refused.stderr and "refused" in refused.stderr
+    assert _pids(gw) == before
+    (gw.config_dir / "gateway.toml").write_text(good)
+
     (gw.config_dir / "functions/other/main.py").write_text(BROKEN)
     result = gw.cli("deploy", timeout=60)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -158,28 +166,13 @@ def test_deployment_whose_function_fails_to_import_rolls_back(gateway_factory) -
     assert (gw.state_dir / "deployments/current").readlink() == Path("1")
     assert "VERSION = 1" in (gw.state_dir / "deployments/current/config/functions/other/main.py").read_text()
     history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
-    assert history[-1]["result"] == "rolled-back"
+    assert [e["result"] for e in history] == ["running", "refused", "rolled-back"]
 
     # a restart of the gateway keeps running the rolled-back-to config, not the broken source again
     gw.stop()
-    from tests.fixtures.gateway import start_gateway
-
     again = start_gateway(gw.config_dir, gw.state_dir, expect=PROGRAMS)
     try:
         wait_until(lambda: _ready(again, "fn-other"), 15, "fn-other ready after the restart")
     finally:
         again.stop()
         again.kill_leftovers()
-
-
-def test_invalid_config_is_refused_and_nothing_changes(gateway_factory) -> None:
-    gw = _start(gateway_factory)
-    before = _pids(gw)
-    text = (gw.config_dir / "gateway.toml").read_text()
-    (gw.config_dir / "gateway.toml").write_text(text.replace('run_as = "1002:1002"', 'run_as = "0:0"'))
-    result = gw.cli("deploy", timeout=60)
-    assert result.returncode == 2
-    assert "functions[1].run_as" in result.stderr and "refused" in result.stderr
-    assert _pids(gw) == before
-    history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
-    assert history[-1]["result"] == "refused"

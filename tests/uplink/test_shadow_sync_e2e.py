@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import signal
 import ssl
 import threading
 import time
@@ -23,10 +24,47 @@ from gateway.topics import SHADOW_REQUEST_FILTERS, parse_shadow_request
 from storage.shadows import ShadowStore, StoredShadow
 from tests.fixtures.gateway import RunningGateway, wait_until
 from tests.fixtures.shadows import ShadowClient
-from tests.uplink.conftest import CloudBroker, LinkProxy
+from tests.uplink.conftest import CloudBroker, LinkProxy, Pki, free_port
 
 SYNC_WAIT_S = 10
 QUIET_S = 1.5  # long enough for a spurious re-sync (the engine answers in milliseconds) to show
+
+
+class AwsCloudBroker(CloudBroker):
+    """The cloud broker with AWS's reserved `$aws/...` topics open as well: an ACL's `#` does not
+    cover topics that start with `$`, so the base broker refuses every shadow topic."""
+
+    def start(self) -> None:
+        super().start()
+        assert self.process is not None
+        acl = self.dir / "acl"
+        acl.write_text(acl.read_text() + "pattern readwrite $aws/#\n")
+        # a client served proves mosquitto is in its main loop, past installing its SIGHUP handler
+        # (a SIGHUP before that kills it)
+        probe = self.subscriber("$aws/probe", client_id="aws-acl-probe")
+        assert probe.client is not None
+        self.process.send_signal(signal.SIGHUP)  # re-read the ACL file
+
+        def echoed() -> bool:
+            assert probe.client is not None
+            probe.client.subscribe("$aws/probe", qos=1)  # again: one made before the reload is refused
+            probe.client.publish("$aws/probe", b"1", qos=1)
+            return len(probe) > 0
+
+        wait_until(echoed, 10, "the cloud broker to open $aws topics", interval_s=0.2)
+        probe.client.disconnect()
+        probe.client.loop_stop()
+        self.clients.remove(probe.client)
+
+
+@pytest.fixture
+def cloud_broker(pki: Pki, short_tmp: Path) -> Iterator[CloudBroker]:
+    """conftest's cloud broker, with the $aws topics a shadow service needs."""
+    broker_dir = short_tmp / "cloud"
+    broker_dir.mkdir()
+    broker = AwsCloudBroker(pki, broker_dir, free_port())
+    yield broker
+    broker.stop()
 
 
 class CloudShadows:

@@ -1,0 +1,146 @@
+"""The Greengrass v1 HTTP API on 127.0.0.1:<daemon_port> (GG_DAEMON_PORT): plain HTTP/1.1 as the v1
+IPC client and botocore speak it, one thread per connection (work requests are long polls), each
+request handed to the service on the core's event loop.
+
+It only carries requests and answers; every decision is the service's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from functions.greengrass.service import ApiRequest, ApiResponse, GreengrassService
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # v1 allowed 6 MB to a local Lambda; mosquitto caps MQTT lower
+MAX_CONNECTIONS = 512  # each v1 worker holds one long poll
+BIND_RETRY_S = 10.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, service: GreengrassService, loop: asyncio.AbstractEventLoop):
+        self.service = service
+        self.loop = loop
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__((HOST, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            log.warning("event=greengrass-api-busy peer=%s limit=%d", client_address[0], MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("event=greengrass-api-request-failed peer=%s", client_address[0])
+
+    def answer(self, request: ApiRequest) -> ApiResponse:
+        """Run the service's handler on the core's loop and wait (work requests wait for work)."""
+        try:
+            return asyncio.run_coroutine_threadsafe(self.service.handle(request), self.loop).result()
+        except RuntimeError:  # the loop is shutting down
+            return ApiResponse(503, b'{"message": "the gateway is stopping"}')
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "millgate-greengrass"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("event=greengrass-http peer=%s %s", self.client_address[0], format % args)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self._send(ApiResponse(413, b'{"message": "request body missing a valid Content-Length or too large"}'))
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        request = ApiRequest(
+            self.command,
+            urlsplit(self.path).path,
+            {name.lower(): value for name, value in self.headers.items()},
+            body,
+            self.client_address[0],
+        )
+        self._send(self.server.answer(request))
+
+    def _send(self, response: ApiResponse) -> None:
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            # a worker killed (timeout, stop) while its long poll was open: nobody left to answer
+            log.debug("event=greengrass-api-peer-gone peer=%s status=%d", self.client_address[0], response.status)
+            self.close_connection = True
+
+
+async def serve(service: GreengrassService, stop: asyncio.Event) -> None:
+    """Serve the API on every port a v1 function names until `stop`; a port in use is retried."""
+    loop = asyncio.get_running_loop()
+    servers: list[tuple[_Server, threading.Thread]] = []
+    waiting = set(service.ports)
+    failing: set[int] = set()
+    try:
+        while not stop.is_set():
+            for port in sorted(waiting):
+                try:
+                    server = _Server(port, service, loop)
+                except OSError as exc:
+                    if port not in failing:
+                        log.error("event=greengrass-api-bind-failed port=%d reason=%s", port, exc.strerror or exc)
+                    failing.add(port)
+                    continue
+                failing.discard(port)
+                waiting.discard(port)
+                thread = threading.Thread(target=server.serve_forever, args=(0.2,), name=f"gg-api-{port}", daemon=True)
+                thread.start()
+                servers.append((server, thread))
+                log.info("event=greengrass-api-serving address=%s:%d", HOST, port)
+            if not waiting:
+                await stop.wait()
+                break
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BIND_RETRY_S):
+                    await stop.wait()
+    finally:
+        service.retire_all()  # long polls answer 410 instead of hanging on a stopped loop
+        for server, thread in servers:
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+            thread.join(timeout=2)

@@ -1,0 +1,575 @@
+"""The core's side of the Greengrass v1 contract (contract section 3), behind the HTTP transport: who
+a token belongs to, each v1 worker's mailbox of work and the results it owes, and the targets of an
+SDK call — GGRouter (publish as the caller), GGShadowService (the local shadow service over the
+broker), GGSecretManager (refused clearly) and every local function.
+
+It runs on the core's event loop and owns no socket; `daemon.py` carries its requests and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from functions.dispatcher import Answer, FunctionPool
+from functions.greengrass.credentials import CredentialProvider, CredentialsUnavailable
+from functions.greengrass.environment import my_function_arn, pinned_token
+from gateway.config import Function
+from gateway.config_loader import LoadedConfig
+from gateway.function_deploy import read_manifest
+from gateway.greengrass.arns import API_VERSION_PREFIX, ArnError, parse_function_arn, system_function_name
+from gateway.mqtt import LocalMqtt, MqttError, PublishRefused, Received
+from gateway.paths import GatewayPaths
+from gateway.shadows import document as shadow_doc
+from gateway.shadows.document import ShadowError
+from gateway.topics import (
+    SHADOW_OPERATIONS,
+    TopicError,
+    invoke_topic,
+    parse_shadow_request,
+    shadow_topic,
+    validate_topic_name,
+)
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+SHADOW_TIMEOUT_S = 10.0
+CONNECTED_WAIT_S = 5.0  # a publish waits this long for the caller's broker connection to come up
+MAX_PENDING_RESULTS = 10_000
+MAX_REFUSALS_REMEMBERED = 1000
+
+H_INVOCATION_ID = "X-Amz-InvocationId"
+H_CLIENT_CONTEXT = "X-Amz-Client-Context"
+H_FUNCTION_ERROR = "X-Amz-Function-Error"
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    peer: str
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> ApiResponse:
+    return ApiResponse(status, json.dumps(document).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    invocation_id: str
+    payload: bytes
+    client_context: str  # base64 JSON, as X-Amz-Client-Context carries it
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    payload: bytes
+    function_error: str = ""  # "" | "Handled" | "Unhandled"
+
+
+def failed(kind: str, message: str) -> WorkResult:
+    return WorkResult(json.dumps({"errorMessage": message}).encode(), kind)
+
+
+class WorkerRetired(Exception):
+    """The worker was stopped while it waited for work."""
+
+
+class WorkerSlot:
+    """One v1 worker as the API knows it: its token, its function, the work handed to it and the
+    results it owes. The dispatcher decides which worker runs what; the slot only carries it."""
+
+    def __init__(self, function: str, arn: str, token: str):
+        self.function = function
+        self.arn = arn
+        self.token = token
+        self.worker_id = uuid.uuid4().hex[:16]
+        self.pid: int | None = None
+        self.state = "Starting"
+        self.initialized: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self.retired = asyncio.Event()
+        self._mailbox: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self._results: dict[str, asyncio.Future[WorkResult]] = {}
+        self._abandoned: set[str] = set()
+
+    def owns(self, arn: str) -> bool:
+        """Whether `arn` names this worker's function (qualified or not)."""
+        if arn == self.arn:
+            return True
+        try:
+            return parse_function_arn(arn).unqualified == parse_function_arn(self.arn).unqualified
+        except ArnError:
+            return False
+
+    def submit(self, item: WorkItem) -> asyncio.Future[WorkResult]:
+        result: asyncio.Future[WorkResult] = asyncio.get_running_loop().create_future()
+        self._results[item.invocation_id] = result
+        self._mailbox.put_nowait(item)
+        return result
+
+    def abandon(self, invocation_id: str) -> None:
+        """The dispatcher gave up on it (timeout, worker gone): never hand it out, drop a late result."""
+        if self._results.pop(invocation_id, None) is not None:
+            self._abandoned.add(invocation_id)
+
+    async def next_work(self) -> WorkItem:
+        while True:
+            getter = asyncio.ensure_future(self._mailbox.get())
+            retired = asyncio.ensure_future(self.retired.wait())
+            await asyncio.wait({getter, retired}, return_when=asyncio.FIRST_COMPLETED)
+            retired.cancel()
+            if not getter.done():
+                getter.cancel()
+                raise WorkerRetired
+            item = getter.result()
+            if item.invocation_id in self._abandoned:
+                self._abandoned.discard(item.invocation_id)
+                continue
+            self.state = "Working"
+            return item
+
+    def complete(self, invocation_id: str, result: WorkResult) -> bool:
+        self._abandoned.discard(invocation_id)
+        future = self._results.pop(invocation_id, None)
+        self.state = "Idle"
+        if future is None or future.done():
+            return False
+        future.set_result(result)
+        return True
+
+    def mark_initialized(self, success: bool, response: str) -> None:
+        if not self.initialized.done():
+            self.initialized.set_result((success, response))
+        if success and self.state == "Starting":
+            self.state = "Idle"
+
+
+def _custom(client_context: str) -> dict[str, Any]:
+    """The `custom` map of a base64 JSON client context; {} for an empty or malformed one."""
+    if not client_context:
+        return {}
+    try:
+        decoded = json.loads(base64.b64decode(client_context))
+    except (ValueError, binascii.Error):
+        return {}
+    custom = decoded.get("custom") if isinstance(decoded, dict) else None
+    return custom if isinstance(custom, dict) else {}
+
+
+def answer_to_result(answer: Answer) -> WorkResult:
+    """A dispatcher answer as v1 returned it: the raw payload, FunctionError Handled / Unhandled."""
+    kind = answer.get("function_error") or ""
+    raw = answer.get("payload")
+    if raw is not None:
+        return WorkResult(base64.b64decode(raw), kind)
+    if kind:
+        return failed(kind, str(answer.get("error")))
+    return WorkResult(json.dumps(answer.get("result")).encode(), "")
+
+
+class GreengrassService:
+    def __init__(self, v1_functions: dict[str, Function], arns: dict[str, str], all_functions: list[Function]):
+        self.v1_functions = v1_functions
+        self.arns = arns  # v1 function -> MY_FUNCTION_ARN
+        self.all_functions = {f.name: f for f in all_functions}
+        self.ports = sorted({f.daemon_port for f in v1_functions.values()})
+        self.slots: dict[str, WorkerSlot] = {}
+        self.pools: dict[str, FunctionPool] = {}
+        self.connections: dict[str, LocalMqtt] = {}
+        self.credentials = CredentialProvider()
+        self.refused_requests = 0
+        self._pending: OrderedDict[str, tuple[str, asyncio.Future[WorkResult]]] = OrderedDict()
+        self._shadow_waiters: dict[str, asyncio.Future[Received]] = {}
+        self._core_publish: Publish | None = None
+        self._refusals_logged: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def for_config(cls, loaded: LoadedConfig, paths: GatewayPaths) -> GreengrassService | None:
+        """The service for a config with v1 functions (None without), long-lived workers' tokens known."""
+        functions = loaded.gateway.functions
+        v1 = {f.name: f for f in functions if f.runtime == "greengrass-v1"}
+        if not v1:
+            return None
+        manifest = read_manifest(paths.state_dir / "functions")
+        arns = {name: my_function_arn(f, manifest[name].version) for name, f in v1.items()}
+        service = cls(v1, arns, list(functions))
+        for name, function in v1.items():
+            if function.lifecycle == "long-lived":
+                service.register(name, pinned_token(paths.credentials_dir, name))
+        return service
+
+    # ---- wiring -----------------------------------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> list[tuple[str, int]]:
+        """What the core's connection must subscribe to (and route to `on_shadow_answer`)."""
+        return [
+            (shadow_topic("+", None, op, outcome), 1)
+            for op in SHADOW_OPERATIONS
+            for outcome in ("accepted", "rejected")
+        ]
+
+    def attach(self, name: str, pool: FunctionPool) -> None:
+        """A function's pool in the core: invocations go to it, and its broker connection (under the
+        function's own identity) carries what the function publishes."""
+        self.pools[name] = pool
+        if pool.mqtt is not None:
+            self.connections[name] = pool.mqtt
+
+    def register(self, function: str, token: str) -> WorkerSlot:
+        slot = WorkerSlot(function, self.arns[function], token)
+        self.slots[token] = slot
+        return slot
+
+    def unregister(self, token: str) -> None:
+        slot = self.slots.pop(token, None)
+        if slot is not None:
+            slot.retired.set()
+
+    def retire_all(self) -> None:
+        for slot in self.slots.values():
+            slot.retired.set()
+
+    def status_fields(self) -> dict[str, Any]:
+        return {
+            "greengrass_ports": self.ports,
+            "greengrass_workers": len(self.slots),
+            "greengrass_refused_requests": self.refused_requests,
+            "greengrass_credentials": self.credentials.state,
+        }
+
+    def use_publisher(self, publish: Publish) -> None:
+        """The core's own publish (its identity may write shadow requests)."""
+        self._core_publish = publish
+
+    async def on_shadow_answer(self, received: Received) -> None:
+        try:
+            token = json.loads(received.payload).get("clientToken")
+        except (ValueError, AttributeError):
+            return
+        waiter = self._shadow_waiters.get(token) if isinstance(token, str) else None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(received)
+
+    # ---- requests ---------------------------------------------------------------------------------
+
+    async def handle(self, request: ApiRequest) -> ApiResponse:
+        prefix = API_VERSION_PREFIX + "/"
+        if not request.path.startswith(prefix):
+            return _json(404, {"message": f"no such resource: {request.path}"})
+        rest = request.path[len(prefix) :]
+        token = request.headers.get("authorization", "")
+        slot = self.slots.get(token) if token else None
+        if slot is None:
+            return self._refuse(request, 401 if not token else 403, "missing token" if not token else "unknown token")
+        if rest.rstrip("/") == "credentialprovider":
+            return await self._credentials(request)
+        if rest == "health/workers":
+            return self._health(request)
+        if not rest.startswith("functions/"):
+            return _json(404, {"message": f"no such resource: {request.path}"})
+        target = rest[len("functions/") :]
+        if target.endswith("/work"):
+            return await self._work(slot, request, target.removesuffix("/work"))
+        if target.endswith("/initialized"):
+            return self._initialized(slot, request, target.removesuffix("/initialized"))
+        if request.method == "POST":
+            return await self._invoke(slot, request, target)
+        if request.method == "GET":
+            return await self._result(slot, request)
+        return _json(405, {"message": f"{request.method} is not allowed on {request.path}"})
+
+    def _refuse(self, request: ApiRequest, status: int, reason: str, function: str | None = None) -> ApiResponse:
+        self.refused_requests += 1
+        log.warning(
+            "event=greengrass-request-refused status=%d method=%s path=%s peer=%s function=%s reason=%r",
+            status,
+            request.method,
+            request.path,
+            request.peer,
+            function,
+            reason,
+        )
+        return _json(status, {"message": reason})
+
+    async def _credentials(self, request: ApiRequest) -> ApiResponse:
+        if request.method != "GET":
+            return _json(405, {"message": "use GET"})
+        try:
+            return _json(200, await self.credentials.current())
+        except CredentialsUnavailable as exc:
+            return _json(503, {"message": f"the gateway has no AWS credentials to lend: {exc}"})
+
+    def _health(self, request: ApiRequest) -> ApiResponse:
+        workers = [
+            {"FuncArn": s.arn, "WorkerId": s.worker_id, "ProcessId": s.pid or 0, "WorkerState": s.state}
+            for s in self.slots.values()
+        ]
+        if request.method == "GET":
+            return _json(200, workers)
+        if request.method != "POST":
+            return _json(405, {"message": "use GET or POST"})
+        try:
+            asked = json.loads(request.body or b"{}").get("FuncArns", [])
+        except (ValueError, AttributeError):
+            return _json(400, {"message": 'the body must be {"FuncArns": [...]}'})
+        known = [a for a in asked if isinstance(a, str) and self._is_v1(a)]
+        chosen = [w for w in workers if any(self._same_function(str(w["FuncArn"]), a) for a in known)]
+        return _json(200, {"Workers": chosen, "InvalidArns": [a for a in asked if a not in known]})
+
+    async def _work(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
+        if not slot.owns(arn):
+            return self._refuse(request, 403, f"a worker of {slot.arn} may not take the work of {arn}", slot.function)
+        if request.method == "GET":
+            slot.mark_initialized(True, "")  # a runtime that predates PUT /initialized
+            try:
+                item = await slot.next_work()
+            except WorkerRetired:
+                return _json(410, {"message": "this worker has been stopped"})
+            return ApiResponse(
+                200, item.payload, {H_INVOCATION_ID: item.invocation_id, H_CLIENT_CONTEXT: item.client_context}
+            )
+        if request.method == "POST":
+            invocation_id = request.headers.get(H_INVOCATION_ID.lower(), "")
+            kind = request.headers.get(H_FUNCTION_ERROR.lower(), "")
+            if slot.complete(invocation_id, WorkResult(request.body, kind)):
+                return ApiResponse(202)
+            return _json(404, {"message": f"no invocation {invocation_id!r} is waiting for this worker"})
+        return _json(405, {"message": "use GET or POST"})
+
+    def _initialized(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
+        if not slot.owns(arn):
+            return self._refuse(request, 403, f"a worker of {slot.arn} may not report for {arn}", slot.function)
+        try:
+            report = json.loads(request.body or b"{}")
+            success, response = bool(report.get("Success")), str(report.get("Response", ""))
+        except (ValueError, AttributeError):
+            return _json(400, {"message": 'the body must be {"Success": bool, "Response": str}'})
+        slot.mark_initialized(success, response)
+        return ApiResponse(202)
+
+    async def _result(self, slot: WorkerSlot, request: ApiRequest) -> ApiResponse:
+        invocation_id = request.headers.get(H_INVOCATION_ID.lower(), "")
+        pending = self._pending.get(invocation_id)
+        if pending is None or pending[0] != slot.token:
+            return _json(404, {"message": f"no invocation {invocation_id!r} of this worker is waiting"})
+        result = await asyncio.shield(pending[1])
+        self._pending.pop(invocation_id, None)
+        headers = {H_FUNCTION_ERROR: result.function_error} if result.function_error else {}
+        return ApiResponse(200, result.payload, headers)
+
+    # ---- invocations: the system functions and local functions ------------------------------------
+
+    async def _invoke(self, slot: WorkerSlot, request: ApiRequest, target: str) -> ApiResponse:
+        kind = request.headers.get("x-amz-invocation-type") or "RequestResponse"
+        if kind not in ("RequestResponse", "Event"):
+            return _json(400, {"message": f"X-Amz-Invocation-Type {kind!r}: use RequestResponse or Event"})
+        context = request.headers.get(H_CLIENT_CONTEXT.lower(), "")
+        invocation_id = uuid.uuid4().hex
+        result: asyncio.Future[WorkResult] = asyncio.get_running_loop().create_future()
+        system = system_function_name(target)
+        if system == "GGRouter":
+            refused = await self._route(slot, request, context)
+            if refused is not None:
+                return refused
+            result.set_result(WorkResult(b""))
+        elif system == "GGShadowService":
+            self._background_task(self._shadow(context, request.body), result)
+        elif system == "GGSecretManager":
+            # the SDK raises SecretsManagerError for a body with Status and Message
+            message = "millgate does not serve the Greengrass v1 secrets manager: pass secrets in the environment"
+            result.set_result(WorkResult(json.dumps({"Status": 501, "Message": message}).encode()))
+        elif system is not None:
+            result.set_result(failed("Unhandled", f"{system} is a Greengrass core function millgate does not provide"))
+        else:
+            try:
+                name = self._resolve(target)
+            except ArnError as exc:
+                return _json(400, {"message": str(exc)})
+            if name is None:
+                return _json(404, {"message": f"Function not found: {target}"})
+            refused = await self._invoke_function(slot, name, request.body, context, kind, result)
+            if refused is not None:
+                return refused
+        if kind == "RequestResponse":
+            self._remember(invocation_id, slot.token, result)
+        return ApiResponse(202, headers={H_INVOCATION_ID: invocation_id})
+
+    def _remember(self, invocation_id: str, token: str, result: asyncio.Future[WorkResult]) -> None:
+        self._pending[invocation_id] = (token, result)
+        while len(self._pending) > MAX_PENDING_RESULTS:
+            dropped, _ = self._pending.popitem(last=False)
+            log.warning("event=greengrass-result-dropped invocation=%s reason=never-collected", dropped)
+
+    def _background_task(self, work: Awaitable[WorkResult], result: asyncio.Future[WorkResult]) -> None:
+        async def run() -> None:
+            try:
+                outcome = await work
+            except Exception as exc:
+                log.exception("event=greengrass-invocation-failed")
+                outcome = failed("Unhandled", f"{type(exc).__name__}: {exc}")
+            if not result.done():
+                result.set_result(outcome)
+
+        task = asyncio.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _resolve(self, arn: str) -> str | None:
+        """The local function an ARN names: by its configured v1 ARN, else by its name."""
+        parsed = parse_function_arn(arn)
+        for name, mine in self.arns.items():
+            if parse_function_arn(mine).unqualified == parsed.unqualified:
+                return name
+        return parsed.name if parsed.name in self.all_functions else None
+
+    def _is_v1(self, arn: str) -> bool:
+        try:
+            return self._resolve(arn) in self.v1_functions
+        except ArnError:
+            return False
+
+    def _same_function(self, first: str, second: str) -> bool:
+        try:
+            return parse_function_arn(first).unqualified == parse_function_arn(second).unqualified
+        except ArnError:
+            return False
+
+    async def _invoke_function(
+        self,
+        slot: WorkerSlot,
+        name: str,
+        payload: bytes,
+        context: str,
+        kind: str,
+        result: asyncio.Future[WorkResult],
+    ) -> ApiResponse | None:
+        pool = self.pools.get(name)
+        if pool is not None:
+            answer = pool.submit(invoke_topic(name), payload, context or None, wait=kind == "RequestResponse")
+            if answer is not None:
+                answer.add_done_callback(lambda done: result.set_result(answer_to_result(done.result())))
+            return None
+        # a native long-lived function runs in its own process and takes invocations from the broker
+        if kind == "RequestResponse":
+            result.set_result(
+                failed(
+                    "Unhandled", f"{name} is a long-lived native function: it returns no results, invoke it as Event"
+                )
+            )
+            return None
+        try:
+            await self._publish_as(slot.function, invoke_topic(name), payload)
+        except (MqttError, TimeoutError) as exc:
+            return _json(503, {"message": f"could not hand the invocation to {name}: {exc}"})
+        return None
+
+    async def _publish_as(self, function: str, topic: str, payload: bytes) -> None:
+        """Publish under the function's own broker identity, so the subscription whitelist decides."""
+        connection = self.connections.get(function)
+        deadline = time.monotonic() + CONNECTED_WAIT_S
+        while connection is None or not connection.connected:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the broker connection of function {function} is not up")
+            await asyncio.sleep(0.05)
+            connection = self.connections.get(function)
+        await connection.publish(topic, payload, qos=1)
+
+    async def _route(self, slot: WorkerSlot, request: ApiRequest, context: str) -> ApiResponse | None:
+        """GGRouter: publish as the calling function; None when done, else the refusal."""
+        custom = _custom(context)
+        source, subject = custom.get("source"), custom.get("subject")
+        if source != slot.arn:
+            return self._refuse(
+                request, 403, f"publish source {source!r} is not this worker's function {slot.arn}", slot.function
+            )
+        try:
+            topic = validate_topic_name(str(subject or ""))
+        except TopicError as exc:
+            return _json(400, {"message": f"publish topic {exc}"})
+        all_or_error = custom.get("queueFullPolicy") == "AllOrError"
+        try:
+            await self._publish_as(slot.function, topic, request.body)
+        except PublishRefused as exc:
+            # v1 dropped a message no subscription routes; AllOrError asked to hear about it
+            key = (slot.function, topic)
+            if key not in self._refusals_logged and len(self._refusals_logged) < MAX_REFUSALS_REMEMBERED:
+                self._refusals_logged.add(key)
+                log.warning(
+                    "event=greengrass-publish-refused function=%s topic=%s reason=%s "
+                    "hint=no-subscription-with-source-function:%s",
+                    slot.function,
+                    topic,
+                    exc,
+                    slot.function,
+                )
+            if all_or_error:
+                return _json(403, {"message": f"no subscription routes {topic} from {slot.function}"})
+        except (MqttError, TimeoutError) as exc:
+            log.warning("event=greengrass-publish-failed function=%s topic=%s reason=%s", slot.function, topic, exc)
+            if all_or_error:
+                return _json(503, {"message": f"publish on {topic} failed: {exc}"})
+        return None
+
+    async def _shadow(self, context: str, body: bytes) -> WorkResult:
+        """GGShadowService: the request goes to the local shadow service over the broker; the answer is
+        AWS's accepted document, or AWS's error document (which the SDK turns into ShadowError)."""
+        subject = str(_custom(context).get("subject", ""))
+        request = parse_shadow_request(subject)
+        if request is None:
+            return failed("Unhandled", f"GGShadowService: {subject!r} is not a shadow request topic")
+        thing, name, operation = request
+        document: dict[str, Any] = {}
+        if body.strip() or operation == "update":
+            try:
+                parsed = shadow_doc.read_json(body)
+                if not isinstance(parsed, dict):
+                    if operation == "update":
+                        raise shadow_doc.bad_request("Invalid JSON")
+                    parsed = {}
+                shadow_doc.client_token(parsed)
+            except ShadowError as exc:
+                return WorkResult(json.dumps(shadow_doc.error_document(exc, int(time.time()))).encode())
+            document = parsed
+        callers_token = document.get("clientToken")
+        token = uuid.uuid4().hex  # ours, so concurrent callers with the same token never cross
+        document["clientToken"] = token
+        if self._core_publish is None:
+            return failed("Unhandled", "the shadow service is not reachable yet")
+        waiter: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._shadow_waiters[token] = waiter
+        try:
+            await self._core_publish(shadow_topic(thing, name, operation), json.dumps(document).encode())
+            async with asyncio.timeout(SHADOW_TIMEOUT_S):
+                received = await waiter
+        except TimeoutError:
+            return failed("Unhandled", f"no answer from the shadow service on {subject} in {SHADOW_TIMEOUT_S:.0f} s")
+        finally:
+            self._shadow_waiters.pop(token, None)
+        answer = json.loads(received.payload)
+        if callers_token is None:
+            answer.pop("clientToken", None)
+        else:
+            answer["clientToken"] = callers_token
+        return WorkResult(json.dumps(answer, separators=(",", ":")).encode())

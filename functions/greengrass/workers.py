@@ -1,0 +1,191 @@
+"""The two Greengrass v1 worker kinds the dispatcher runs: an on-demand worker the core spawns (the
+v1 runtime under the function's uid, in a cgroup or under RLIMIT_AS, with its own token), and the one
+worker of a long-lived v1 function, which supervisord starts and the core only hands work to.
+
+Either way work is handed over through the worker's slot in the v1 API, not over a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import sys
+from typing import Any
+
+from functions.greengrass.service import GreengrassService, WorkerSlot, WorkItem, WorkResult
+from functions.user_log import UserLog
+from functions.worker_process import INIT_TIMEOUT_S, InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
+
+
+def _client_context(topic: str, given: str | None) -> str:
+    """The caller's client context as it came, else what v1's router sent: custom.subject = the topic."""
+    if given:
+        return given
+    return base64.b64encode(json.dumps({"custom": {"subject": topic}}).encode()).decode()
+
+
+def _answer(result: WorkResult) -> dict[str, Any]:
+    """A v1 result in the dispatcher's terms, the raw payload kept for v1 callers."""
+    try:
+        value: Any = json.loads(result.payload) if result.payload else None
+    except (ValueError, UnicodeDecodeError):
+        value = result.payload.decode("utf-8", errors="backslashreplace")
+    answer: dict[str, Any] = {"payload": base64.b64encode(result.payload).decode()}
+    if not result.function_error:
+        return {**answer, "ok": True, "result": value}
+    error = value.get("errorMessage") if isinstance(value, dict) else value
+    return {**answer, "ok": False, "error": error if error is not None else result.function_error}
+
+
+async def _hand_over(
+    slot: WorkerSlot, item: WorkItem, timeout_s: float, exited: asyncio.Future[int] | None
+) -> WorkResult | None:
+    """Give `item` to the worker and wait for its result; None if the worker exited first.
+    Raises TimeoutError (the item is then withdrawn)."""
+    result = slot.submit(item)
+    waiting: set[asyncio.Future[Any]] = {result} if exited is None else {result, exited}
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        slot.abandon(item.invocation_id)
+        raise
+    if not result.done():
+        slot.abandon(item.invocation_id)
+        return None
+    return result.result()
+
+
+class V1WorkerProcess(WorkerProcess):
+    """An on-demand v1 worker: `python -m functions.greengrass.lambda_runtime` as the function's uid."""
+
+    def __init__(self, spec: WorkerSpec, user_log: UserLog, service: GreengrassService, timeout_s: float):
+        super().__init__(spec, user_log)
+        self.service = service
+        self.timeout_s = timeout_s
+        self.token = secrets.token_urlsafe(32)
+        self.slot: WorkerSlot | None = None
+        self._exited: asyncio.Future[int] | None = None
+
+    def command(self) -> list[str]:
+        # -P: the code dir (the cwd) must not shadow the runtime; the runtime puts it on sys.path itself
+        return [
+            sys.executable,
+            "-P",
+            "-m",
+            "functions.greengrass.lambda_runtime",
+            "--code",
+            str(self.spec.code_dir),
+            "--handler",
+            self.spec.handler,
+            "--memory-mb",
+            str(self.spec.memory_mb),
+            "--timeout-s",
+            str(self.timeout_s),
+            "--limits-from-stdin",
+        ]
+
+    async def start(self) -> None:
+        self.slot = self.service.register(self.spec.function, self.token)
+        try:
+            await self.spawn(self.command(), {**self.spec.environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": self.token})
+        except WorkerFailed:
+            self.service.unregister(self.token)
+            raise
+        assert self.process is not None and self.process.stdin is not None
+        self.slot.pid = self.process.pid
+        self._exited = asyncio.ensure_future(self.process.wait())
+        # the runtime caps its own address space unless the cgroup already caps its memory
+        self.process.stdin.write(b"cgroup\n" if self.cgroup else b"rlimit\n")
+        try:
+            await self.process.stdin.drain()
+            self.process.stdin.close()
+        except (ConnectionError, BrokenPipeError):
+            pass
+        ready: set[asyncio.Future[Any]] = {self.slot.initialized, self._exited}
+        try:
+            async with asyncio.timeout(INIT_TIMEOUT_S):
+                await asyncio.wait(ready, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            await self.kill()
+            raise WorkerFailed(f"the handler module did not load within {INIT_TIMEOUT_S:.0f} s") from None
+        if not self.slot.initialized.done():
+            code = self.process.returncode
+            await self.kill()
+            raise WorkerFailed(f"the v1 runtime exited ({code}) before it was ready; see the function's log")
+        success, response = self.slot.initialized.result()
+        if not success:
+            await self.kill()
+            raise WorkerFailed(f"the handler could not load: {response}")
+
+    async def invoke(
+        self, request_id: str, topic: str, payload: bytes, timeout_s: float, client_context: str | None = None
+    ) -> dict[str, Any]:
+        assert self.slot is not None
+        item = WorkItem(request_id, payload, _client_context(topic, client_context))
+        try:
+            result = await _hand_over(self.slot, item, timeout_s, self._exited)
+        except TimeoutError:
+            await self.kill()
+            raise InvocationTimeout(f"Task timed out after {timeout_s:g} seconds") from None
+        if result is None:
+            code = self.process.returncode if self.process else None
+            await self.kill()
+            raise WorkerFailed(f"worker {self.pid} died (exit {code})")
+        return _answer(result)
+
+    async def stop(self) -> None:
+        """Retire the slot (its long poll answers 410 and the runtime exits), wait briefly, else kill."""
+        self.service.unregister(self.token)
+        if self.process is not None and self.process.returncode is None:
+            try:
+                async with asyncio.timeout(2):
+                    await self.process.wait()
+            except TimeoutError:
+                pass
+        await self.kill()
+
+    async def kill(self) -> None:
+        self.service.unregister(self.token)
+        await super().kill()
+        if self._exited is not None and not self._exited.done():
+            self._exited.cancel()
+
+
+class PinnedV1Worker:
+    """The single worker of a long-lived v1 function: supervisord runs it (`fn-<name>`), it proves
+    itself with the token derived for it, and it is never killed or replaced by the dispatcher."""
+
+    def __init__(self, slot: WorkerSlot):
+        self.slot = slot
+        self.idle_since = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.slot.pid
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def invoke(
+        self, request_id: str, topic: str, payload: bytes, timeout_s: float, client_context: str | None = None
+    ) -> dict[str, Any]:
+        item = WorkItem(request_id, payload, _client_context(topic, client_context))
+        try:
+            result = await _hand_over(self.slot, item, timeout_s, None)
+        except TimeoutError:
+            raise InvocationTimeout(f"Task timed out after {timeout_s:g} seconds") from None
+        assert result is not None
+        return _answer(result)
+
+    async def kill(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None

@@ -1,0 +1,172 @@
+"""The `logship` process: follows every system and function log under log_dir and ships new lines to
+CloudWatch Logs ([logging.cloudwatch]): one log group per gateway, one stream per component
+(system/<component>, user/<function>). Lines wait in a capped buffer while CloudWatch is unreachable.
+
+It never imports boto3: each flush runs `python -m gateway.cloudwatch_put` as a short-lived child, so
+the 40 MB of boto3 is paid only while a batch is on its way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from gateway.atomic_file import write_atomic
+from gateway.backoff import Backoff
+from gateway.cloudwatch_batch import EventBuffer, LogEvent, clip
+from gateway.config import CloudWatchSection
+from gateway.config_loader import ConfigInvalid, load_config
+from gateway.log_files import FollowedFile, line_time, log_sources
+from gateway.logs import setup_logging
+from gateway.paths import GatewayPaths
+
+log = logging.getLogger("gateway.cloudwatch_ship")
+COMPONENT = "logship"
+OFFSETS = "logship-offsets.json"
+CHILD_TIMEOUT_S = 120.0
+
+
+def stream_name(component: str) -> str:
+    return f"user/{component.removeprefix('fn-')}" if component.startswith("fn-") else f"system/{component}"
+
+
+class Shipper:
+    def __init__(self, paths: GatewayPaths, settings: CloudWatchSection, thing: str):
+        self.paths = paths
+        self.settings = settings
+        self.log_group = settings.log_group.replace("{thing}", thing)
+        self.buffer = EventBuffer(int(settings.buffer_max_bytes))
+        self.offsets_file = paths.state_dir / OFFSETS
+        self.files: dict[str, FollowedFile] = self._load_offsets()
+        self.backoff = Backoff(initial_s=settings.flush_interval_s, cap_s=max(300.0, settings.flush_interval_s))
+        self.state = "starting"
+        self.reported_dropped = 0
+        self.sent = 0
+
+    def _load_offsets(self) -> dict[str, FollowedFile]:
+        try:
+            saved = json.loads(self.offsets_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {name: FollowedFile(Path(e["path"]), e["inode"], e["position"]) for name, e in saved.items()}
+
+    def _save_offsets(self) -> None:
+        saved = {n: {"path": str(f.path), "inode": f.inode, "position": f.position} for n, f in self.files.items()}
+        write_atomic(self.offsets_file, json.dumps(saved), 0o600)
+
+    def collect(self) -> int:
+        """Read every log's new lines into the buffer; returns how many."""
+        count = 0
+        now_ms = int(time.time() * 1000)
+        for component, source in log_sources(self.paths.log_dir).items():
+            tail = self.files.setdefault(component, FollowedFile(source.path))
+            stream = stream_name(component)
+            for line in tail.read_lines():
+                stamp = line_time(line)
+                self.buffer.add(stream, LogEvent(int(stamp * 1000) if stamp else now_ms, clip(line)))
+                count += 1
+        if count:
+            self._save_offsets()
+        if self.buffer.dropped != self.reported_dropped:
+            log.warning(
+                "event=buffer-full dropped_total=%d max_bytes=%d action=lines dropped, oldest first",
+                self.buffer.dropped,
+                self.buffer.max_bytes,
+            )
+            self.reported_dropped = self.buffer.dropped
+        return count
+
+    def flush(self) -> bool:
+        """Send what is buffered through a boto3 child; True when all of it went."""
+        pending = self.buffer.pending()
+        if not pending:
+            return True
+        request = {
+            "log_group": self.log_group,
+            "region": self.settings.region,
+            "endpoint_url": self.settings.endpoint_url,
+            "timeout_s": self.settings.request_timeout_s,
+            "streams": {s: [[e.timestamp_ms, e.message] for e in events] for s, events in pending.items()},
+        }
+        error = None
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", "gateway.cloudwatch_put"],
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                timeout=CHILD_TIMEOUT_S,
+            )
+            result = json.loads(child.stdout or "{}")
+            if child.returncode != 0:
+                last_words = child.stderr.strip().splitlines()
+                error = result.get("error") or (last_words[-1] if last_words else f"exit {child.returncode}")
+        except (subprocess.TimeoutExpired, ValueError, OSError) as exc:
+            result, error = {}, f"{type(exc).__name__}: {exc}"
+        for stream, count in (result.get("done") or {}).items():
+            self.buffer.acknowledge(stream, int(count))
+            self.sent += int(count)
+        self._set_state("failing" if error else "ok", error)
+        return error is None
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if error:
+            log.error(
+                "event=cloudwatch-unreachable group=%s buffered=%d reason=%s", self.log_group, len(self.buffer), error
+            )
+        else:
+            log.info("event=cloudwatch-ok group=%s sent_total=%d", self.log_group, self.sent)
+
+
+def run(shipper: Shipper, stop: threading.Event) -> None:
+    while not stop.is_set():
+        shipper.collect()
+        if shipper.flush():
+            shipper.backoff.reset()
+            delay = shipper.settings.flush_interval_s
+        else:
+            delay = shipper.backoff.next_delay()
+        stop.wait(delay)
+    shipper.collect()
+    shipper.flush()  # one last try on the way out; what fails stays unsent (the files still hold it)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="millgate-logship")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--state", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_config(args.config)
+    except ConfigInvalid as exc:
+        print(f"{COMPONENT}: refusing to start on an invalid config:\n{exc}", file=sys.stderr)
+        return 2
+    config = loaded.gateway
+    setup_logging(COMPONENT, config.logging.level)
+    settings = config.logging.cloudwatch
+    if settings is None or not settings.enabled:
+        log.info("event=not-started reason=[logging.cloudwatch] is absent or disabled")
+        return 0
+    paths = GatewayPaths.resolve(args.config, args.state, config.gateway.log_dir)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    shipper = Shipper(paths, settings, config.gateway.thing_name)
+    log.info("event=starting group=%s log_dir=%s", shipper.log_group, paths.log_dir)
+    run(shipper, stop)
+    log.info("event=stopped sent_total=%d buffered=%d", shipper.sent, len(shipper.buffer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""One deployment, start to end: validate the new config, snapshot it, render it, apply it to the
+running gateway restarting only what changed, wait for it to come up healthy, and roll back to the
+previous snapshot by itself when it does not. Every attempt lands in the deployment history.
+
+`millgate deploy` and cloud-driven deployments both call `deploy`; neither prints from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gateway.broker_config import BrokerNotInstalled
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
+from gateway.deploy_apply import ApplyFailed, Changes, GatewayNotRunning, apply_rendered, gateway_running, wait_healthy
+from gateway.deploy_plan import broker_access_text
+from gateway.deploy_store import DeploymentStore, DeployStoreError, HistoryEntry, config_digest, utc_now
+from gateway.launch import StateDirError, render
+from gateway.paths import GatewayPaths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DeployOutcome:
+    result: str  # succeeded | staged | rolled-back | rollback-failed | failed | refused
+    message: str
+    number: int | None = None
+    version: str = ""
+    changes: Changes | None = None
+    rollback: Changes | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("succeeded", "staged")
+
+
+def deploy(
+    source: Path,
+    paths: GatewayPaths,
+    by: str = "deploy",
+    version: str | None = None,
+    timeout_s: float | None = None,
+) -> DeployOutcome:
+    """Deploy the config dir `source` onto the gateway whose state dir is paths.state_dir."""
+    try:
+        loaded = load_config(source)
+    except ConfigInvalid as exc:
+        return _refused(paths, source, by, version, str(exc))
+    store = DeploymentStore(paths.state_dir, loaded.gateway.deployment.keep)
+    try:
+        with store.locked():
+            return _deploy_locked(store, source, loaded, paths, by, version or config_digest(source), timeout_s)
+    except (DeployStoreError, OSError) as exc:
+        return DeployOutcome("failed", f"{store.root}: {exc}")
+
+
+def _refused(paths: GatewayPaths, source: Path, by: str, version: str | None, why: str) -> DeployOutcome:
+    store = DeploymentStore(paths.state_dir)
+    entry = HistoryEntry(0, version or "-", utc_now(), str(source), by, "refused", why)
+    try:
+        with store.locked():
+            store.record(entry)
+    except (DeployStoreError, OSError) as exc:
+        log.warning("event=history-not-written reason=%s", exc)
+    log.error("event=deployment-refused source=%s reason=%s", source, why.replace("\n", "; "))
+    return DeployOutcome("refused", why, version=version or "")
+
+
+def _deploy_locked(
+    store: DeploymentStore,
+    source: Path,
+    loaded: LoadedConfig,
+    paths: GatewayPaths,
+    by: str,
+    version: str,
+    timeout_s: float | None,
+) -> DeployOutcome:
+    previous = store.current()
+    live = replace(paths, config_dir=store.current_config)
+    number = store.snapshot(source)
+    entry = HistoryEntry(number, version, utc_now(), str(source), by, "running")
+    store.record(entry)
+    running = gateway_running(live)
+    access_before = broker_access_text(live.acl_file, live.password_file)
+    store.set_current(number)
+    log.info("event=deployment-started deployment=%d version=%s source=%s", number, version, source)
+    try:
+        new = load_config(store.current_config)
+        render(new, live)
+        if not running:
+            return _finish(store, entry, "staged", "gateway not running: the next `millgate run` starts this config")
+        changes = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
+        entry.changes = changes.as_dict()
+        deployment = new.gateway.deployment
+        wait_healthy(
+            live,
+            changes.started,
+            _components(new, changes.started),
+            timeout_s or deployment.health_timeout_s,
+            deployment.settle_s,
+        )
+    except GatewayNotRunning as exc:
+        return _finish(store, entry, "staged", f"gateway stopped during the deployment ({exc})")
+    except (ApplyFailed, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
+        log.error("event=deployment-failed deployment=%d reason=%s", number, exc)
+        return _roll_back(store, entry, previous, live, running, str(exc))
+    outcome = _finish(store, entry, "succeeded", changes.summary())
+    outcome.changes = changes
+    return outcome
+
+
+def _components(loaded: LoadedConfig, started: list[str]) -> dict[str, list[str]]:
+    """The heartbeats a started program must produce: the core also serves the on-demand functions."""
+    from gateway.acl import CORE, function_component
+
+    on_demand = [function_component(f.name) for f in loaded.gateway.functions if f.lifecycle == "on-demand"]
+    return {CORE: [CORE, *on_demand]} if CORE in started else {}
+
+
+def _finish(store: DeploymentStore, entry: HistoryEntry, result: str, message: str) -> DeployOutcome:
+    entry.result, entry.message = result, message
+    store.record(entry)
+    log.info("event=deployment-%s deployment=%d %s", result, entry.number, message)
+    changes = Changes(**{k: v for k, v in entry.changes.items() if k != "rollback"}) if entry.changes else None
+    return DeployOutcome(result, message, entry.number, entry.version, changes)
+
+
+def _roll_back(
+    store: DeploymentStore, entry: HistoryEntry, previous: int | None, live: GatewayPaths, running: bool, why: str
+) -> DeployOutcome:
+    if previous is None or not store.exists(previous):
+        return _finish(store, entry, "failed", f"{why}; no previous deployment to roll back to")
+    store.set_current(previous)
+    try:
+        old = load_config(store.current_config)
+        access_before = broker_access_text(live.acl_file, live.password_file)
+        render(old, live)
+        rollback = Changes()
+        if running:
+            rollback = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
+            settings = old.gateway.deployment
+            wait_healthy(
+                live,
+                rollback.started,
+                _components(old, rollback.started),
+                settings.health_timeout_s,
+                settings.settle_s,
+            )
+    except (ApplyFailed, GatewayNotRunning, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
+        return _finish(store, entry, "rollback-failed", f"{why}; rolling back to deployment {previous} failed: {exc}")
+    entry.changes = {**entry.changes, "rollback": rollback.as_dict()}
+    outcome = _finish(store, entry, "rolled-back", f"{why}; rolled back to deployment {previous}")
+    outcome.rollback = rollback
+    return outcome

@@ -1,0 +1,109 @@
+"""What each supervised process depends on, as a fingerprint: the slices of the config a process
+reads, hashed. It is rendered into the process's supervisord section, so supervisord's own
+reloadConfig sees a process as changed exactly when its slice changed (supervisorctl update semantics).
+
+A process not listed here depends on nothing but its command line. It reads files; it signals nothing.
+The slices (documented for operators in docs/operations.md):
+
+- every Python component: [gateway] and [logging] (identity, heartbeat period, log settings)
+- broker: its generated mosquitto.conf; ACL and password changes are a reload (SIGHUP), not a restart
+- core: [broker], [discovery], [cloud], [deployment], [[shadows]], on-demand functions (entry, code
+  version, granted resources) and the subscriptions that involve `shadow` or an on-demand function
+- uplink: [broker], [cloud], [spool], [bulk], [[shadows]] and the subscriptions involving `cloud` or `shadow`
+- adapter-<name>: adapters/<name>.toml, its register-map CSVs and the subscriptions naming `adapter:<name>`
+- fn-<name> (long-lived): its entry, code version, granted resources and the subscriptions naming it
+- logship: [gateway] and [logging] (with [logging.cloudwatch])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from gateway.acl import UPLINK, adapter_component, function_component
+from gateway.adapter_config import ModbusAdapter, register_map_path
+from gateway.config import Function, GatewayConfig, Subscription
+from gateway.config_loader import AdapterFile, LoadedConfig
+from gateway.function_deploy import DeployedFunction
+from gateway.supervisor_config import LOGSHIP
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dump(model: Any) -> Any:
+    return None if model is None else model.model_dump(mode="json")
+
+
+def _routes(config: GatewayConfig, endpoints: Iterable[str]) -> list[Any]:
+    wanted = set(endpoints)
+    return [_dump(s) for s in config.subscriptions if _involves(s, wanted)]
+
+
+def _involves(subscription: Subscription, endpoints: set[str]) -> bool:
+    return subscription.source in endpoints or subscription.target in endpoints
+
+
+def _function_slice(config: GatewayConfig, function: Function, deployed: DeployedFunction | None) -> list[Any]:
+    granted = {g.name for g in function.resources}
+    return [
+        _dump(function),
+        [_dump(r) for r in config.resources if r.name in granted],
+        None if deployed is None else [deployed.version, deployed.extra_groups, deployed.problems],
+    ]
+
+
+def _adapter_slice(config: GatewayConfig, name: str, adapter: AdapterFile) -> list[Any]:
+    maps: list[Any] = []
+    if isinstance(adapter.config, ModbusAdapter):
+        for device in adapter.config.devices:
+            csv = register_map_path(device, adapter.path.parent)
+            if csv is not None:
+                maps.append([str(csv), csv.read_bytes().hex() if csv.is_file() else None])
+    return [_dump(adapter.config), maps, _routes(config, [f"adapter:{name}"])]
+
+
+def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mosquitto_conf: str) -> dict[str, str]:
+    """supervisord program name -> fingerprint of everything that program reads."""
+    config = loaded.gateway
+    common = [_dump(config.gateway), _dump(config.logging)]
+    on_demand = [f for f in config.functions if f.lifecycle == "on-demand"]
+    found = {
+        "broker": _digest(mosquitto_conf),
+        "core": _digest(
+            common,
+            [_dump(config.broker), _dump(config.discovery), _dump(config.cloud), _dump(config.deployment)],
+            [_dump(s) for s in config.shadows],
+            [_function_slice(config, f, deployed.get(f.name)) for f in on_demand],
+            _routes(config, ["shadow", *(f"function:{f.name}" for f in on_demand)]),
+        ),
+        UPLINK: _digest(
+            common,
+            [_dump(config.broker), _dump(config.cloud), _dump(config.spool), _dump(config.bulk)],
+            [_dump(s) for s in config.shadows],
+            _routes(config, ["cloud", "shadow"]),
+        ),
+    }
+    found[LOGSHIP] = _digest(common)
+    for function in config.functions:
+        if function.lifecycle == "long-lived":
+            found[function_component(function.name)] = _digest(
+                common,
+                _function_slice(config, function, deployed.get(function.name)),
+                _routes(config, [f"function:{function.name}"]),
+            )
+    for name, adapter in loaded.adapters.items():
+        found[adapter_component(name)] = _digest(common, _adapter_slice(config, name, adapter))
+    return found
+
+
+def broker_access_text(acl_file: Path, password_file: Path) -> tuple[str, frozenset[str]]:
+    """What a broker reload must pick up: the ACL text and the set of users (the hashes are salted
+    afresh on every render, so comparing the password file's bytes would always differ)."""
+    acl = acl_file.read_text() if acl_file.exists() else ""
+    users = password_file.read_text().splitlines() if password_file.exists() else []
+    return acl, frozenset(line.split(":", 1)[0] for line in users if line)

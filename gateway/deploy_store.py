@@ -1,0 +1,184 @@
+"""Deployment snapshots and history under <state>/deployments: one copy of the config dir per
+deployment (<n>/config), a `current` link every supervised process reads its config through, and
+history.json (number, version, time, source, result), written atomically.
+
+It copies and records; it starts, stops and validates nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.atomic_file import write_atomic
+
+DEPLOYMENTS = "deployments"
+CURRENT = "current"
+HISTORY = "history.json"
+HISTORY_MAX = 200  # entries kept in history.json; older ones are dropped
+_SKIP = frozenset({"__pycache__", ".git"})
+
+
+class DeployStoreError(RuntimeError):
+    pass
+
+
+@dataclass
+class HistoryEntry:
+    number: int
+    version: str  # sha256 (12 hex) of the config dir's files, or the bundle's version
+    time: str  # ISO 8601 UTC
+    source: str
+    by: str  # run | deploy | rollback | cloud
+    result: str  # running | succeeded | rolled-back | rollback-failed | refused | staged
+    message: str = ""
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+def config_digest(config_dir: Path) -> str:
+    """A fingerprint of every file in a config dir (names and contents), 12 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(_files(config_dir)):
+        digest.update(str(path.relative_to(config_dir)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _files(root: Path) -> Iterator[Path]:
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIP]
+        for name in files:
+            yield Path(directory) / name
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy with modes and owners kept: a service-user component must read its copy as it read the original."""
+    shutil.copytree(source, target, symlinks=False, ignore=shutil.ignore_patterns(*_SKIP))
+    if os.geteuid() != 0:
+        return
+    for directory, _, files in os.walk(source):
+        relative = Path(directory).relative_to(source)
+        for name in [".", *files]:
+            original = Path(directory) / name
+            stat = original.stat()
+            os.chown(target / relative / name, stat.st_uid, stat.st_gid)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class DeploymentStore:
+    def __init__(self, state_dir: Path, keep: int = 5):
+        self.root = state_dir / DEPLOYMENTS
+        self.keep = keep
+
+    @property
+    def current_link(self) -> Path:
+        return self.root / CURRENT
+
+    @property
+    def current_config(self) -> Path:
+        """The path every supervised process gets as --config: stable across deployments."""
+        return self.current_link / "config"
+
+    @property
+    def history_file(self) -> Path:
+        return self.root / HISTORY
+
+    def config_of(self, number: int) -> Path:
+        return self.root / str(number) / "config"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One deployment at a time on a gateway (run, deploy, cloud); waits for the one in progress."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        with (self.root / ".lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def current(self) -> int | None:
+        try:
+            return int(os.readlink(self.current_link))
+        except (OSError, ValueError):
+            return None
+
+    def snapshot(self, source: Path) -> int:
+        """Copy `source` into a new numbered snapshot; returns its number (not yet current)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        number = max(self._numbers(), default=0) + 1
+        staging = self.root / f".{number}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(mode=0o755)
+        try:
+            _copy_tree(source, staging / "config")
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DeployStoreError(f"{source}: cannot copy the config into {self.root}: {exc}") from exc
+        os.replace(staging, self.root / str(number))
+        return number
+
+    def set_current(self, number: int) -> None:
+        """Point `current` at snapshot `number` in one rename: a process starting now reads one or the other."""
+        tmp = self.root / f".{CURRENT}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        os.symlink(str(number), tmp)
+        os.replace(tmp, self.current_link)
+        self._prune(protect={number})
+
+    def _numbers(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.root.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def _prune(self, protect: set[int]) -> None:
+        numbers = self._numbers()
+        for number in numbers[: max(len(numbers) - self.keep, 0)]:
+            if number not in protect:
+                shutil.rmtree(self.root / str(number), ignore_errors=True)
+
+    def exists(self, number: int) -> bool:
+        return self.config_of(number).is_dir()
+
+    # ---- history -------------------------------------------------------------------------
+
+    def history(self) -> list[HistoryEntry]:
+        try:
+            raw = json.loads(self.history_file.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise DeployStoreError(f"{self.history_file}: unreadable: {exc}") from exc
+        return [HistoryEntry(**entry) for entry in raw]
+
+    def record(self, entry: HistoryEntry) -> None:
+        """Add `entry`, or replace the last entry with the same number and `by` (a result update)."""
+        entries = self.history()
+        if entries and entries[-1].number == entry.number and entries[-1].by == entry.by:
+            entries[-1] = entry
+        else:
+            entries.append(entry)
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = json.dumps([asdict(e) for e in entries[-HISTORY_MAX:]], indent=2)
+        write_atomic(self.history_file, text, 0o644)
+
+    def last_from(self, source: Path) -> HistoryEntry | None:
+        """The newest deployment attempted from `source`, whatever became of it: a config that was rolled
+        back is not tried again at the next start unless the source changed since."""
+        for entry in reversed(self.history()):
+            if entry.source == str(source) and entry.by in ("run", "deploy") and entry.result != "refused":
+                return entry
+        return None

@@ -1,0 +1,883 @@
+"""`millgate import greengrass-v1 EXPORT_DIR --out CONFIG_DIR [--code ZIP_DIR]`: turns a Greengrass v1
+group, as the AWS CLI prints it (get-group-version and get-*-definition-version), and the functions'
+deployment zips into a millgate config dir, listing whatever has no millgate equivalent and why.
+
+The export is read strictly (an unknown field or a malformed ARN is an error naming the file and the
+item); the result is validated before anything is written, and it is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import json
+import math
+import os
+import pwd
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from gateway.config import RESERVED_IDENTITIES, THING_PATTERN
+from gateway.config_loader import REFUSED_VOLUME_ROOTS, ConfigInvalid, key_path, load_config
+from gateway.greengrass.arns import (
+    DEFAULT_DAEMON_PORT,
+    ArnError,
+    FunctionArn,
+    parse_function_arn,
+    parse_thing_arn,
+    system_function_name,
+)
+from gateway.topics import TopicError, validate_topic_filter
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+GROUP_FILE = "group.json"  # aws greengrass get-group (optional: the group's name)
+GROUP_VERSION_FILE = "group-version.json"  # aws greengrass get-group-version
+# group version key -> (the file holding that definition version, what it is called in messages)
+DEFINITIONS = {
+    "CoreDefinitionVersionArn": ("core-definition-version.json", "core"),
+    "FunctionDefinitionVersionArn": ("function-definition-version.json", "function"),
+    "SubscriptionDefinitionVersionArn": ("subscription-definition-version.json", "subscription"),
+    "ResourceDefinitionVersionArn": ("resource-definition-version.json", "resource"),
+    "LoggerDefinitionVersionArn": ("logger-definition-version.json", "logger"),
+    "DeviceDefinitionVersionArn": ("device-definition-version.json", "device"),
+    "ConnectorDefinitionVersionArn": ("connector-definition-version.json", "connector"),
+}
+DEFINITION_VERSION_ARN = re.compile(
+    r"^arn:aws[a-z-]*:greengrass:[a-z0-9-]+:[0-9]{12}:/greengrass/definition/[a-z]+/[^/]+/versions/[^/]+$"
+)
+NOTES_FILE = "GREENGRASS-IMPORT.md"
+LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARN": "warning", "ERROR": "error", "FATAL": "error"}
+MIN_LOG_BYTES = 64 * 1024
+ON_DEMAND_CONCURRENCY = 4  # v1 started containers as needed; a gateway wants a bound
+
+
+class ImportFailed(Exception):
+    """The export cannot be imported; nothing was written. The message names the file and the item."""
+
+
+# ---- the export, as the AWS API reference defines it ------------------------------------------------
+
+
+class Aws(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class V1RunAs(Aws):
+    Uid: int | None = None
+    Gid: int | None = None
+
+
+class V1Execution(Aws):
+    IsolationMode: str | None = None
+    RunAs: V1RunAs | None = None
+
+
+class V1DefaultConfig(Aws):
+    Execution: V1Execution | None = None
+
+
+class ResourceAccessPolicy(Aws):
+    Permission: str | None = None
+    ResourceId: str
+
+
+class FunctionEnvironment(Aws):
+    AccessSysfs: bool | None = None
+    Execution: V1Execution | None = None
+    ResourceAccessPolicies: list[ResourceAccessPolicy] = []
+    Variables: dict[str, str] = {}
+
+
+class V1FunctionConfiguration(Aws):
+    EncodingType: str | None = None
+    Environment: FunctionEnvironment | None = None
+    ExecArgs: str | None = None
+    Executable: str | None = None
+    FunctionRuntimeOverride: str | None = None
+    MemorySize: int | None = None  # KB
+    Pinned: bool | None = None
+    Timeout: int | None = None  # seconds
+
+
+class V1Function(Aws):
+    FunctionArn: str | None = None
+    FunctionConfiguration: V1FunctionConfiguration | None = None
+    Id: str
+
+
+class FunctionDefinition(Aws):
+    DefaultConfig: V1DefaultConfig | None = None
+    Functions: list[V1Function] = []
+
+
+class Thing(Aws):
+    CertificateArn: str | None = None
+    Id: str
+    SyncShadow: bool | None = None
+    ThingArn: str
+
+
+class CoreDefinition(Aws):
+    Cores: list[Thing] = []
+
+
+class DeviceDefinition(Aws):
+    Devices: list[Thing] = []
+
+
+class V1Subscription(Aws):
+    Id: str
+    Source: str
+    Subject: str
+    Target: str
+
+
+class SubscriptionDefinition(Aws):
+    Subscriptions: list[V1Subscription] = []
+
+
+class V1Logger(Aws):
+    Component: str
+    Id: str
+    Level: str
+    Space: int | None = None  # KB
+    Type: str
+
+
+class LoggerDefinition(Aws):
+    Loggers: list[V1Logger] = []
+
+
+class V1GroupOwnerSetting(Aws):
+    AutoAddGroupOwner: bool | None = None
+    GroupOwner: str | None = None
+
+
+class V1OwnerSetting(Aws):
+    GroupOwner: str | None = None
+    GroupPermission: str | None = None
+
+
+class LocalDevice(Aws):
+    GroupOwnerSetting: V1GroupOwnerSetting | None = None
+    SourcePath: str
+
+
+class LocalVolume(Aws):
+    DestinationPath: str | None = None
+    GroupOwnerSetting: V1GroupOwnerSetting | None = None
+    SourcePath: str
+
+
+class S3Model(Aws):
+    DestinationPath: str
+    OwnerSetting: V1OwnerSetting | None = None
+    S3Uri: str | None = None
+
+
+class SageMakerModel(Aws):
+    DestinationPath: str
+    OwnerSetting: V1OwnerSetting | None = None
+    SageMakerJobArn: str | None = None
+
+
+class SecretResource(Aws):
+    ARN: str | None = None
+    AdditionalStagingLabelsToDownload: list[str] = []
+
+
+class ResourceData(Aws):
+    LocalDeviceResourceData: LocalDevice | None = None
+    LocalVolumeResourceData: LocalVolume | None = None
+    S3MachineLearningModelResourceData: S3Model | None = None
+    SageMakerMachineLearningModelResourceData: SageMakerModel | None = None
+    SecretsManagerSecretResourceData: SecretResource | None = None
+
+
+class V1Resource(Aws):
+    Id: str
+    Name: str
+    ResourceDataContainer: ResourceData
+
+
+class ResourceDefinition(Aws):
+    Resources: list[V1Resource] = []
+
+
+class V1Connector(Aws):
+    ConnectorArn: str
+    Id: str
+    Parameters: dict[str, str] = {}
+
+
+class ConnectorDefinition(Aws):
+    Connectors: list[V1Connector] = []
+
+
+class GroupVersionDefinition(Aws):
+    CoreDefinitionVersionArn: str | None = None
+    ConnectorDefinitionVersionArn: str | None = None
+    DeviceDefinitionVersionArn: str | None = None
+    FunctionDefinitionVersionArn: str | None = None
+    LoggerDefinitionVersionArn: str | None = None
+    ResourceDefinitionVersionArn: str | None = None
+    SubscriptionDefinitionVersionArn: str | None = None
+
+
+class VersionOutput(Aws):
+    """What every get-*-version command prints around its Definition."""
+
+    Arn: str | None = None
+    CreationTimestamp: str | None = None
+    Id: str | None = None
+    Version: str | None = None
+    NextToken: str | None = None
+
+
+class GroupVersionOutput(VersionOutput):
+    Definition: GroupVersionDefinition
+
+
+class GroupOutput(Aws):
+    Arn: str | None = None
+    CreationTimestamp: str | None = None
+    Id: str | None = None
+    LastUpdatedTimestamp: str | None = None
+    LatestVersion: str | None = None
+    LatestVersionArn: str | None = None
+    Name: str | None = None
+
+
+DEFINITION_MODELS: dict[str, type[Aws]] = {
+    "core": CoreDefinition,
+    "function": FunctionDefinition,
+    "subscription": SubscriptionDefinition,
+    "resource": ResourceDefinition,
+    "logger": LoggerDefinition,
+    "device": DeviceDefinition,
+    "connector": ConnectorDefinition,
+}
+
+
+def _read(path: Path, model: type[Aws]) -> Any:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ImportFailed(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportFailed(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ImportFailed(f"{path}: not JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            what = "unknown field" if error["type"] == "extra_forbidden" else str(error["msg"])
+            problems.append(f"{path}: {key_path(error['loc'])}: {what}")
+        raise ImportFailed("\n".join(problems)) from None
+
+
+def _definition_model(kind: str) -> type[Aws]:
+    definition = DEFINITION_MODELS[kind]
+    return create_model(f"{definition.__name__}Output", __base__=VersionOutput, Definition=(definition, ...))
+
+
+@dataclass
+class Export:
+    directory: Path
+    group_id: str | None
+    group_name: str | None
+    definitions: dict[str, Any] = field(default_factory=dict)  # kind -> Definition model
+
+    def file(self, kind: str) -> Path:
+        return self.directory / next(f for f, k in DEFINITIONS.values() if k == kind)
+
+
+def read_export(directory: Path) -> Export:
+    if not directory.is_dir():
+        raise ImportFailed(f"{directory}: not a directory (expected the JSON files of `aws greengrass get-*`)")
+    version: GroupVersionOutput = _read(directory / GROUP_VERSION_FILE, GroupVersionOutput)
+    group: GroupOutput | None = None
+    if (directory / GROUP_FILE).exists():
+        group = _read(directory / GROUP_FILE, GroupOutput)
+    export = Export(directory, version.Id or (group.Id if group else None), group.Name if group else None)
+    for key, (filename, kind) in DEFINITIONS.items():
+        referenced = getattr(version.Definition, key)
+        if referenced is None:
+            continue
+        where = f"{directory / GROUP_VERSION_FILE}: Definition.{key}"
+        if not DEFINITION_VERSION_ARN.fullmatch(referenced):
+            raise ImportFailed(f"{where}: {referenced!r} is not a Greengrass definition version ARN")
+        path = directory / filename
+        if not path.exists():
+            raise ImportFailed(
+                f"{path}: missing: the group version references the {kind} definition version {referenced} "
+                f"(aws greengrass get-{kind}-definition-version > {filename})"
+            )
+        output = _read(path, _definition_model(kind))
+        if output.Arn is not None and output.Arn != referenced:
+            raise ImportFailed(f"{path}: Arn: {output.Arn} is not the version the group uses ({referenced})")
+        export.definitions[kind] = output.Definition
+    if "core" not in export.definitions:
+        raise ImportFailed(f"{directory / GROUP_VERSION_FILE}: Definition.CoreDefinitionVersionArn: missing")
+    return export
+
+
+# ---- mapping -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The millgate config being built, and the notes on what did not map."""
+
+    thing_name: str = ""
+    group_id: str | None = None
+    logging: dict[str, Any] = field(default_factory=dict)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    functions: list[dict[str, Any]] = field(default_factory=list)
+    subscriptions: list[dict[str, Any]] = field(default_factory=list)
+    shadows: list[dict[str, Any]] = field(default_factory=list)
+    code: dict[str, Path] = field(default_factory=dict)  # function name -> its zip or directory
+    devices: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, where: str, what: str) -> None:
+        self.notes.append(f"{where}: {what}")
+
+
+def _safe_name(name: str, taken: set[str]) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:120] or "resource"
+    if not re.match(r"[A-Za-z0-9_]", cleaned):
+        cleaned = f"r{cleaned}"
+    candidate, counter = cleaned, 2
+    while candidate in taken:
+        candidate, counter = f"{cleaned}-{counter}", counter + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _default_run_as(given: str | None) -> str | None:
+    if given:
+        return given
+    try:
+        return f"{pwd.getpwnam('ggc_user').pw_uid}:{grp.getgrnam('ggc_group').gr_gid}"
+    except KeyError:
+        return None
+
+
+def _map_core(export: Export, plan: Plan) -> None:
+    cores: CoreDefinition = export.definitions["core"]
+    where = f"{export.file('core')}: Definition.Cores"
+    if len(cores.Cores) != 1:
+        raise ImportFailed(f"{where}: a group has exactly one core (found {len(cores.Cores)})")
+    core = cores.Cores[0]
+    try:
+        plan.thing_name = parse_thing_arn(core.ThingArn)
+    except ArnError as exc:
+        raise ImportFailed(f"{where}[0].ThingArn: {exc}") from None
+    if core.SyncShadow:
+        plan.shadows.append({"thing": plan.thing_name, "sync": "both"})
+    plan.group_id = export.group_id
+    if core.CertificateArn:
+        plan.note("core", "the core's AWS IoT certificate is not imported: set [cloud] cert_file/key_file to it")
+
+
+def _map_devices(export: Export, plan: Plan) -> None:
+    devices: DeviceDefinition | None = export.definitions.get("device")
+    for index, device in enumerate(devices.Devices if devices else []):
+        try:
+            thing = parse_thing_arn(device.ThingArn)
+        except ArnError as exc:
+            raise ImportFailed(f"{export.file('device')}: Definition.Devices[{index}].ThingArn: {exc}") from None
+        plan.devices.append(thing)
+        if device.SyncShadow:
+            plan.shadows.append({"thing": thing, "sync": "both"})
+
+
+def _map_loggers(export: Export, plan: Plan) -> int | None:
+    """Sets the system log level and cap; returns the per-function log cap in bytes, if any."""
+    loggers: LoggerDefinition | None = export.definitions.get("logger")
+    function_cap = None
+    for index, logger in enumerate(loggers.Loggers if loggers else []):
+        where = f"{export.file('logger')}: Definition.Loggers[{index}]"
+        if logger.Type != "FileSystem":
+            plan.note(where, f"{logger.Type} logging of {logger.Component} is not mapped (logs stay on the gateway)")
+            continue
+        space = max(int(logger.Space or 0) * 1024, MIN_LOG_BYTES) if logger.Space else None
+        if logger.Component == "GreengrassSystem":
+            level = LOG_LEVELS.get(logger.Level)
+            if level is None:
+                raise ImportFailed(f"{where}.Level: {logger.Level!r} is not one of {', '.join(LOG_LEVELS)}")
+            plan.logging["level"] = level
+            if space:
+                plan.logging["max_bytes_per_component"] = space
+        elif logger.Component == "Lambda":
+            function_cap = space
+            if logger.Level != "INFO":
+                plan.note(where, f"level {logger.Level}: a function's log keeps everything it writes")
+        else:
+            raise ImportFailed(f"{where}.Component: {logger.Component!r} is neither GreengrassSystem nor Lambda")
+    return function_cap
+
+
+def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
+    """v1 resource id -> millgate resource name (None: not mapped, its grants are dropped)."""
+    resources: ResourceDefinition | None = export.definitions.get("resource")
+    by_id: dict[str, str | None] = {}
+    taken: set[str] = set()
+    for index, resource in enumerate(resources.Resources if resources else []):
+        where = f"{export.file('resource')}: Definition.Resources[{index}] ({resource.Name})"
+        data = resource.ResourceDataContainer
+        kind: str | None = None
+        path = ""
+        group_owner = False
+        if data.LocalDeviceResourceData is not None:
+            kind, path = "device", data.LocalDeviceResourceData.SourcePath
+            owner = data.LocalDeviceResourceData.GroupOwnerSetting
+            group_owner = bool(owner and owner.AutoAddGroupOwner)
+            if owner and owner.GroupOwner:
+                plan.note(where, f"GroupOwner {owner.GroupOwner!r}: millgate adds the device file's own group only")
+        elif data.LocalVolumeResourceData is not None:
+            volume = data.LocalVolumeResourceData
+            kind, path = "volume", volume.SourcePath
+            group_owner = bool(volume.GroupOwnerSetting and volume.GroupOwnerSetting.AutoAddGroupOwner)
+            if volume.DestinationPath and volume.DestinationPath != volume.SourcePath:
+                plan.note(
+                    where,
+                    f"the function saw it at {volume.DestinationPath}; without a container it is at "
+                    f"{volume.SourcePath} (change the function, or make {volume.DestinationPath} a link to it)",
+                )
+        elif data.S3MachineLearningModelResourceData is not None:
+            model = data.S3MachineLearningModelResourceData
+            kind, path = "model", model.DestinationPath
+            plan.note(where, f"machine-learning model: put the contents of {model.S3Uri} at {path} on the gateway")
+        elif data.SageMakerMachineLearningModelResourceData is not None:
+            sagemaker = data.SageMakerMachineLearningModelResourceData
+            kind, path = "model", sagemaker.DestinationPath
+            plan.note(where, f"machine-learning model of {sagemaker.SageMakerJobArn}: put it at {path} on the gateway")
+        elif data.SecretsManagerSecretResourceData is not None:
+            plan.note(where, "secret resources are not supported: pass the secret in the function's environment")
+        else:
+            raise ImportFailed(f"{where}.ResourceDataContainer: no resource data")
+        if kind is not None and not path.startswith("/"):
+            raise ImportFailed(f"{where}: {path!r} is not an absolute path")
+        if kind == "volume" and any(path == r or path.startswith(r + "/") for r in REFUSED_VOLUME_ROOTS):
+            plan.note(where, f"volume {path}: millgate refuses volumes under {', '.join(REFUSED_VOLUME_ROOTS)}")
+            kind = None
+        if kind is None:
+            by_id[resource.Id] = None
+            continue
+        name = _safe_name(resource.Name, taken)
+        entry: dict[str, Any] = {"name": name, "kind": kind, "path": path}
+        if group_owner:
+            entry["group_owner"] = True
+        plan.resources.append(entry)
+        by_id[resource.Id] = name
+    return by_id
+
+
+def _find_code(code_dir: Path, arn: FunctionArn) -> Path | None:
+    for candidate in (arn.name, str(arn), arn.unqualified):
+        for path in (code_dir / f"{candidate}.zip", code_dir / candidate):
+            if path.exists():
+                return path
+    return None
+
+
+def _has_module(code: Path, handler: str) -> bool:
+    module = handler.rpartition(".")[0].replace(".", "/")
+    wanted = {f"{module}.py", f"{module}/__init__.py"}
+    if code.is_dir():
+        return any((code / w).is_file() for w in wanted)
+    try:
+        with zipfile.ZipFile(code) as archive:
+            return bool(wanted & set(archive.namelist()))
+    except zipfile.BadZipFile:
+        raise ImportFailed(f"{code}: not a zip file") from None
+
+
+def _map_functions(
+    export: Export,
+    plan: Plan,
+    resources: dict[str, str | None],
+    code_dir: Path,
+    options: ImportOptions,
+    log_cap: int | None,
+) -> dict[str, str | None]:
+    """v1 function ARN (qualified and unqualified) -> millgate function name (None: not imported)."""
+    definition: FunctionDefinition | None = export.definitions.get("function")
+    by_arn: dict[str, str | None] = {}
+    taken: set[str] = set()
+    default_execution = definition.DefaultConfig.Execution if definition and definition.DefaultConfig else None
+    for index, v1 in enumerate(definition.Functions if definition else []):
+        where = f"{export.file('function')}: Definition.Functions[{index}]"
+        if not v1.FunctionArn:
+            raise ImportFailed(f"{where}.FunctionArn: missing")
+        system = system_function_name(v1.FunctionArn)
+        if system is not None:
+            reason = {
+                "GGIPDetector": "millgate's discovery detects the gateway's addresses itself ([discovery] addresses)",
+                "GGStreamManager": "stream manager is not supported",
+            }.get(system, "a Greengrass core function millgate does not provide")
+            plan.note(f"{where} ({system})", reason)
+            by_arn[v1.FunctionArn] = None
+            continue
+        try:
+            arn = parse_function_arn(v1.FunctionArn)
+        except ArnError as exc:
+            raise ImportFailed(f"{where}.FunctionArn: {exc}") from None
+        where = f"{where} ({arn.name})"
+        config = v1.FunctionConfiguration or V1FunctionConfiguration()
+        handler = config.Executable or ""
+        name = _safe_name(arn.name, taken)
+        by_arn[str(arn)] = by_arn[arn.unqualified] = None
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+", handler):
+            plan.note(where, f"Executable {handler!r} is not a Python handler (module.function): not imported")
+            continue
+        code = _find_code(code_dir, arn)
+        if code is None:
+            raise ImportFailed(
+                f"{where}: no deployment package in {code_dir} "
+                f"(looked for {arn.name}.zip, {arn}.zip, {arn.unqualified}.zip)"
+            )
+        if not _has_module(code, handler):
+            plan.note(where, f"{code.name} holds no {handler.rpartition('.')[0]} Python module: not imported")
+            continue
+        environment = config.Environment or FunctionEnvironment()
+        execution = environment.Execution or default_execution
+        run_as = _run_as(plan, where, execution, options)
+        if execution and execution.IsolationMode == "GreengrassContainer":
+            plan.note(where, "GreengrassContainer: runs without a container, isolated by its own uid/gid")
+        if environment.AccessSysfs:
+            plan.note(where, "AccessSysfs: /sys is readable without a grant")
+        if config.ExecArgs:
+            plan.note(where, f"ExecArgs {config.ExecArgs!r} are not used")
+        if config.FunctionRuntimeOverride:
+            plan.note(
+                where, f"FunctionRuntimeOverride {config.FunctionRuntimeOverride!r}: runs on the gateway's Python"
+            )
+        entry: dict[str, Any] = {
+            "name": name,
+            "code": f"functions/{name}{'.zip' if code.is_file() else ''}",
+            "handler": handler,
+            "runtime": "greengrass-v1",
+            "arn": str(arn),
+            "encoding": (config.EncodingType or "json").lower(),
+            "lifecycle": "long-lived" if config.Pinned else "on-demand",
+            "run_as": run_as,
+            "timeout_s": min(max(config.Timeout or 3, 1), 900),
+            "memory_mb": min(max(math.ceil((config.MemorySize or 16384) / 1024), 16), 65536),
+        }
+        if entry["encoding"] not in ("json", "binary"):
+            raise ImportFailed(f"{where}: EncodingType {config.EncodingType!r} is neither json nor binary")
+        if not config.Pinned:
+            entry["max_concurrency"] = ON_DEMAND_CONCURRENCY
+        if options.daemon_port != DEFAULT_DAEMON_PORT:
+            entry["daemon_port"] = options.daemon_port
+        if log_cap:
+            entry["log_max_bytes"] = log_cap
+        variables = {}
+        for key, value in environment.Variables.items():
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                variables[key] = value
+            else:
+                plan.note(where, f"environment variable {key!r} is not a valid name: dropped")
+        if variables:
+            entry["environment"] = variables
+        grants = []
+        for p_index, policy in enumerate(environment.ResourceAccessPolicies):
+            if policy.ResourceId not in resources:
+                raise ImportFailed(
+                    f"{where}.FunctionConfiguration.Environment.ResourceAccessPolicies[{p_index}].ResourceId: "
+                    f"no resource {policy.ResourceId!r} in {export.file('resource').name}"
+                )
+            resource = resources[policy.ResourceId]
+            if resource is not None:
+                grants.append({"name": resource, "access": "rw" if policy.Permission == "rw" else "ro"})
+        if grants:
+            entry["resources"] = grants
+        plan.functions.append(entry)
+        plan.code[name] = code
+        by_arn[str(arn)] = by_arn[arn.unqualified] = name
+    return by_arn
+
+
+def _run_as(plan: Plan, where: str, execution: V1Execution | None, options: ImportOptions) -> str:
+    run_as = execution.RunAs if execution else None
+    if run_as is not None and run_as.Uid is not None and run_as.Gid is not None:
+        if run_as.Uid != 0 and run_as.Gid != 0:
+            return f"{run_as.Uid}:{run_as.Gid}"
+        plan.note(where, f"RunAs {run_as.Uid}:{run_as.Gid}: millgate never runs functions as root")
+    fallback = _default_run_as(options.run_as)
+    if fallback is None:
+        raise ImportFailed(
+            f"{where}: no RunAs uid/gid and no ggc_user/ggc_group on this machine: give --run-as UID:GID"
+        )
+    return fallback
+
+
+def _endpoint(text: str, plan: Plan, functions: dict[str, str | None], where: str) -> str | None:
+    """A v1 subscription endpoint in millgate's words; None (with a note) when it has none."""
+    if text == "cloud":
+        return "cloud"
+    if text == "GGShadowService":
+        return "shadow"
+    if text.startswith("arn:") and ":lambda:" in text:
+        if system_function_name(text) is not None:
+            plan.note(where, f"{text}: a Greengrass core function millgate does not provide")
+            return None
+        try:
+            arn = parse_function_arn(text)
+        except ArnError as exc:
+            raise ImportFailed(f"{where}: {exc}") from None
+        if str(arn) in functions or arn.unqualified in functions:
+            name = functions.get(str(arn)) or functions.get(arn.unqualified)
+            if name is None:
+                plan.note(where, f"{arn.name} was not imported")
+            return f"function:{name}" if name else None
+        plan.note(where, f"{text} is not a function of this group")
+        return None
+    if text.startswith("arn:") and ":iot:" in text:
+        try:
+            thing = parse_thing_arn(text)
+        except ArnError as exc:
+            raise ImportFailed(f"{where}: {exc}") from None
+        if thing == plan.thing_name:
+            plan.note(where, "the core thing itself is not a subscription endpoint in millgate")
+            return None
+        return f"device:{thing}"
+    if text.startswith("arn:") and ":greengrass:" in text and "/connectors/" in text:
+        plan.note(where, f"connector {text} is not supported")
+        return None
+    raise ImportFailed(f"{where}: {text!r} is not 'cloud', 'GGShadowService', a function ARN or a thing ARN")
+
+
+def _map_subscriptions(export: Export, plan: Plan, functions: dict[str, str | None]) -> None:
+    definition: SubscriptionDefinition | None = export.definitions.get("subscription")
+    seen: set[tuple[str, str, str]] = set()
+    for index, sub in enumerate(definition.Subscriptions if definition else []):
+        where = f"{export.file('subscription')}: Definition.Subscriptions[{index}] ({sub.Id})"
+        source = _endpoint(sub.Source, plan, functions, f"{where}.Source")
+        target = _endpoint(sub.Target, plan, functions, f"{where}.Target")
+        if source is None or target is None:
+            continue
+        try:
+            validate_topic_filter(sub.Subject)
+        except TopicError as exc:
+            plan.note(where, f"Subject {exc}: not imported")
+            continue
+        if source == target or (source, target, sub.Subject) in seen:
+            continue
+        seen.add((source, target, sub.Subject))
+        plan.subscriptions.append({"source": source, "target": target, "topic": sub.Subject})
+    connectors: ConnectorDefinition | None = export.definitions.get("connector")
+    for index, connector in enumerate(connectors.Connectors if connectors else []):
+        plan.note(
+            f"{export.file('connector')}: Definition.Connectors[{index}]",
+            f"connector {connector.ConnectorArn} is not supported",
+        )
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    run_as: str | None = None
+    daemon_port: int = DEFAULT_DAEMON_PORT
+
+
+def plan_import(export: Export, code_dir: Path, options: ImportOptions) -> Plan:
+    plan = Plan()
+    _map_core(export, plan)
+    _map_devices(export, plan)
+    log_cap = _map_loggers(export, plan)
+    resources = _map_resources(export, plan)
+    functions = _map_functions(export, plan, resources, code_dir, options, log_cap)
+    _map_subscriptions(export, plan, functions)
+    if not re.fullmatch(THING_PATTERN, plan.thing_name):
+        raise ImportFailed(f"{export.file('core')}: the core thing name {plan.thing_name!r} is not valid")
+    for index, device in enumerate(plan.devices):
+        if device in RESERVED_IDENTITIES:
+            raise ImportFailed(f"{export.file('device')}: Definition.Devices[{index}]: {device!r} is reserved")
+    return plan
+
+
+# ---- writing -----------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = []
+        for char in value:
+            if char in '"\\':
+                escaped.append("\\" + char)
+            elif ord(char) < 0x20 or ord(char) == 0x7F:
+                escaped.append(f"\\u{ord(char):04x}")
+            else:
+                escaped.append(char)
+        return '"' + "".join(escaped) + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def render_gateway_toml(plan: Plan, source: Path) -> str:
+    lines = [
+        f"# Imported from the Greengrass v1 group export in {source} by `millgate import greengrass-v1`.",
+        f"# What did not map, and why: {NOTES_FILE}.",
+        "",
+        "[gateway]",
+        f"thing_name = {_toml_value(plan.thing_name)}",
+        "",
+    ]
+    if plan.group_id:
+        lines += ["[discovery]", f"group_id = {_toml_value(plan.group_id)}  # devices keep discovering this group", ""]
+    if plan.logging:
+        lines += ["[logging]", *(f"{k} = {_toml_value(v)}" for k, v in plan.logging.items()), ""]
+    for table, items in (
+        ("resources", plan.resources),
+        ("functions", plan.functions),
+        ("subscriptions", plan.subscriptions),
+        ("shadows", plan.shadows),
+    ):
+        for item in items:
+            lines.append(f"[[{table}]]")
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def render_notes(plan: Plan, export: Export) -> str:
+    group = export.group_name or export.group_id or str(export.directory)
+    lines = [f"# Greengrass v1 group {group}: import notes", ""]
+    lines += ["## Devices", ""]
+    if plan.devices:
+        lines.append("Device certificates are re-issued by this gateway's group CA:")
+        lines += ["", *(f"    millgate device add {d}" for d in plan.devices)]
+    else:
+        lines.append("The group has no devices.")
+    lines += ["", "## Not mapped, or mapped with a change", ""]
+    lines += [f"- {n}" for n in plan.notes] or ["Everything mapped."]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(plan: Plan, export: Export, out: Path) -> None:
+    """Write the config dir whole, after it validates; `out` must not exist yet (or be empty)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ImportFailed(f"{out}: already exists and is not empty; choose a new --out directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (staging / "functions").mkdir()
+        for name, code in plan.code.items():
+            if code.is_file():
+                shutil.copyfile(code, staging / "functions" / f"{name}.zip")
+            else:
+                shutil.copytree(code, staging / "functions" / name)
+        (staging / "gateway.toml").write_text(render_gateway_toml(plan, export.directory), encoding="utf-8")
+        (staging / NOTES_FILE).write_text(render_notes(plan, export), encoding="utf-8")
+        try:
+            load_config(staging)
+        except ConfigInvalid as exc:
+            shown = str(exc).replace(str(staging), str(out))
+            raise ImportFailed(
+                f"the imported config does not validate (a millgate bug; please report it):\n{shown}"
+            ) from None
+        os.chmod(staging, 0o755)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def import_group(
+    export_dir: Path, out: Path, code_dir: Path | None = None, options: ImportOptions | None = None
+) -> Plan:
+    export = read_export(export_dir)
+    code = code_dir if code_dir is not None else export_dir
+    if not code.is_dir():
+        raise ImportFailed(f"{code}: not a directory (expected the functions' deployment zips)")
+    plan = plan_import(export, code, options or ImportOptions())
+    write_config(plan, export, out)
+    return plan
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def _run_as_argument(value: str) -> str:
+    match = re.fullmatch(r"(\d+):(\d+)", value)
+    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not UID:GID with neither 0")
+    return value
+
+
+def cmd_import_greengrass_v1(args: argparse.Namespace) -> int:
+    try:
+        plan = import_group(args.export_dir, args.out, args.code, ImportOptions(args.run_as, args.daemon_port))
+    except ImportFailed as exc:
+        print(f"millgate import greengrass-v1: {exc}\nnothing was written", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"{args.out}: {len(plan.functions)} functions, {len(plan.subscriptions)} subscriptions, "
+        f"{len(plan.resources)} resources, {len(plan.devices)} devices to enrol; "
+        f"{len(plan.notes)} notes in {args.out / NOTES_FILE}"
+    )
+    for note in plan.notes:
+        print(f"  note: {note}")
+    return EXIT_OK
+
+
+def add_import_parser(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """`millgate import greengrass-v1 ...`; `common` is unused: --out is the config dir it writes."""
+    del common
+    imports = verbs.add_parser("import", help="turn another runtime's configuration into a millgate config")
+    kinds = imports.add_subparsers(dest="import_kind", required=True, metavar="KIND")
+    v1 = kinds.add_parser(
+        "greengrass-v1",
+        help="a Greengrass v1 group (aws greengrass get-group-version and get-*-definition-version JSON)",
+    )
+    v1.add_argument(
+        "export_dir", type=Path, metavar="EXPORT_DIR", help=f"holds {GROUP_VERSION_FILE} and the definition versions"
+    )
+    v1.add_argument("--out", type=Path, required=True, metavar="CONFIG_DIR", help="the config dir to create")
+    v1.add_argument(
+        "--code", type=Path, default=None, metavar="ZIP_DIR", help="the functions' zips (default: EXPORT_DIR)"
+    )
+    v1.add_argument(
+        "--run-as",
+        type=_run_as_argument,
+        default=None,
+        metavar="UID:GID",
+        help="for functions without RunAs (default: ggc_user:ggc_group of this machine)",
+    )
+    v1.add_argument(
+        "--daemon-port",
+        type=int,
+        default=DEFAULT_DAEMON_PORT,
+        metavar="PORT",
+        help=f"GG_DAEMON_PORT, the v1 API on 127.0.0.1 (default {DEFAULT_DAEMON_PORT})",
+    )
+    v1.set_defaults(handler=cmd_import_greengrass_v1)

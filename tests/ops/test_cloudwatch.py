@@ -1,0 +1,131 @@
+"""CloudWatch Logs shipping: batches under PutLogEvents' limits, a capped buffer, and a real gateway's
+logs arriving in moto's server, including lines logged while it was down.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from moto.server import ThreadedMotoServer
+
+from gateway.cloudwatch_batch import (
+    EVENT_OVERHEAD,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_BATCH_SPAN_MS,
+    MAX_EVENT_BYTES,
+    EventBuffer,
+    LogEvent,
+    batches,
+    clip,
+)
+from tests.fixtures.gateway import free_port, wait_until
+
+events = st.lists(st.tuples(st.integers(0, 3 * 86_400_000), st.text(min_size=1, max_size=40_000)), max_size=120).map(
+    lambda pairs: [LogEvent(t, clip(m)) for t, m in sorted(pairs, key=lambda p: p[0])]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events)
+def test_batches_keep_every_event_in_order_and_fit_putlogevents_limits(found: list[LogEvent]) -> None:
+    split = batches(found)
+    assert [e for batch in split for e in batch] == found
+    for batch in split:
+        assert 1 <= len(batch) <= MAX_BATCH_EVENTS
+        assert sum(e.size for e in batch) <= MAX_BATCH_BYTES
+        assert batch[-1].timestamp_ms - batch[0].timestamp_ms <= MAX_BATCH_SPAN_MS
+
+
+def test_batches_split_at_ten_thousand_events_and_one_mebibyte() -> None:
+    many = [LogEvent(1, "x") for _ in range(25_000)]
+    assert [len(b) for b in batches(many)] == [10_000, 10_000, 5_000]
+    big = [LogEvent(1, "y" * (100_000 - EVENT_OVERHEAD)) for _ in range(25)]
+    assert [len(b) for b in batches(big)] == [10, 10, 5]
+    assert len(clip("z" * 300_000).encode()) <= MAX_EVENT_BYTES
+
+
+def test_full_buffer_drops_the_oldest_lines_and_counts_them() -> None:
+    buffer = EventBuffer(max_bytes=10 * (EVENT_OVERHEAD + 10))
+    for i in range(15):
+        buffer.add("system/core" if i % 2 else "system/uplink", LogEvent(1000 + i, f"line {i:05d}"))
+    assert buffer.dropped == 5
+    kept = sorted(e.message for q in buffer.pending().values() for e in q)
+    assert kept == [f"line {i:05d}" for i in range(5, 15)]
+    buffer.acknowledge("system/core", 2)
+    assert len(buffer) == 8
+
+
+@pytest.fixture
+def moto_port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    yield free_port()
+
+
+def _messages(port: int, group: str, stream: str) -> list[str]:
+    logs = boto3.client("logs", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+    try:
+        answer = logs.get_log_events(logGroupName=group, logStreamName=stream, startFromHead=True, limit=10_000)
+    except logs.exceptions.ResourceNotFoundException:
+        return []
+    return [e["message"] for e in answer["events"]]
+
+
+GATEWAY = """
+[gateway]
+thing_name = "cw-gw"
+status_interval_s = 0.5
+
+[logging.cloudwatch]
+endpoint_url = "http://127.0.0.1:{port}"
+region = "us-east-1"
+flush_interval_s = 0.5
+"""
+
+
+def test_logs_reach_cloudwatch_and_lines_from_an_outage_follow_when_it_is_back(gateway_factory, moto_port) -> None:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    server.start()
+    try:
+        gw = gateway_factory(GATEWAY.format(port=moto_port), expect=("broker", "core", "logship"))
+        group = "/millgate/cw-gw"
+        wait_until(
+            lambda: any("event=starting" in m for m in _messages(moto_port, group, "system/core")),
+            20,
+            "the core's start-up lines in CloudWatch",
+            interval_s=0.3,
+        )
+        before = f"before-{uuid.uuid4().hex[:8]}"
+        gw.client("operator", before)
+        wait_until(
+            lambda: any(before in m for m in _messages(moto_port, group, "system/broker")),
+            20,
+            "a broker line",
+            interval_s=0.3,
+        )
+
+        server.stop()  # the outage: moto's state is gone with it, as if the group had been deleted
+        during = [f"during-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        for client_id in during:
+            gw.client("operator", client_id)
+        time.sleep(2.0)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+        server.start()
+        wait_until(
+            lambda: all(any(i in m for m in _messages(moto_port, group, "system/broker")) for i in during),
+            30,
+            "the lines logged during the outage",
+            interval_s=0.5,
+        )
+        shipped = gw.cli("logs", "logship").stdout
+        assert "event=cloudwatch-unreachable" in shipped and "event=cloudwatch-ok" in shipped
+    finally:
+        server.stop()
