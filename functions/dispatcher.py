@@ -257,6 +257,8 @@ class FunctionPool:
         while True:
             await asyncio.sleep(REAP_INTERVAL_S)
             now = time.monotonic()
+            if self.function.lifecycle == "long-lived":
+                continue  # a long-lived function's one worker is supervisord's to keep, not the pool's
             for worker in [w for w in self.idle if now - w.idle_since > self.function.idle_s]:
                 self.idle.remove(worker)
                 log.info("function=%s event=worker-idle-stopped pid=%s", self.function.name, worker.pid)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for
 from gateway.deploy_cli import add_deploy_parser
+from gateway.greengrass_import import add_import_parser
 from gateway.logs_cli import add_logs_parser
 from gateway.opcua_cli import add_opcua_parser
 from gateway.paths import default_config_dir
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_parsers(verbs, common)
     add_shadow_parser(verbs, common)
     add_spool_parser(verbs, common)
+    add_import_parser(verbs, common)
     add_deploy_parser(verbs, common)
     add_logs_parser(verbs, common)
     add_opcua_parser(verbs, common)

@@ -4,6 +4,7 @@ and switches that make a unit fall silent or answer garbage.
 
     python -m adapters.modbus.simulator --host 127.0.0.1 --port 15020 [--period 0.5]
     python -m adapters.modbus.simulator --serial /dev/pts/3 --baudrate 19200
+    python -m adapters.modbus.simulator --port 15502 --clock-tags 1000 --clock-rate 1000   (load + latency)
 
 Not part of a production gateway: it is a stand-in for plant equipment.
 """
@@ -55,7 +56,11 @@ holding 20      uint16   speed setpoint (writable; the simulator never changes i
 input 0         int16    pressure x10, 950..1050
 coil 0          bool     run command (writable)
 discrete 0      bool     door closed, toggles every 5 steps
+holding 1000-   uint32   with --clock-tags N: N clock tags (2 registers each, big word order), each
+                         rewritten in turn with the wall clock in ms mod 2**32 (--clock-rate changes/s)
 """
+CLOCK_ADDRESS = 1000
+CLOCK_TICK_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,31 @@ class Simulator:
             await asyncio.sleep(period_s)
             await self.step(unit)
 
+    # ---- clock tags: the load and latency benchmarks ------------------------------------------
+
+    async def write_clock(self, first: int, count: int, tags: int, unit: int = 1) -> None:
+        """Clock tags first..first+count-1 (wrapping at `tags`) := now in ms mod 2**32. A reader turns
+        a value into the latency since this write without any side channel."""
+        now = int(time.time() * 1000) & 0xFFFFFFFF
+        words = [now >> 16, now & 0xFFFF]
+        for start, stop in ((first, min(first + count, tags)), (0, max(first + count - tags, 0))):
+            if stop > start:
+                await self.set_direct("holding", CLOCK_ADDRESS + 2 * start, words * (stop - start), unit)
+
+    async def run_clock(self, tags: int, rate: float, unit: int = 1) -> None:
+        """Change `rate` clock tags per second, in turn, in small even steps (no once-a-second burst)."""
+        loop = asyncio.get_running_loop()
+        started, done, cursor = loop.time(), 0, 0
+        while True:
+            await asyncio.sleep(CLOCK_TICK_S)
+            due = int((loop.time() - started) * rate) - done
+            for _ in range(due // tags):  # more than one full round per tick: every tag each time
+                await self.write_clock(0, tags, tags, unit)
+            if due % tags:
+                await self.write_clock(cursor, due % tags, tags, unit)
+                cursor = (cursor + due % tags) % tags
+            done += due
+
 
 def _string_registers(text: str, registers: int) -> list[int]:
     data = text.encode().ljust(registers * 2, b"\x00")[: registers * 2]
@@ -212,8 +242,13 @@ async def _main(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     changes = asyncio.create_task(simulator.run_changes(args.period))
+    clock = None
+    if args.clock_tags:
+        clock = asyncio.create_task(simulator.run_clock(args.clock_tags, args.clock_rate or args.clock_tags))
     await stop.wait()
     changes.cancel()
+    if clock is not None:
+        clock.cancel()
     await simulator.stop()
     log.info("event=simulator-stopped requests=%d", len(simulator.requests))
 
@@ -229,7 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serial", help="serve Modbus RTU on this serial device instead of TCP")
     parser.add_argument("--baudrate", type=int, default=19200)
     parser.add_argument("--period", type=float, default=0.5, help="seconds between register map changes")
+    max_clock = (REGISTERS - CLOCK_ADDRESS) // 2
+    parser.add_argument("--clock-tags", type=int, default=0, help=f"clock tags from holding 1000 (0-{max_clock})")
+    parser.add_argument("--clock-rate", type=float, default=0, help="clock tag changes per second (default: N)")
     args = parser.parse_args(argv)
+    if not 0 <= args.clock_tags <= max_clock:
+        parser.error(f"--clock-tags {args.clock_tags}: the simulator holds 0 to {max_clock} clock tags")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     started = time.monotonic()

@@ -31,6 +31,9 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 INBOX_FULL_WAIT_S = 30.0
 
 
+SUBSCRIBE_BATCH = 8
+
+
 class LinkDown(Exception):
     """The cloud connection went away; whatever was in flight must be sent again."""
 
@@ -256,15 +259,19 @@ class CloudLink:
         if not self.subscriptions:
             return
         loop = asyncio.get_running_loop()
-        self._suback = suback = loop.create_future()
-        result, _mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.subscriptions])
-        if result != paho.MQTT_ERR_SUCCESS:
-            raise LinkDown(f"subscribe: {paho.error_string(result)}")
-        try:
-            async with asyncio.timeout(self.cloud.connect_timeout_s):
-                reasons = await suback
-        except TimeoutError:
-            raise LinkDown(f"no SUBACK within {self.cloud.connect_timeout_s:.0f} s") from None
+        reasons: list[ReasonCode] = []
+        # AWS IoT takes at most 8 topic filters in one SUBSCRIBE
+        for start in range(0, len(self.subscriptions), SUBSCRIBE_BATCH):
+            batch = self.subscriptions[start : start + SUBSCRIBE_BATCH]
+            self._suback = suback = loop.create_future()
+            result, _mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in batch])
+            if result != paho.MQTT_ERR_SUCCESS:
+                raise LinkDown(f"subscribe: {paho.error_string(result)}")
+            try:
+                async with asyncio.timeout(self.cloud.connect_timeout_s):
+                    reasons += await suback
+            except TimeoutError:
+                raise LinkDown(f"no SUBACK within {self.cloud.connect_timeout_s:.0f} s") from None
         refused = [f"{f} ({r})" for f, r in zip(self.subscriptions, reasons, strict=False) if r.is_failure]
         if refused:
             # keep the link for uplink traffic; the refused filters are a policy problem in the cloud

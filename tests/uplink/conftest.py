@@ -133,7 +133,9 @@ class CloudBroker:
     def start(self) -> None:
         acl = self.dir / "acl"
         # `pattern` lines apply to every client (`topic` lines before any `user` only to anonymous ones)
-        acl.write_text("".join(f"pattern deny {t}\n" for t in self.deny) + "pattern readwrite #\n")
+        acl.write_text(
+            "".join(f"pattern deny {t}\n" for t in self.deny) + "pattern readwrite #\npattern readwrite $aws/#\n"
+        )
         conf = self.dir / "mosquitto.conf"
         conf.write_text(
             "\n".join(

@@ -21,7 +21,10 @@ def function_handler(event, context):
         spread = math.sqrt(sum((v - mean) ** 2 for v in recent) / len(recent)) or 1e-9
         score = abs(value - mean) / spread
         if score > THRESHOLD:
-            sdk.publish("alerts/line1/press-01/temperature",
-                        {"value": value, "mean": round(mean, 2), "z": round(score, 2), "ts": event.get("ts")}, qos=1)
+            sdk.publish(
+                "alerts/line1/press-01/temperature",
+                {"value": value, "mean": round(mean, 2), "z": round(score, 2), "ts": event.get("ts")},
+                qos=1,
+            )
     recent.append(value)
     return {"z": round(score, 2)}
