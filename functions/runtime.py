@@ -22,6 +22,7 @@ from gateway.config import Function
 from gateway.config_loader import LoadedConfig
 from gateway.credentials import load_credentials
 from gateway.function_deploy import DeployedFunction, read_manifest
+from gateway.model_resources import model_environment
 from gateway.mqtt import LocalMqtt
 from gateway.paths import GatewayPaths
 from gateway.topics import invoke_topic
@@ -39,6 +40,7 @@ def worker_environment(function: Function, paths: GatewayPaths, thing_name: str,
         "MILLGATE_FUNCTION": function.name,
         "MILLGATE_STATE": str(paths.state_dir),
         "AWS_IOT_THING_NAME": thing_name,
+        **model_environment(paths.state_dir, function),
         **function.environment,
     }
 

@@ -86,8 +86,11 @@ def component_identities(config: GatewayConfig, adapter_names: Iterable[str]) ->
     return identities
 
 
-def compile_grants(config: GatewayConfig, adapter_names: Iterable[str]) -> dict[str, list[Grant]]:
-    """identity -> ordered, de-duplicated grants."""
+def compile_grants(
+    config: GatewayConfig, adapter_names: Iterable[str], revoked_devices: frozenset[str] = frozenset()
+) -> dict[str, list[Grant]]:
+    """identity -> ordered, de-duplicated grants. A revoked device gets none, so mosquitto, which checks
+    the ACL on every message, cuts it off even while a connection made before the revocation lasts."""
     grants: dict[str, dict[Grant, None]] = defaultdict(dict)
 
     def grant(identity: str, access: str, topic: str) -> None:
@@ -118,8 +121,10 @@ def compile_grants(config: GatewayConfig, adapter_names: Iterable[str]) -> dict[
         grant(me, "write", reply_filter("+"))
         grant(me, "read", reply_filter(function.name))
     for sub in config.subscriptions:
-        grant(endpoint_identity(sub.source), "write", sub.topic)
-        grant(endpoint_identity(sub.target), "read", sub.topic)
+        for side, access in ((sub.source, "write"), (sub.target, "read")):
+            if side.startswith("device:") and side.removeprefix("device:") in revoked_devices:
+                continue
+            grant(endpoint_identity(side), access, sub.topic)
     return {identity: list(items) for identity, items in grants.items()}
 
 

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ByteSize, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, model_validator
 
 from gateway.greengrass.arns import DEFAULT_DAEMON_PORT, parse_function_arn
 from gateway.topics import TopicError, validate_topic_filter
@@ -167,8 +167,28 @@ class DeploymentSection(Strict):
 class Resource(Strict):
     name: Name
     kind: Literal["device", "volume", "model"]
+    # device, volume: the host path. model: where the function finds it, below $AWS_GG_RESOURCE_PREFIX
+    # (Greengrass v1's DestinationPath); $MILLGATE_RESOURCE_<NAME> names the same directory
     path: str = Field(min_length=1)
     group_owner: bool = False
+    # model only: what is unpacked read-only for each function that is granted it, at every deployment:
+    # a file, a directory, a .zip or a .tar.gz (relative: to the config dir), or s3://bucket/key
+    source: str | None = Field(default=None, min_length=1)
+    region: str | None = None  # model from S3: default the AWS chain's region
+    endpoint_url: str | None = None  # model from S3: an S3-compatible store (MinIO...) instead of AWS
+    fetch_timeout_s: float = Field(default=300.0, gt=0, le=3600)  # model from S3: the whole download
+
+    @model_validator(mode="after")
+    def _source_only_for_models(self) -> Resource:
+        if self.kind == "model" and self.source is None:
+            raise ValueError("a model resource needs `source` (a file, directory, .zip, .tar.gz or s3://bucket/key)")
+        if self.kind != "model":
+            extra = [k for k in ("source", "region", "endpoint_url") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f'{", ".join(extra)}: only for kind = "model"')
+        if self.source is not None and self.source.startswith("s3://") and "/" not in self.source[5:].strip("/"):
+            raise ValueError(f"source {self.source!r} is not s3://bucket/key")
+        return self
 
 
 class ResourceGrant(Strict):

@@ -64,6 +64,16 @@ class DeviceCert:
         )
 
 
+def revoked_things(records: list[DeviceCert], ca_serial: int) -> frozenset[str]:
+    """Things whose every certificate from the current CA is revoked: they lose their broker grants."""
+    current = [r for r in records if r.ca_serial == ca_serial]
+    return frozenset(
+        thing
+        for thing in {r.thing for r in current}
+        if all(r.revoked_at is not None for r in current if r.thing == thing)
+    )
+
+
 def load_records(path: Path) -> list[DeviceCert]:
     try:
         data = json.loads(path.read_text())

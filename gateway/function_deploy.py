@@ -45,7 +45,7 @@ def code_version(source: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _unpack(source: Path, target: Path) -> None:
+def unpack_code(source: Path, target: Path) -> None:
     if source.is_dir():
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         return
@@ -59,7 +59,7 @@ def _unpack(source: Path, target: Path) -> None:
         archive.extractall(target)
 
 
-def _lock_down(root: Path, owner: tuple[int, int] | None) -> None:
+def lock_down(root: Path, owner: tuple[int, int] | None) -> None:
     """Read-only for the function's uid, nothing for anyone else."""
     for directory, _, files in os.walk(root):
         for name in files:
@@ -87,8 +87,8 @@ def deploy_function(function: Function, source: Path, functions_dir: Path, as_ro
         os.chmod(home, 0o700)
         staging = Path(tempfile.mkdtemp(dir=home, prefix=".deploy-"))
         try:
-            _unpack(source, staging / "code")
-            _lock_down(staging / "code", owner)
+            unpack_code(source, staging / "code")
+            lock_down(staging / "code", owner)
             os.replace(staging / "code", target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

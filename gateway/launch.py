@@ -14,9 +14,11 @@ from pathlib import Path
 from gateway.acl import OPERATOR, acl_file_text, compile_grants, component_identities, function_identity
 from gateway.atomic_file import write_atomic
 from gateway.broker_config import mosquitto_binary, mosquitto_conf_text
+from gateway.ca import load_ca
 from gateway.config_loader import LoadedConfig
 from gateway.credentials import ensure_credentials, password_file_text
 from gateway.deploy_plan import fingerprints
+from gateway.device_registry import load_records, revoked_things
 from gateway.function_deploy import DeployedFunction, DeployError, deploy_function, read_manifest, write_manifest
 from gateway.paths import GatewayPaths
 from gateway.resource_grants import grant_resources
@@ -94,6 +96,16 @@ def adopt_deployment(loaded: LoadedConfig, paths: GatewayPaths) -> tuple[LoadedC
     return adopted, replace(paths, config_dir=store.current_config)
 
 
+def write_acl(loaded: LoadedConfig, paths: GatewayPaths) -> None:
+    """The broker's ACL file from the subscriptions, leaving out devices whose certificates are revoked."""
+    revoked: frozenset[str] = frozenset()
+    if paths.ca_cert.exists():
+        revoked = revoked_things(load_records(paths.device_registry), load_ca(paths).serial)
+    owner = service_user().owner if as_root() else None
+    grants = compile_grants(loaded.gateway, loaded.adapters, revoked)
+    write_atomic(paths.acl_file, acl_file_text(grants), 0o640, owner)
+
+
 def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     """Write every generated file for `loaded` as it is, with each program's config fingerprint."""
     user = service_user()
@@ -107,9 +119,9 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     creds = [ensure_credentials(paths.credentials_dir, i, owners.get(i, user.owner)) for i in identities]
     owner = user.owner if os.geteuid() == 0 else None
     write_atomic(paths.password_file, password_file_text(creds), 0o640, owner)
-    write_atomic(paths.acl_file, acl_file_text(compile_grants(config, loaded.adapters)), 0o640, owner)
     mosquitto = mosquitto_binary()
     prepare_ca(loaded, paths, user)
+    write_acl(loaded, paths)
     write_atomic(paths.mosquitto_conf, mosquitto_conf_text(config, paths, user), 0o640, owner)
     deploy_functions(loaded, paths)
     found = fingerprints(loaded, read_manifest(paths.state_dir / "functions"), paths.mosquitto_conf.read_text())
@@ -146,7 +158,7 @@ def deploy_functions(loaded: LoadedConfig, paths: GatewayPaths) -> None:
         except (DeployError, OSError) as exc:
             log.error("function=%s event=deploy-failed reason=%s", function.name, exc)
             found = DeployedFunction(function.name, "none", "", problems=[f"deploy failed: {exc}"])
-        access = grant_resources(function, resources, can_change_owners=as_root())
+        access = grant_resources(function, resources, as_root(), paths.state_dir, paths.config_dir)
         deployed.append(replace(found, extra_groups=access.extra_groups, problems=found.problems + access.problems))
     write_manifest(functions_dir, deployed)
 

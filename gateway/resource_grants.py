@@ -1,6 +1,7 @@
-"""Gives each function exactly the host resources it declares: POSIX ACL entries for its uid on
-devices and volumes (read-only or read-write), or membership of the resource's group where the
-resource is declared `group_owner`. A missing device is a problem for that function alone.
+"""Gives each function exactly the resources it declares: POSIX ACL entries for its uid on devices
+and volumes (read-only or read-write), or membership of the resource's group where the resource is
+declared `group_owner`; its models unpacked for it alone (gateway.model_resources). A missing device
+is a problem for that function alone.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import Function, Resource
+from gateway.model_resources import deploy_models
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,26 @@ def _grant_path(path: Path, uid: int, access: str, volume: bool) -> str | None:
     return _setfacl("-R", "-m", entry, str(path)) or _setfacl("-d", "-m", entry, str(path))
 
 
-def grant_resources(function: Function, resources: dict[str, Resource], can_change_owners: bool) -> FunctionAccess:
-    """Apply the function's grants; what could not be granted is in `problems` (the function must not run)."""
+def grant_resources(
+    function: Function,
+    resources: dict[str, Resource],
+    can_change_owners: bool,
+    state_dir: Path | None = None,
+    config_dir: Path | None = None,
+) -> FunctionAccess:
+    """Apply the function's grants; what could not be granted is in `problems` (the function must not run).
+    Model resources are deployed under `state_dir`, their relative sources found in `config_dir`."""
     access = FunctionAccess()
+    models = [g for g in function.resources if resources[g.name].kind == "model"]
+    if models and (state_dir is None or config_dir is None):
+        access.problems += [f"resource {g.name!r}: model resources need the state and config dirs" for g in models]
+    elif state_dir is not None and config_dir is not None:
+        owner = (function.uid, function.gid) if can_change_owners else None
+        access.problems += deploy_models(function, resources, state_dir, config_dir, owner)
     for grant in function.resources:
         resource = resources[grant.name]
+        if resource.kind == "model":
+            continue
         path = Path(resource.path)
         if not path.exists():
             access.problems.append(f"resource {resource.name!r}: {resource.kind} {path} does not exist")

@@ -7,6 +7,7 @@ The certificate work is gateway/ca.py's; this module parses, prints and tells th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from gateway.ca import (
 )
 from gateway.cli_support import EXIT_FAILED, EXIT_INVALID, EXIT_OK, load_or_exit, paths_for
 from gateway.device_registry import RegistryCorrupt
+from gateway.launch import write_acl
 
 NOT_RUNNING = "the gateway is not running; it uses the new files when it starts"
 
@@ -141,6 +143,10 @@ def cmd_device_add(args: argparse.Namespace) -> int:
         issued = issue_device_cert(ca, thing, args.days or loaded.gateway.broker.device_cert_days, csr)
         written = write_device_files(issued, ca, args.out or Path(thing))
         record_device(paths, issued, ca, file_owner())
+        if paths.acl_file.exists():  # a thing revoked before gets its grants back with its new certificate
+            write_acl(loaded, paths)
+            with contextlib.suppress(BrokerReloadFailed):
+                reload_broker(paths)
     except (CaError, RegistryCorrupt) as exc:
         print(f"millgate device add: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -178,6 +184,8 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     paths = paths_for(args, loaded)
     try:
         count = revoke_device(paths, args.thing, file_owner())
+        if count:
+            write_acl(loaded, paths)  # cut off a connection made before the revocation, too
         reloaded = reload_broker(paths) if count else False
     except (CaError, RegistryCorrupt, OSError, BrokerReloadFailed) as exc:
         return _fail("device revoke", exc)
@@ -185,7 +193,11 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
         print(f"millgate device revoke: {args.thing} has no current certificate to revoke", file=sys.stderr)
         return EXIT_FAILED
     print(f"revoked {count} certificate(s) of {args.thing}")
-    print("broker reloaded: the device is refused when it next connects" if reloaded else NOT_RUNNING)
+    print(
+        "broker reloaded: the device's grants are gone and it is refused when it reconnects"
+        if reloaded
+        else NOT_RUNNING
+    )
     return EXIT_OK
 
 

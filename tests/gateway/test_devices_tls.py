@@ -192,6 +192,31 @@ def test_revoked_device_is_refused_and_others_still_connect(gw, short_tmp) -> No
     assert "no current certificate" in again.stderr
 
 
+def test_device_connected_before_its_revocation_loses_its_grants_at_once(gw, short_tmp) -> None:
+    files = cli_enrol(gw, "press-01", short_tmp / "p1")
+    device = DeviceClient(gw.tls_port, files).connect()
+    try:
+        assert device.publish_reason("devices/press-01/telemetry") == "Success"
+        assert gw.cli("device", "revoke", "press-01").returncode == 0
+        wait_until(
+            lambda: device.publish_reason("devices/press-01/telemetry") == "Not authorized",
+            10,
+            "the revoked device's publish to be refused on its existing connection",
+        )
+        reissued = cli_enrol(gw, "press-01", short_tmp / "p2")
+        again = DeviceClient(gw.tls_port, reissued, client_id="press-01").connect()
+        try:
+            wait_until(
+                lambda: again.publish_reason("devices/press-01/telemetry") == "Success",
+                10,
+                "a re-issued certificate to get the grants back",
+            )
+        finally:
+            again.close()
+    finally:
+        device.close()
+
+
 def test_ca_rotation_refuses_old_device_certificates_and_reissues_the_server(gateway_factory, short_tmp) -> None:
     port = free_port()
     gw = gateway_factory(gateway_toml(port), files=FILES)
