@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -25,3 +27,10 @@ class Backoff:
     @property
     def attempts(self) -> int:
         return self._attempt
+
+
+async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less if `stop` is set meanwhile: every retry and polling loop's pause."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await stop.wait()

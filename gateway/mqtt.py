@@ -25,7 +25,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.backoff import Backoff
+from gateway.backoff import Backoff, sleep_or_stop
 from gateway.credentials import Credentials
 from gateway.topics import status_topic
 
@@ -195,7 +195,7 @@ class LocalMqtt:
                     self._set_state("disconnected", str(exc) or type(exc).__name__)
                 if stop.is_set():
                     break
-                await _wait(stop, self.backoff.next_delay())
+                await sleep_or_stop(stop, self.backoff.next_delay())
             dispatcher.cancel()
 
     # ---- one connection ---------------------------------------------------------------------
@@ -223,7 +223,7 @@ class LocalMqtt:
         finally:
             self._client = None
             self._fail_pending("connection closed")
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(close_paho, client)
 
     async def _connect(self) -> paho.Client:
         loop = asyncio.get_running_loop()
@@ -235,11 +235,11 @@ class LocalMqtt:
         self._session_number += 1
 
         def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-            loop.call_soon_threadsafe(_settle, connack, reason)
+            loop.call_soon_threadsafe(settle, connack, reason)
 
         def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
             assert self._lost is not None
-            loop.call_soon_threadsafe(_settle, self._lost, str(reason))
+            loop.call_soon_threadsafe(settle, self._lost, str(reason))
 
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
@@ -268,10 +268,10 @@ class LocalMqtt:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 reason = await connack
         except TimeoutError:
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(close_paho, client)
             raise NotConnected(f"no CONNACK from {self.socket_path} within {CONNECT_TIMEOUT_S:.0f} s") from None
         if reason.is_failure:
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(close_paho, client)
             raise ConnectRefused(f"broker refused {self.creds.username!r}: {reason}")
         self._client = client
         return client
@@ -351,7 +351,7 @@ class LocalMqtt:
                 self._early[mid] = outcome
                 return
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, future, outcome)
+        self._loop.call_soon_threadsafe(settle, future, outcome)
 
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         received = Received(
@@ -412,7 +412,8 @@ class LocalMqtt:
         self.state, self.last_error = state, error
 
 
-def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
+def settle(future: asyncio.Future[Any], outcome: Any) -> None:
+    """Resolve `future` once (answers from paho's thread may race a timeout); later outcomes are dropped."""
     if not future.done():
         future.set_result(outcome)
 
@@ -422,14 +423,7 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _close(client: paho.Client) -> None:
+def close_paho(client: paho.Client) -> None:
+    """Disconnect a paho client and stop its network thread (blocking: call it in a thread)."""
     client.disconnect()
     client.loop_stop()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass

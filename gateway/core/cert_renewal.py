@@ -8,11 +8,11 @@ It never creates or rotates the CA and never touches device certificates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+from gateway.backoff import sleep_or_stop
 from gateway.broker_reload import BrokerReloadFailed, reload_broker
 from gateway.ca import (
     CaError,
@@ -99,6 +99,4 @@ class CertRenewal:
                 if self.state == "failed":
                     log.info("event=server-cert-check-recovered")
                 self.state, self.last_error = "ok", None
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await stop.wait()
+            await sleep_or_stop(stop, interval)

@@ -10,6 +10,8 @@ import os
 import stat
 from pathlib import Path
 
+from gateway.backoff import sleep_or_stop
+
 log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o666
@@ -27,8 +29,4 @@ async def keep_socket_open_to_local_users(socket_path: Path, stop: asyncio.Event
                 log.info("event=broker-socket-opened path=%s mode=%o", socket_path, SOCKET_MODE)
         except FileNotFoundError:
             pass
-        try:
-            async with asyncio.timeout(CHECK_INTERVAL_S):
-                await stop.wait()
-        except TimeoutError:
-            pass
+        await sleep_or_stop(stop, CHECK_INTERVAL_S)

@@ -22,8 +22,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.backoff import Backoff
+from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import CloudSection
+from gateway.mqtt import close_paho, settle
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class CloudLink:
                     self._set_state("disconnected", _describe(exc))
                 if stop.is_set():
                     break
-                await _wait(stop, self.backoff.next_delay())
+                await sleep_or_stop(stop, self.backoff.next_delay())
             dispatcher.cancel()
 
     # ---- one connection ---------------------------------------------------------------------
@@ -171,7 +172,7 @@ class CloudLink:
             self.connected_event.clear()
             self.lost_event.set()
             self._client = None
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(close_paho, client)
 
     async def _connect(self) -> tuple[paho.Client, asyncio.Future[str]]:
         loop = asyncio.get_running_loop()
@@ -197,10 +198,10 @@ class CloudLink:
         session = self.session + 1
 
         def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-            loop.call_soon_threadsafe(_settle, connack, reason)
+            loop.call_soon_threadsafe(settle, connack, reason)
 
         def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-            loop.call_soon_threadsafe(_settle, lost, f"connection lost: {reason}")
+            loop.call_soon_threadsafe(settle, lost, f"connection lost: {reason}")
 
         def on_publish(_c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
             # one loop wake-up per burst of PUBACKs, not one per message
@@ -248,10 +249,10 @@ class CloudLink:
             async with asyncio.timeout(cloud.connect_timeout_s):
                 reason = await connack
         except TimeoutError:
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(close_paho, client)
             raise LinkDown(f"{where}: no CONNACK within {cloud.connect_timeout_s:.0f} s") from None
         if reason.is_failure:
-            await asyncio.to_thread(_close, client)
+            await asyncio.to_thread(close_paho, client)
             raise LinkDown(f"{where} refused the connection as {self.client_id!r}: {reason}")
         return client, lost
 
@@ -282,7 +283,7 @@ class CloudLink:
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any) -> None:
         if self._loop is not None and self._suback is not None:
-            self._loop.call_soon_threadsafe(_settle, self._suback, reasons)
+            self._loop.call_soon_threadsafe(settle, self._suback, reasons)
 
     def _deliver_acks(self) -> None:
         with self._acks_lock:
@@ -328,21 +329,3 @@ class CloudLink:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
-    if not future.done():
-        future.set_result(outcome)
-
-
-def _close(client: paho.Client) -> None:
-    client.disconnect()
-    client.loop_stop()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
