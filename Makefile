@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTHON3 := $(shell test -x /usr/bin/python3 && echo /usr/bin/python3 || echo python3)
 DEBIAN_PACKAGES := mosquitto socat acl
 
-.PHONY: deps demo test lint bench clean deb package-test
+.PHONY: deps demo test lint bench chaos clean deb package-test
 
 deps: $(STAMP)
 
@@ -32,8 +32,15 @@ lint: deps
 test: lint
 	$(PY) -m pytest
 
+# Benchmarks (docs/benchmarks.md): bench/results.json, a table and bench/ratios.png; under 10 minutes.
 bench: deps
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(PY) -m pytest tests/bench -m bench -s -p no:cacheprovider
+	$(PY) -m tests.bench.report --chart bench/ratios.png
+
+# The fault suite against the reference deployment under load; under 20 minutes.
+chaos: deps
+	$(PY) -m pytest tests/chaos -m chaos -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) var bench/results.json .pytest_cache .mypy_cache .ruff_cache

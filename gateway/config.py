@@ -172,7 +172,8 @@ class Resource(Strict):
     path: str = Field(min_length=1)
     group_owner: bool = False
     # model only: what is unpacked read-only for each function that is granted it, at every deployment:
-    # a file, a directory, a .zip or a .tar.gz (relative: to the config dir), or s3://bucket/key
+    # a file, a directory, a .zip or a .tar.gz (relative: to the config dir), or s3://bucket/key.
+    # Without it the model is already on the gateway at `path`, granted read-only like a volume.
     source: str | None = Field(default=None, min_length=1)
     region: str | None = None  # model from S3: default the AWS chain's region
     endpoint_url: str | None = None  # model from S3: an S3-compatible store (MinIO...) instead of AWS
@@ -180,8 +181,6 @@ class Resource(Strict):
 
     @model_validator(mode="after")
     def _source_only_for_models(self) -> Resource:
-        if self.kind == "model" and self.source is None:
-            raise ValueError("a model resource needs `source` (a file, directory, .zip, .tar.gz or s3://bucket/key)")
         if self.kind != "model":
             extra = [k for k in ("source", "region", "endpoint_url") if getattr(self, k) is not None]
             if extra:

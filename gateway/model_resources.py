@@ -5,7 +5,7 @@ It never imports boto3 and never changes a deployed model version in place.
 
 <state>/resources/<function>/            0500, the function's uid
     .versions/<resource>-<digest>/       the unpacked model, 0550 dirs and 0440 files like the code
-    <resource> -> .versions/...          $MILLGATE_RESOURCE_<RESOURCE>
+    <resource> -> .versions/...          $MILLGATE_RESOURCE_<RESOURCE> (a model without `source`: its path)
     gg/<path> -> ...                     $AWS_GG_RESOURCE_PREFIX: every granted resource at prefix + path
 """
 
@@ -67,9 +67,10 @@ def deploy_models(
 ) -> list[str]:
     """Deploy the function's model resources; returns the problems (the function must not run)."""
     grants = [(g, resources[g.name]) for g in function.resources if g.name in resources]
-    models = [(g, r) for g, r in grants if r.kind == "model"]
+    models = [(g, r) for g, r in grants if r.kind == "model" and r.source is not None]
+    in_place = [r for _, r in grants if r.kind == "model" and r.source is None]  # granted like a volume
     home = resources_home(state_dir, function.name)
-    if not models:
+    if not models and not in_place:
         _remove(home)
         return []
     root = state_dir / RESOURCES_DIR
@@ -98,11 +99,14 @@ def deploy_models(
                 continue
             _swap_link(home / resource.name, Path(VERSIONS) / version.name)
             current[resource.name] = version
+        for resource in in_place:
+            _swap_link(home / resource.name, Path(resource.path))
         for entry in home.iterdir():
-            if entry.name not in (VERSIONS, GG_TREE, *current):
+            if entry.name not in (VERSIONS, GG_TREE, *current, *(r.name for r in in_place)):
                 _remove(entry)
         _prune(home / VERSIONS, {v.name for v in current.values()})
-        problems += _build_gg_tree(home, [r for _, r in grants if r.kind != "model" or r.name in current], owner)
+        unpacked = [r for _, r in models if r.name in current]
+        problems += _build_gg_tree(home, [r for _, r in grants if r.source is None] + unpacked, owner)
     finally:
         if owner is not None:
             os.chown(home / VERSIONS, *owner)
@@ -201,12 +205,30 @@ def unpack_model(source: Path, target: Path) -> None:
         target.mkdir()
         try:
             with tarfile.open(source) as archive:
-                archive.extractall(target, filter="data")  # refuses absolute paths, links out, devices
+                _untar(archive, target, source.name)
         except (tarfile.TarError, OSError) as exc:
             raise ModelError(f"{source.name}: cannot unpack: {exc}") from exc
     else:
         target.mkdir()
         shutil.copyfile(source, target / source.name)
+
+
+def _untar(archive: tarfile.TarFile, target: Path, shown: str) -> None:
+    """Regular files and directories only, each inside `target` (Python 3.11.2 has no extraction filters)."""
+    for member in archive.getmembers():
+        if not (member.isfile() or member.isdir()):
+            raise ModelError(f"{shown}: member {member.name!r} is neither a file nor a directory")
+        place = (target / member.name).resolve()
+        if not place.is_relative_to(target.resolve()):
+            raise ModelError(f"{shown}: member {member.name!r} would land outside the model's directory")
+        if member.isdir():
+            place.mkdir(parents=True, exist_ok=True)
+            continue
+        place.parent.mkdir(parents=True, exist_ok=True)
+        source = archive.extractfile(member)
+        assert source is not None, "a regular member has content"
+        with source, open(place, "wb") as sink:
+            shutil.copyfileobj(source, sink)
 
 
 def _swap_link(link: Path, target: Path) -> None:
@@ -230,7 +252,7 @@ def _build_gg_tree(home: Path, resources: list[Resource], owner: tuple[int, int]
             problems.append(f"resource {resource.name!r}: path {resource.path!r} collides with another resource")
             continue
         place.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if resource.kind == "model":
+        if resource.source is not None:
             os.symlink(os.path.relpath(home / resource.name, place.parent), place)
         else:
             os.symlink(resource.path, place)

@@ -41,6 +41,11 @@ def _grant_path(path: Path, uid: int, access: str, volume: bool) -> str | None:
     return _setfacl("-R", "-m", entry, str(path)) or _setfacl("-d", "-m", entry, str(path))
 
 
+def _deployed_model(resource: Resource) -> bool:
+    """A model with a `source` is unpacked for the function; one without is used where it lies."""
+    return resource.kind == "model" and resource.source is not None
+
+
 def grant_resources(
     function: Function,
     resources: dict[str, Resource],
@@ -51,7 +56,7 @@ def grant_resources(
     """Apply the function's grants; what could not be granted is in `problems` (the function must not run).
     Model resources are deployed under `state_dir`, their relative sources found in `config_dir`."""
     access = FunctionAccess()
-    models = [g for g in function.resources if resources[g.name].kind == "model"]
+    models = [g for g in function.resources if _deployed_model(resources[g.name])]
     if models and (state_dir is None or config_dir is None):
         access.problems += [f"resource {g.name!r}: model resources need the state and config dirs" for g in models]
     elif state_dir is not None and config_dir is not None:
@@ -59,7 +64,7 @@ def grant_resources(
         access.problems += deploy_models(function, resources, state_dir, config_dir, owner)
     for grant in function.resources:
         resource = resources[grant.name]
-        if resource.kind == "model":
+        if _deployed_model(resource):
             continue
         path = Path(resource.path)
         if not path.exists():

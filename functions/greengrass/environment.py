@@ -62,7 +62,7 @@ def v1_environment(base: dict[str, str], function: Function, version: str, thing
         "GROUP_ID": group_id,
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": credential_provider_uri(function.daemon_port),
         # resources are at their host paths (no container), so prefix + DestinationPath finds them
-        "AWS_GG_RESOURCE_PREFIX": "/",
+        "AWS_GG_RESOURCE_PREFIX": base.get("AWS_GG_RESOURCE_PREFIX", "/"),
     }
     env.update(function.environment)
     return env

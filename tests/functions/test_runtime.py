@@ -261,6 +261,7 @@ def test_worker_cannot_read_gateway_secrets(gw: RunningGateway) -> None:
         gw.paths.credentials_dir / "core.json",
         gw.paths.credentials_dir / "operator.json",
         gw.paths.credentials_dir / "function.pool.json",
+        gw.paths.ca_key,  # the group CA's private key
     ):
         reply = invoke(gw, "probe", {"action": "read", "path": str(secret)})
         assert reply["function_error"] == "Handled", secret
