@@ -8,7 +8,7 @@ import logging
 from functions.greengrass import daemon as greengrass_api
 from functions.greengrass.service import GreengrassService
 from functions.runtime import run_on_demand_functions
-from gateway.acl import CORE
+from gateway.acl import CORE, UPLINK
 from gateway.ca import CaKeyInsecure, check_key_permissions
 from gateway.component import start_component, stop_on_signals
 from gateway.core.cert_renewal import CertRenewal
@@ -32,6 +32,8 @@ async def main() -> None:
     router = TopicRouter()
     router.add([STATUS_FILTER], health.on_status)
     router.add([f for f, _ in shadows.subscriptions], shadows.on_message)
+    if shadows.sync is not None:
+        health.when_offline(UPLINK, shadows.sync.on_uplink_offline)
     # Greengrass v1 functions: the v1 HTTP API, whose shadow calls are answered over this connection
     greengrass = GreengrassService.for_config(ctx.loaded, ctx.paths)
     if greengrass is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class ComponentHealth:
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _on_offline: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
+
+    def when_offline(self, component: str, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever `component` goes offline (a clean stop, or its last will)."""
+        self._on_offline.setdefault(component, []).append(callback)
 
     async def on_status(self, message: Received) -> None:
         try:
@@ -28,6 +34,9 @@ class ComponentHealth:
         self.seen[component] = status
         if previous != state:
             log.info("event=component-state component=%s state=%s pid=%s", component, state, status.get("pid"))
+            if state == "offline":
+                for callback in self._on_offline.get(component, []):
+                    callback()
 
     def summary(self) -> dict[str, Any]:
         online = sorted(c for c, s in self.seen.items() if s.get("state") == "online")

@@ -17,8 +17,8 @@ from gateway.config import ShadowSync
 from gateway.mqtt import MqttError, Received
 from gateway.shadows.handler import TOMBSTONE_S, Outgoing, ShadowHandler
 from gateway.shadows.sync import ShadowSyncEngine
+from gateway.storage_thread import StorageThread
 from gateway.topics import SHADOW_REQUEST_FILTERS, parse_shadow_request
-from gateway.uplink.spool_thread import StorageThread
 from storage.shadows import ShadowStore
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ from gateway.mqtt import Received
 from gateway.shadows import document as doc
 from gateway.shadows.document import Json
 from gateway.shadows.handler import Change, Outgoing, ShadowHandler
+from gateway.storage_thread import StorageThread
 from gateway.topics import (
     SHADOW_SYNC_DOWN_FILTER,
     SHADOW_SYNC_DOWN_PREFIX,
@@ -37,7 +38,6 @@ from gateway.topics import (
     shadow_sync_up_topic,
     shadow_topic,
 )
-from gateway.uplink.spool_thread import StorageThread
 from storage.shadows import SyncBase
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,11 @@ class ShadowSyncEngine:
             )
         ):
             self._schedule((thing, name))
+
+    def on_uplink_offline(self) -> None:
+        """The uplink died (its last will): a link it left marked connected is gone with it."""
+        if self.connected:
+            self._on_link(b'{"connected": false}')
 
     def _on_link(self, payload: bytes) -> None:
         try:

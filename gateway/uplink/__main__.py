@@ -10,6 +10,7 @@ import sys
 from gateway.acl import UPLINK
 from gateway.component import ComponentContext, start_component, stop_on_signals
 from gateway.mqtt import LocalMqtt, Received
+from gateway.storage_thread import StorageThread
 from gateway.uplink.bulk_upload import BulkUploader
 from gateway.uplink.cloud_link import CloudLink, CloudMessage, LinkConfigError
 from gateway.uplink.downlink import Downlink
@@ -17,7 +18,6 @@ from gateway.uplink.drain import Drain
 from gateway.uplink.ingest import Ingest
 from gateway.uplink.metrics import UplinkMetrics
 from gateway.uplink.shadow_relay import ShadowRelay, cloud_filters, synced_shadows
-from gateway.uplink.spool_thread import StorageThread
 from storage.bulk import BulkStore
 from storage.spool import Rule, Spool, SpoolError
 

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 from gateway.backoff import Backoff
 from gateway.config import BulkSection
+from gateway.storage_thread import StorageThread
 from gateway.topics import topic_matches
 from gateway.uplink.metrics import UplinkMetrics
-from gateway.uplink.spool_thread import StorageThread
 from storage.bulk import Batch, BulkStore
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import asyncio
 import logging
 
 from gateway.backoff import Backoff
+from gateway.storage_thread import StorageThread
 from gateway.uplink.cloud_link import Ack, CloudLink, LinkDown
 from gateway.uplink.metrics import UplinkMetrics
-from gateway.uplink.spool_thread import StorageThread
 from storage.spool import Spool
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 
 from gateway.mqtt import Received
+from gateway.storage_thread import StorageThread
 from gateway.uplink.metrics import UplinkMetrics
-from gateway.uplink.spool_thread import StorageThread
 from storage.bulk import BulkRecord, BulkStore
 from storage.spool import Message, Spool
 

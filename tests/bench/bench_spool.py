@@ -25,10 +25,10 @@ import paho.mqtt.client as paho
 import pytest
 
 from gateway.config import CloudSection
+from gateway.storage_thread import StorageThread
 from gateway.uplink.cloud_link import CloudLink
 from gateway.uplink.drain import Drain
 from gateway.uplink.metrics import UplinkMetrics
-from gateway.uplink.spool_thread import StorageThread
 from storage.spool import Message, Spool
 from tests.bench.results import record
 from tests.uplink.conftest import CloudBroker, Pki, free_port, make_pki

@@ -13,8 +13,8 @@ from gateway.config import ShadowSync
 from gateway.mqtt import Received
 from gateway.shadows.handler import Change, Outgoing, ShadowHandler
 from gateway.shadows.sync import LINK_TOPIC, ShadowSyncEngine, reconcile, state_patch
+from gateway.storage_thread import StorageThread
 from gateway.topics import parse_shadow_request, shadow_sync_cloud_topic, shadow_sync_down_topic
-from gateway.uplink.spool_thread import StorageThread
 from storage.shadows import ShadowStore
 
 

@@ -1,5 +1,5 @@
-"""The one thread that owns the uplink's SQLite files: every spool and bulk-store call runs there, so
-the event loop never waits on a disk.
+"""The one thread that owns a process's SQLite files (the uplink's spool and bulk store, the core's
+shadows): every call runs there, in order, so the event loop never waits on a disk.
 
 It only runs calls in order; what the calls do is storage's business.
 """
