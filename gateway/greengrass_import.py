@@ -441,6 +441,7 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
         kind: str | None = None
         path = ""
         group_owner = False
+        source: str | None = None
         if data.LocalDeviceResourceData is not None:
             kind, path = "device", data.LocalDeviceResourceData.SourcePath
             owner = data.LocalDeviceResourceData.GroupOwnerSetting
@@ -460,11 +461,18 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
         elif data.S3MachineLearningModelResourceData is not None:
             model = data.S3MachineLearningModelResourceData
             kind, path = "model", model.DestinationPath
-            plan.note(where, f"machine-learning model: put the contents of {model.S3Uri} at {path} on the gateway")
+            source = _model_source(model.S3Uri)
+            if source is None:
+                plan.note(where, f"S3Uri {model.S3Uri!r} is not s3://bucket/key: set the model's source yourself")
         elif data.SageMakerMachineLearningModelResourceData is not None:
             sagemaker = data.SageMakerMachineLearningModelResourceData
             kind, path = "model", sagemaker.DestinationPath
-            plan.note(where, f"machine-learning model of {sagemaker.SageMakerJobArn}: put it at {path} on the gateway")
+            # the job's artefact location lives in SageMaker, which an offline import cannot ask
+            plan.note(
+                where,
+                f"model of {sagemaker.SageMakerJobArn}: set its source to the job's S3 artefact "
+                "(aws sagemaker describe-training-job ... --query ModelArtifacts.S3ModelArtifacts)",
+            )
         elif data.SecretsManagerSecretResourceData is not None:
             plan.note(where, "secret resources are not supported: pass the secret in the function's environment")
         else:
@@ -481,9 +489,19 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
         entry: dict[str, Any] = {"name": name, "kind": kind, "path": path}
         if group_owner:
             entry["group_owner"] = True
+        if source is not None:
+            entry["source"] = source
         plan.resources.append(entry)
         by_id[resource.Id] = name
     return by_id
+
+
+def _model_source(s3_uri: str | None) -> str | None:
+    """A v1 model's S3Uri as millgate's model `source` (s3://bucket/key), None when it is not one."""
+    if s3_uri is None or not s3_uri.startswith("s3://"):
+        return None
+    bucket, _, key = s3_uri[len("s3://") :].partition("/")
+    return s3_uri if bucket and key.strip("/") else None
 
 
 def _find_code(code_dir: Path, arn: FunctionArn) -> Path | None:

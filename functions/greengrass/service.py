@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -26,7 +27,13 @@ from functions.greengrass.environment import my_function_arn, pinned_token
 from gateway.config import Function
 from gateway.config_loader import LoadedConfig
 from gateway.function_deploy import read_manifest
-from gateway.greengrass.arns import API_VERSION_PREFIX, ArnError, parse_function_arn, system_function_name
+from gateway.greengrass.arns import (
+    API_VERSION_PREFIX,
+    SHADOW_ARN,
+    ArnError,
+    parse_function_arn,
+    system_function_name,
+)
 from gateway.mqtt import LocalMqtt, MqttError, PublishRefused, Received
 from gateway.paths import GatewayPaths
 from gateway.shadows import document as shadow_doc
@@ -105,7 +112,7 @@ class WorkerSlot:
         self.token = token
         self.worker_id = uuid.uuid4().hex[:16]
         self.pid: int | None = None
-        self.state = "Starting"
+        self.state = "Starting"  # the v1 health API's WorkerState
         self.initialized: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
         self.retired = asyncio.Event()
         self._mailbox: asyncio.Queue[WorkItem] = asyncio.Queue()
@@ -133,6 +140,7 @@ class WorkerSlot:
             self._abandoned.add(invocation_id)
 
     async def next_work(self) -> WorkItem:
+        self.state = "Waiting"
         while True:
             getter = asyncio.ensure_future(self._mailbox.get())
             retired = asyncio.ensure_future(self.retired.wait())
@@ -151,7 +159,7 @@ class WorkerSlot:
     def complete(self, invocation_id: str, result: WorkResult) -> bool:
         self._abandoned.discard(invocation_id)
         future = self._results.pop(invocation_id, None)
-        self.state = "Idle"
+        self.state = "Waiting"
         if future is None or future.done():
             return False
         future.set_result(result)
@@ -160,8 +168,8 @@ class WorkerSlot:
     def mark_initialized(self, success: bool, response: str) -> None:
         if not self.initialized.done():
             self.initialized.set_result((success, response))
-        if success and self.state == "Starting":
-            self.state = "Idle"
+        if self.state == "Starting":
+            self.state = "Initialized" if success else "FailedInitialization"
 
 
 def _custom(client_context: str) -> dict[str, Any]:
@@ -185,6 +193,9 @@ def answer_to_result(answer: Answer) -> WorkResult:
     if kind:
         return failed(kind, str(answer.get("error")))
     return WorkResult(json.dumps(answer.get("result")).encode(), "")
+
+
+SHADOW_WORKER_ID = str(uuid.uuid4())
 
 
 class GreengrassService:
@@ -279,14 +290,15 @@ class GreengrassService:
         if not request.path.startswith(prefix):
             return _json(404, {"message": f"no such resource: {request.path}"})
         rest = request.path[len(prefix) :]
+        if rest.rstrip("/") == "health/workers":
+            # v1 answered anyone on the host (`curl localhost:8000/...`): ARNs, pids and states only
+            return self._health(request)
         token = request.headers.get("authorization", "")
         slot = self.slots.get(token) if token else None
         if slot is None:
             return self._refuse(request, 401 if not token else 403, "missing token" if not token else "unknown token")
         if rest.rstrip("/") == "credentialprovider":
             return await self._credentials(request)
-        if rest == "health/workers":
-            return self._health(request)
         if not rest.startswith("functions/"):
             return _json(404, {"message": f"no such resource: {request.path}"})
         target = rest[len("functions/") :]
@@ -321,22 +333,39 @@ class GreengrassService:
         except CredentialsUnavailable as exc:
             return _json(503, {"message": f"the gateway has no AWS credentials to lend: {exc}"})
 
-    def _health(self, request: ApiRequest) -> ApiResponse:
-        workers = [
+    def _workers(self) -> list[dict[str, Any]]:
+        """The v1 health objects: every v1 worker, and GGShadowService, which the core itself serves."""
+        workers: list[dict[str, Any]] = [
             {"FuncArn": s.arn, "WorkerId": s.worker_id, "ProcessId": s.pid or 0, "WorkerState": s.state}
             for s in self.slots.values()
         ]
+        shadow_state = "Waiting" if self._core_publish is not None else "Starting"
+        workers.append(
+            {"FuncArn": SHADOW_ARN, "WorkerId": SHADOW_WORKER_ID, "ProcessId": os.getpid(), "WorkerState": shadow_state}
+        )
+        return workers
+
+    def _health(self, request: ApiRequest) -> ApiResponse:
+        workers = self._workers()
         if request.method == "GET":
             return _json(200, workers)
         if request.method != "POST":
             return _json(405, {"message": "use GET or POST"})
         try:
-            asked = json.loads(request.body or b"{}").get("FuncArns", [])
+            asked = json.loads(request.body or b"null").get("FuncArns")
         except (ValueError, AttributeError):
-            return _json(400, {"message": 'the body must be {"FuncArns": [...]}'})
-        known = [a for a in asked if isinstance(a, str) and self._is_v1(a)]
-        chosen = [w for w in workers if any(self._same_function(str(w["FuncArn"]), a) for a in known)]
-        return _json(200, {"Workers": chosen, "InvalidArns": [a for a in asked if a not in known]})
+            asked = None
+        if not isinstance(asked, list) or not asked or not all(isinstance(a, str) for a in asked):
+            return _json(400, {"message": 'Invalid request: the body must be {"FuncArns":["function-1-arn",...]}'})
+        chosen: list[dict[str, Any]] = []
+        invalid: list[str] = []
+        for arn in asked:
+            # v1: an ARN that is malformed, unknown or has no worker now is invalid
+            found = [w for w in workers if self._same_function(str(w["FuncArn"]), arn)]
+            if not found:
+                invalid.append(arn)
+            chosen.extend(w for w in found if w not in chosen)
+        return _json(200, {"Workers": chosen, "InvalidArns": invalid})
 
     async def _work(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
         if not slot.owns(arn):
@@ -366,6 +395,9 @@ class GreengrassService:
             success, response = bool(report.get("Success")), str(report.get("Response", ""))
         except (ValueError, AttributeError):
             return _json(400, {"message": 'the body must be {"Success": bool, "Response": str}'})
+        # millgate's runtime adds its pid: supervisord, not the core, starts a long-lived worker
+        if slot.pid is None and isinstance(report.get("ProcessId"), int):
+            slot.pid = report["ProcessId"]
         slot.mark_initialized(success, response)
         return ApiResponse(202)
 
@@ -444,13 +476,10 @@ class GreengrassService:
                 return name
         return parsed.name if parsed.name in self.all_functions else None
 
-    def _is_v1(self, arn: str) -> bool:
-        try:
-            return self._resolve(arn) in self.v1_functions
-        except ArnError:
-            return False
-
     def _same_function(self, first: str, second: str) -> bool:
+        system = system_function_name(first)
+        if system is not None:
+            return system == system_function_name(second)
         try:
             return parse_function_arn(first).unqualified == parse_function_arn(second).unqualified
         except ArnError:

@@ -129,7 +129,7 @@ class V1WorkerProcess(WorkerProcess):
             result = await _hand_over(self.slot, item, timeout_s, self._exited)
         except TimeoutError:
             await self.kill()
-            raise InvocationTimeout(f"Task timed out after {timeout_s:g} seconds") from None
+            raise InvocationTimeout(f"Task timed out after {timeout_s:.2f} seconds") from None
         if result is None:
             code = self.process.returncode if self.process else None
             await self.kill()
@@ -180,7 +180,7 @@ class PinnedV1Worker:
         try:
             result = await _hand_over(self.slot, item, timeout_s, None)
         except TimeoutError:
-            raise InvocationTimeout(f"Task timed out after {timeout_s:g} seconds") from None
+            raise InvocationTimeout(f"Task timed out after {timeout_s:.2f} seconds") from None
         assert result is not None
         return _answer(result)
 

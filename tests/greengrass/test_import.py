@@ -103,7 +103,8 @@ def test_import_writes_a_valid_config_and_lists_what_did_not_map(tmp_path: Path)
     assert (reporter.encoding, reporter.environment, reporter.memory_mb) == ("binary", {"SITE": "a"}, 64)
     resources = {r.name: r for r in config.resources}
     assert resources["Serial-Port-1"].group_owner and resources["Serial-Port-1"].kind == "device"
-    assert resources["model"].kind == "model" and resources["model"].path == "/opt/models/press"
+    assert (resources["model"].kind, resources["model"].path) == ("model", "/opt/models/press")
+    assert resources["model"].source == "s3://b/m.zip"
     assert "var-log" not in resources  # volumes under /var are refused by millgate
     routes = {(s.source, s.target, s.topic) for s in config.subscriptions}
     assert routes == {
@@ -123,11 +124,57 @@ def test_import_writes_a_valid_config_and_lists_what_did_not_map(tmp_path: Path)
         "bad-name",
         "Missing",
         "ModbusRTUProtocolAdapter",
-        "s3://b/m.zip",
         "AWSCloudWatch",
     ):
         assert expected in notes, expected
     assert len(plan.notes) == notes.count("\n- ")
+
+
+def _add_models(document: dict) -> None:
+    document["Definition"]["Resources"] += [
+        {
+            "Id": "trained",
+            "Name": "defect-detector",
+            "ResourceDataContainer": {
+                "SageMakerMachineLearningModelResourceData": {
+                    "DestinationPath": "/ml/defects",
+                    "SageMakerJobArn": "arn:aws:sagemaker:us-west-2:123456789012:training-job/defects-7",
+                    "OwnerSetting": {"GroupOwner": "ggc_group", "GroupPermission": "ro"},
+                }
+            },
+        },
+        {
+            "Id": "no-key",
+            "Name": "bucket-only",
+            "ResourceDataContainer": {
+                "S3MachineLearningModelResourceData": {"DestinationPath": "/ml/whole", "S3Uri": "s3://models-only"}
+            },
+        },
+    ]
+
+
+def _grant_models(document: dict) -> None:
+    policies = document["Definition"]["Functions"][2]["FunctionConfiguration"]["Environment"]["ResourceAccessPolicies"]
+    policies += [{"ResourceId": "model", "Permission": "ro"}, {"ResourceId": "trained", "Permission": "ro"}]
+
+
+def test_import_maps_s3_and_sagemaker_models_to_model_resources(tmp_path: Path) -> None:
+    export, zips = _export(tmp_path, resource_definition_version=_add_models, function_definition_version=_grant_models)
+    import_group(export, tmp_path / "etc", zips, ImportOptions(run_as="1200:1200"))
+    written = tomllib.loads((tmp_path / "etc" / "gateway.toml").read_text())
+    models = {r["name"]: r for r in written["resources"] if r["kind"] == "model"}
+    assert models["model"] == {"name": "model", "kind": "model", "path": "/opt/models/press", "source": "s3://b/m.zip"}
+    # a SageMaker job's artefact or a bucket without a key: the model is kept, its source is for the operator
+    assert models["defect-detector"] == {"name": "defect-detector", "kind": "model", "path": "/ml/defects"}
+    assert models["bucket-only"] == {"name": "bucket-only", "kind": "model", "path": "/ml/whole"}
+    config = load_config(tmp_path / "etc").gateway
+    resources = {r.name: r for r in config.resources}
+    assert (resources["model"].source, resources["model"].path) == ("s3://b/m.zip", "/opt/models/press")
+    reporter = next(f for f in config.functions if f.name == "Reporter")
+    assert [(g.name, g.access) for g in reporter.resources] == [("model", "ro"), ("defect-detector", "ro")]
+    notes = (tmp_path / "etc" / NOTES_FILE).read_text()
+    assert "training-job/defects-7" in notes and "ModelArtifacts.S3ModelArtifacts" in notes
+    assert "'s3://models-only' is not s3://bucket/key" in notes
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ mosquitto, the core's dispatcher and v1 API), every behaviour checked by what ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -127,6 +128,11 @@ def function_handler(event, context):
     elif action == "fail":
         answer = lam.invoke(FunctionName=os.environ["FAILER_ARN"], Payload=json.dumps({"tag": tag}))
         report({"tag": tag, "payload": answer["Payload"].decode(), "error": answer["FunctionError"]})
+    elif action == "sleep":
+        answer = lam.invoke(FunctionName=os.environ["SLEEPER_ARN"], Payload=json.dumps(event))
+        payload = answer["Payload"]
+        payload = payload if isinstance(payload, bytes) else payload.read()
+        report({"tag": tag, "payload": payload.decode(), "error": answer["FunctionError"]})
     elif action == "spoof":
         # the echo function's ARN as the source: the core must see through it
         context_b64 = base64.b64encode(json.dumps(
@@ -150,6 +156,141 @@ def function_handler(event, context):
         except Exception as e:
             report({"tag": tag, "secret": type(e).__name__, "error": str(e)})
 """
+
+SLEEPER = """
+import json, os, time
+import greengrasssdk
+
+client = greengrasssdk.client("iot-data")
+
+def function_handler(event, context):
+    client.publish(topic="gg/sleeper/out", payload=json.dumps({"tag": event["tag"], "pid": os.getpid()}))
+    time.sleep(event["seconds"])
+    return {"slept": event["seconds"], "pid": os.getpid()}
+"""
+
+# A v1 function as many were zipped: with the console SDK tarball's own, older copies of the core's
+# modules beside it (only the first four env vars, no build_function_arn, the IPC port fixed to 8000).
+OLD_BUNDLE = """
+import json, os
+import greengrasssdk
+
+iot = greengrasssdk.client("iot-data")
+lam = greengrasssdk.client("lambda")
+
+def function_handler(event, context):
+    answer = lam.invoke(FunctionName=os.environ["ECHO_ARN"], Payload=json.dumps({"from": "old-bundle"}))
+    iot.publish(topic="gg/old/out", payload=json.dumps({
+        "tag": event.get("tag"), "subject": context.client_context.custom["subject"],
+        "echo": json.loads(answer["Payload"].read()), "error": answer["FunctionError"]}))
+"""
+
+OLD_ENV_VARS = """import os
+
+AUTH_TOKEN = os.getenv('AWS_CONTAINER_AUTHORIZATION_TOKEN')
+MY_FUNCTION_ARN = os.getenv('MY_FUNCTION_ARN')
+SHADOW_FUNCTION_ARN = os.getenv('SHADOW_FUNCTION_ARN')
+ROUTER_FUNCTION_ARN = os.getenv('ROUTER_FUNCTION_ARN')
+"""
+
+OLD_ARN_FIELDS = """import re
+
+ARN_FIELD_REGEX = (
+    'arn:aws:lambda:([a-z]{2}-[a-z]+-\\d{1}):(\\d{12}):function:([a-zA-Z0-9-_]+)'
+    '(?::(\\$LATEST|[a-zA-Z0-9-_]+))?'
+)
+
+
+class FunctionArnFields:
+    def __init__(self, function_arn_string):
+        match = re.match(ARN_FIELD_REGEX, function_arn_string)
+        if match is None:
+            raise ValueError('Cannot parse given string as a function ARN.')
+        self.region, self.account_id, self.name, self.qualifier = match.groups()
+        self.unqualified_arn = 'arn:aws:lambda:{}:{}:function:{}'.format(self.region, self.account_id, self.name)
+"""
+
+OLD_IPC_CLIENT = """import json
+import urllib.request
+
+from greengrass_common.env_vars import AUTH_TOKEN
+
+HEADER_INVOCATION_ID = 'X-Amz-InvocationId'
+HEADER_CLIENT_CONTEXT = 'X-Amz-Client-Context'
+HEADER_AUTH_TOKEN = 'Authorization'
+HEADER_INVOCATION_TYPE = 'X-Amz-Invocation-Type'
+HEADER_FUNCTION_ERR_TYPE = 'X-Amz-Function-Error'
+
+
+class IPCException(Exception):
+    pass
+
+
+class WorkItem(object):
+    def __init__(self, invocation_id, payload, client_context):
+        self.invocation_id = invocation_id
+        self.payload = payload
+        self.client_context = client_context
+
+
+class GetWorkResultOutput(object):
+    def __init__(self, payload, func_err):
+        self.payload = payload
+        self.func_err = func_err
+
+
+class IPCClient:
+    def __init__(self, endpoint='localhost', port=8000):
+        self.endpoint = endpoint
+        self.port = 8000
+
+    def _url(self, function_arn):
+        return 'http://{}:{}/2016-11-01/functions/{}'.format(self.endpoint, self.port, function_arn)
+
+    def _open(self, request):
+        request.add_header(HEADER_AUTH_TOKEN, AUTH_TOKEN)
+        try:
+            return urllib.request.urlopen(request)
+        except Exception as e:
+            raise IPCException(str(e))
+
+    def post_work(self, function_arn, payload, client_context, invocation_type='RequestResponse'):
+        request = urllib.request.Request(self._url(function_arn), payload or b'')
+        request.add_header(HEADER_CLIENT_CONTEXT, client_context)
+        request.add_header(HEADER_INVOCATION_TYPE, invocation_type)
+        return self._open(request).info().get(HEADER_INVOCATION_ID)
+
+    def get_work(self, function_arn):
+        response = self._open(urllib.request.Request(self._url(function_arn) + '/work'))
+        info = response.info()
+        return WorkItem(info.get(HEADER_INVOCATION_ID), response.read(), info.get(HEADER_CLIENT_CONTEXT))
+
+    def post_work_result(self, function_arn, work_item):
+        request = urllib.request.Request(self._url(function_arn) + '/work', work_item.payload or b'')
+        request.add_header(HEADER_INVOCATION_ID, work_item.invocation_id)
+        self._open(request)
+
+    def post_handler_err(self, function_arn, invocation_id, handler_err):
+        request = urllib.request.Request(
+            self._url(function_arn) + '/work', json.dumps({'errorMessage': handler_err}).encode('utf-8'))
+        request.add_header(HEADER_INVOCATION_ID, invocation_id)
+        request.add_header(HEADER_FUNCTION_ERR_TYPE, 'Handled')
+        self._open(request)
+
+    def get_work_result(self, function_arn, invocation_id):
+        request = urllib.request.Request(self._url(function_arn))
+        request.add_header(HEADER_INVOCATION_ID, invocation_id)
+        response = self._open(request)
+        return GetWorkResultOutput(response.read(), response.info().get(HEADER_FUNCTION_ERR_TYPE, ''))
+"""
+
+OLD_CORE_MODULES = {
+    "greengrass_common/__init__.py": "",
+    "greengrass_common/env_vars.py": OLD_ENV_VARS,
+    "greengrass_common/function_arn_fields.py": OLD_ARN_FIELDS,
+    "greengrass_ipc_python_sdk/__init__.py": "",
+    "greengrass_ipc_python_sdk/ipc_client.py": OLD_IPC_CLIENT,
+}
 
 FAILER = """
 def function_handler(event, context):
@@ -235,9 +376,15 @@ FUNCTIONS = [
         "Caller",
         CALLER,
         timeout=10,
-        variables={"ECHO_ARN": function_arn("Echo"), "FAILER_ARN": function_arn("Failer")},
+        variables={
+            "ECHO_ARN": function_arn("Echo"),
+            "FAILER_ARN": function_arn("Failer"),
+            "SLEEPER_ARN": function_arn("Sleeper"),
+        },
     ),
     V1Function("Failer", FAILER),
+    V1Function("Sleeper", SLEEPER, timeout=1),
+    V1Function("OldBundle", OLD_BUNDLE, variables={"ECHO_ARN": function_arn("Echo")}, bundled=OLD_CORE_MODULES),
     V1Function("BinaryEcho", BINARY, encoding="binary"),
     V1Function("AwsUser", AWSUSER, timeout=30, memory_kb=262144, run_as=(1102, 1102)),
 ]
@@ -254,6 +401,9 @@ def _subscriptions() -> list[tuple[str, str, str]]:
         (function_arn("ShadowClient"), "gg/shadow/out", tester),
         (tester, "gg/caller/in", function_arn("Caller")),
         (function_arn("Caller"), "gg/caller/out", tester),
+        (function_arn("Sleeper"), "gg/sleeper/out", tester),
+        (tester, "gg/old/in", function_arn("OldBundle")),
+        (function_arn("OldBundle"), "gg/old/out", tester),
         (tester, "gg/binary/in", function_arn("BinaryEcho")),
         (function_arn("BinaryEcho"), "gg/binary/out", tester),
         (tester, "gg/aws/in", function_arn("AwsUser")),
@@ -300,17 +450,7 @@ def imported(greengrasssdk_dir: Path, moto_url: str) -> Iterator[tuple[Path, Pat
     recipes.mkdir(mode=0o755)
     (recipes / "r1.json").write_text("{}")
     functions = [
-        V1Function(
-            f.name,
-            f.source,
-            f.pinned,
-            f.encoding,
-            f.timeout,
-            f.memory_kb,
-            {**f.variables, **({"MOTO_URL": moto_url} if f.name == "AwsUser" else {})},
-            f.run_as,
-            f.resources,
-        )
+        dataclasses.replace(f, variables={**f.variables, **({"MOTO_URL": moto_url} if f.name == "AwsUser" else {})})
         for f in FUNCTIONS
     ]
     zips = base / "zips"
@@ -519,3 +659,66 @@ def test_api_refuses_requests_without_a_valid_token(gw: RunningGateway, imported
         5,
         "the refusal in the core's log",
     )
+
+
+def test_handler_past_its_timeout_comes_back_unhandled_and_the_next_call_gets_a_fresh_worker(broker: Broker) -> None:
+    slow = broker.ask("gg/caller/in", "gg/caller/out", {"action": "sleep", "seconds": 4})
+    assert slow["error"] == "Unhandled"
+    assert json.loads(slow["payload"]) == {"errorMessage": "Task timed out after 1.00 seconds"}
+    stuck_pid = broker.wait_for("gg/sleeper/out", lambda d: d["tag"] == slow["tag"])["pid"]
+
+    quick = broker.ask("gg/caller/in", "gg/caller/out", {"action": "sleep", "seconds": 0})
+    assert quick["error"] == ""
+    assert json.loads(quick["payload"])["slept"] == 0
+    fresh_pid = broker.wait_for("gg/sleeper/out", lambda d: d["tag"] == quick["tag"])["pid"]
+    assert fresh_pid != stuck_pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(stuck_pid, 0)  # the timed-out worker was stopped, not left running its handler
+
+
+def test_zip_with_its_own_old_core_modules_still_publishes_and_invokes(broker: Broker) -> None:
+    answer = broker.ask("gg/old/in", "gg/old/out", {"n": 1})
+    assert answer["subject"] == "gg/old/in"
+    assert answer["error"] == ""
+    assert answer["echo"] == {"echo": {"from": "old-bundle"}}
+    # the echo it invoked ran and published under its own identity
+    broker.wait_for("gg/echo/out", lambda d: d["event"] == {"from": "old-bundle"})
+
+
+def _health(port: int, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(f"http://localhost:{port}/2016-11-01/health/workers", data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+def test_health_api_lists_workers_as_v1_did_without_a_token(broker: Broker, imported: tuple[Path, Path, int]) -> None:
+    _, _, port = imported
+    heartbeat_pid = broker.wait_for("gg/heartbeat")["pid"]
+    status, workers = _health(port)  # as the v1 docs' curl: no Authorization header
+    assert status == 200
+    assert all(set(w) == {"FuncArn", "WorkerId", "ProcessId", "WorkerState"} for w in workers)
+    by_arn = {w["FuncArn"]: w for w in workers}
+    heartbeat = by_arn[function_arn("Heartbeat")]
+    assert heartbeat["ProcessId"] == heartbeat_pid
+    assert heartbeat["WorkerState"] in ("Waiting", "Working")
+    assert by_arn["arn:aws:lambda:::function:GGShadowService"]["WorkerState"] == "Waiting"
+
+    unknown = function_arn("NotDeployed", "3")
+    asked = [function_arn("Heartbeat"), "arn:aws:lambda:::function:GGShadowService:1", "some-malformed-arn", unknown]
+    status, answer = _health(port, {"FuncArns": asked})
+    assert status == 200
+    assert [w["FuncArn"] for w in answer["Workers"]] == [
+        function_arn("Heartbeat"),
+        "arn:aws:lambda:::function:GGShadowService",
+    ]
+    assert answer["Workers"][0]["WorkerId"] == heartbeat["WorkerId"]
+    assert answer["InvalidArns"] == ["some-malformed-arn", unknown]
+
+    for malformed in (b"not json", {"FuncArns": []}, {"Arns": [function_arn("Heartbeat")]}):
+        status, answer = _health(port, malformed)
+        assert status == 400
+        assert "Invalid request" in answer["message"]

@@ -39,6 +39,7 @@ class V1Function:
     variables: dict[str, str] = field(default_factory=dict)
     run_as: tuple[int, int] | None = None
     resources: list[tuple[str, str]] = field(default_factory=list)  # (resource id, ro|rw)
+    bundled: dict[str, str] = field(default_factory=dict)  # more files in the zip: path -> source
 
     @property
     def arn(self) -> str:
@@ -75,6 +76,8 @@ def package(function: V1Function, sdk_dir: Path, out_dir: Path) -> Path:
     path = out_dir / f"{function.name}.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(f"{function.name}.py", function.source)
+        for name, source in sorted(function.bundled.items()):
+            archive.writestr(name, source)
         for file in sorted((sdk_dir / "greengrasssdk").rglob("*.py")):
             archive.write(file, str(file.relative_to(sdk_dir)))
     return path

@@ -6,6 +6,7 @@ token; every transport failure is raised as IPCException.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 
@@ -125,5 +126,6 @@ class IPCClient:
         return self._request("GET", url)[0]
 
     def put_initialization_result(self, function_arn: str, func_error: str | None = None) -> None:
-        body = {"Success": func_error is None, "Response": func_error or ""}
+        # ProcessId is millgate's addition (a v1 core ignored unknown keys): the health API shows it
+        body = {"Success": func_error is None, "Response": func_error or "", "ProcessId": os.getpid()}
         self._request("PUT", self._url(function_arn, "/initialized"), json.dumps(body).encode("utf-8"))
