@@ -37,6 +37,7 @@ class Invocation:
     enqueued_at: float
     client_context: str | None = None  # Greengrass v1: the caller's base64 client context, passed through
     on_answer: Callable[[Answer], None] | None = None  # an invoker in this process, instead of reply_to
+    delivery: Received | None = None  # the broker's message, acknowledged only once it has been handled
 
 
 class Worker(Protocol):
@@ -118,9 +119,20 @@ class FunctionPool:
 
     async def on_message(self, message: Received) -> None:
         invocation = Invocation(
-            uuid.uuid4().hex, message.topic, message.payload, message.response_topic, time.monotonic()
+            uuid.uuid4().hex,
+            message.topic,
+            message.payload,
+            message.response_topic,
+            time.monotonic(),
+            delivery=message,
         )
         await self._accept(invocation)
+
+    def _settle(self, invocation: Invocation) -> None:
+        """Acknowledge the message to the broker: until then a restart of this process (a deployment, a
+        crash) makes the broker deliver it again instead of losing it."""
+        if invocation.delivery is not None and self.mqtt is not None:
+            self.mqtt.ack(invocation.delivery)
 
     def submit(
         self, topic: str, payload: bytes, client_context: str | None = None, wait: bool = True
@@ -144,6 +156,7 @@ class FunctionPool:
         if self.problems:
             self.stats.errors += 1
             await self._reply(invocation, None, "Unhandled", f"function cannot run: {'; '.join(self.problems)}")
+            self._settle(invocation)
             return
         try:
             self.queue.put_nowait(invocation)
@@ -158,6 +171,7 @@ class FunctionPool:
                     invocation.topic,
                 )
             await self._reply(invocation, None, "Unhandled", "input queue full: message rejected")
+            self._settle(invocation)
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
@@ -252,6 +266,7 @@ class FunctionPool:
                     worker.idle_since = time.monotonic()
                     self.idle.append(worker)
             self._slots.release()
+            self._settle(invocation)
 
     async def _reap_idle(self) -> None:
         while True:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ class PinnedFunction:
         self.handler: Handler | None = None
         self.init_state = "loading"
         self.problems: list[str] = []
+        self.acknowledge: Callable[[Received], None] = lambda _message: None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class PinnedFunction:
                         self.stats.rejected,
                         self.queue_size,
                     )
+                self.acknowledge(message)  # rejected for good: not to be delivered again
                 return
             self.inbox.append(message)
             self.wakeup.notify()
@@ -104,6 +107,7 @@ class PinnedFunction:
             if not outcome.ok:
                 self.stats.errors += 1
                 log.error("function=%s event=handler-error error=%r\n%s", self.name, outcome.error, outcome.traceback)
+            self.acknowledge(message)
 
 
 def run_greengrass_v1(ctx: ComponentContext, function: Function) -> int:
@@ -158,7 +162,11 @@ async def main(ctx: ComponentContext, function: Function) -> None:
         subscriptions=subscriptions,
         on_message=pinned.on_message,
         status_fields=pinned.status,
+        # messages wait at the broker while this process restarts, and are acknowledged once handled
+        manual_ack=True,
+        persistent_session=True,
     )
+    pinned.acknowledge = mqtt.ack
     if not pinned.problems:
         limit_address_space(function.memory_mb)
         threading.Thread(

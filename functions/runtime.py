@@ -103,6 +103,9 @@ def build_pool(
         subscriptions=subscriptions,
         on_message=pool.on_message,
         status_fields=pool.status,
+        # the broker keeps the function's messages while the core restarts (a deployment, a crash)
+        manual_ack=True,
+        persistent_session=True,
     )
     if greengrass is not None:
         greengrass.attach(function.name, pool)

@@ -298,6 +298,45 @@ class OpcuaMethod(Strict):
     timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
 
 
+EVENT_FIELD_PATTERN = r"^(\d+:)?[^/:]+(/(\d+:)?[^/:]+)*$"  # relative to the event type: "Severity", "2:Temperature"
+DEFAULT_EVENT_FIELDS = ("EventId", "EventType", "SourceName", "Time", "Severity", "Message")
+BASE_EVENT_TYPE = "i=2041"  # ns=0 BaseEventType: every event
+
+
+def event_field_key(field: str) -> str:
+    """The JSON key of an event field: its browse path without namespace indexes ("2:Temperature" -> "Temperature")."""
+    return "/".join(part.split(":", 1)[-1] for part in field.split("/"))
+
+
+class OpcuaEvents(Strict):
+    """Events (alarms, conditions, audit events) from one event notifier, each published as JSON with
+    the selected fields on `topic`."""
+
+    name: Name
+    node_id: NodeIdText | None = None  # the event notifier, e.g. i=2253 (the Server object) or ns=2;s=Line2
+    browse_path: BrowsePathText | None = None  # or its browse path from Objects, resolved per session
+    event_type: NodeIdText = BASE_EVENT_TYPE  # only events of this type and its subtypes
+    fields: list[Annotated[str, Field(pattern=EVENT_FIELD_PATTERN)]] = Field(
+        default_factory=lambda: list(DEFAULT_EVENT_FIELDS), min_length=1, max_length=64
+    )
+    topic: TopicName | None = None  # default: <adapter>/events/<name>
+    queue_size: int = Field(default=100, ge=1, le=10_000)  # server-side queue of the event monitored item
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("an event source needs exactly one of 'node_id' or 'browse_path'")
+        keys = [event_field_key(f) for f in self.fields]
+        for index, key in enumerate(keys):
+            if key in keys[:index]:
+                raise ValueError(f"fields[{index}] {self.fields[index]!r}: the field {key!r} is selected twice")
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.node_id or f"browse path {self.browse_path}"
+
+
 class OpcuaAdapter(Strict):
     name: Name
     protocol: Literal["opcua"]
@@ -319,6 +358,7 @@ class OpcuaAdapter(Strict):
     watchdog_ms: int = Field(default=1000, ge=100, le=60_000)  # how often an idle session is probed
     nodes: list[OpcuaNode] = Field(min_length=1)
     methods: list[OpcuaMethod] = Field(default_factory=list)
+    events: list[OpcuaEvents] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _security_pairs(self) -> Self:
@@ -340,6 +380,10 @@ class OpcuaAdapter(Strict):
     def method_topic(self, method: OpcuaMethod) -> str:
         """Where calls of a method arrive (its outcome goes to this plus `/result`)."""
         return method.topic or f"{self.name}/{method.name}/call"
+
+    def events_topic(self, events: OpcuaEvents) -> str:
+        """Where the events of one `[[events]]` source are published, one message per event."""
+        return events.topic or f"{self.name}/events/{events.name}"
 
 
 AdapterConfig = ModbusAdapter | OpcuaAdapter

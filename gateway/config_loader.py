@@ -414,6 +414,22 @@ def _opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
                     Problem(shown, f"methods[{index}].topic", f"topic {used!r} is also used by {claimed[used]}")
                 )
             claimed.setdefault(used, f"methods[{index}]")
+    for index, first in _duplicates([e.name for e in adapter.events]):
+        problems.append(
+            Problem(
+                shown,
+                f"events[{index}].name",
+                f"duplicate events name {adapter.events[index].name!r} (also events[{first}])",
+            )
+        )
+    duplicate_events = {index for index, _ in _duplicates([e.name for e in adapter.events])}
+    for index, events in enumerate(adapter.events):
+        topic = adapter.events_topic(events)
+        if topic in claimed and index not in duplicate_events:
+            problems.append(
+                Problem(shown, f"events[{index}].topic", f"topic {topic!r} is also used by {claimed[topic]}")
+            )
+        claimed.setdefault(topic, f"events[{index}]")
     return problems
 
 

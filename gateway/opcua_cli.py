@@ -1,14 +1,17 @@
 """`millgate opcua browse URL [--depth N]`: prints an OPC-UA server's address space under Objects as an
 indented tree (browse name, node class, NodeId, data type and value of variables), with each node's
-`node_id` and `browse_path` ready to paste into an adapter file.
+`node_id` and `browse_path` ready to paste into an adapter file. `millgate opcua cert ADAPTER [--pem]`:
+prints an adapter's client certificate (made first if it does not exist yet) for the server's trust list.
 
-asyncua is imported only when the command runs, so the rest of the CLI stays light. Read-only.
+asyncua and the certificate code are imported only when a command runs, so the rest of the CLI stays
+light. Browse is read-only; cert writes only the adapter's own certificate and key, once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Any
 
@@ -78,6 +81,51 @@ def cmd_opcua_browse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_opcua_cert(args: argparse.Namespace) -> int:
+    from adapters.opcua.certificate import CertificateError, certificate_for_adapter
+    from gateway.adapter_config import OpcuaAdapter
+    from gateway.cli_support import EXIT_FAILED, EXIT_INVALID, load_or_exit, paths_for
+
+    loaded = load_or_exit(args)
+    adapter_file = loaded.adapters.get(args.adapter)
+    if adapter_file is None or not isinstance(adapter_file.config, OpcuaAdapter):
+        known = sorted(name for name, a in loaded.adapters.items() if isinstance(a.config, OpcuaAdapter))
+        print(
+            f"millgate opcua cert: no OPC-UA adapter {args.adapter!r} in {loaded.config_dir}/adapters "
+            f"(OPC-UA adapters: {', '.join(known) or 'none'})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    config = adapter_file.config
+    try:
+        cert = certificate_for_adapter(config, paths_for(args, loaded).state_dir, adapter_file.path.parent)
+    except CertificateError as exc:
+        print(f"millgate opcua cert: {adapter_file.path}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if cert.created and os.geteuid() == 0:
+        # made by root for an adapter that runs as the service user, which must be able to read its key
+        from gateway.service_user import service_user
+
+        owner = service_user().owner
+        for path in (cert.cert_path.parent.parent, cert.cert_path.parent, cert.cert_path, cert.key_path):
+            os.chown(path, *owner)
+    valid = f"{cert.not_before:%Y-%m-%d %H:%M:%S} UTC to {cert.not_after:%Y-%m-%d %H:%M:%S} UTC"
+    print(f"adapter      {config.name}{'  (created now)' if cert.created else ''}")
+    print(f"certificate  {cert.cert_path}")
+    print(f"private key  {cert.key_path}")
+    print(f"subject      {cert.subject}")
+    print(f"valid        {valid}")
+    print(f"SHA-1        {cert.thumbprint}")
+    print(f"SHA-256      {cert.sha256}")
+    if config.security_policy == "None":
+        print("note         security_policy is None: the adapter does not present this certificate yet")
+    else:
+        print("trust it     on the OPC-UA server (its trust list, or move it out of the rejected folder)")
+    if args.pem:
+        print(cert.pem, end="")
+    return 0
+
+
 def add_opcua_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     opcua = verbs.add_parser("opcua", help="explore OPC-UA servers to write adapter files", parents=[common])
     opcua_verbs = opcua.add_subparsers(dest="opcua_verb", required=True, metavar="ACTION")
@@ -90,3 +138,9 @@ def add_opcua_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     browse.add_argument("--user", default=None, help="user name (default: anonymous)")
     browse.add_argument("--password", default=None)
     browse.set_defaults(handler=cmd_opcua_browse)
+    cert = opcua_verbs.add_parser(
+        "cert", help="print an adapter's client certificate and thumbprints (made if missing)", parents=[common]
+    )
+    cert.add_argument("adapter", help="the adapter's name (its adapters/<name>.toml)")
+    cert.add_argument("--pem", action="store_true", help="print the certificate as PEM too")
+    cert.set_defaults(handler=cmd_opcua_cert)

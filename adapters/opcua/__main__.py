@@ -6,12 +6,15 @@ local MQTT client.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
 from adapters.base.commands import CommandRouter
 from adapters.base.publisher import Publisher
-from adapters.opcua.certificate import CertificateError, ClientCertificate, ensure_client_certificate
+from adapters.opcua.certificate import CertificateError, ClientCertificate, certificate_for_adapter
+from adapters.opcua.event_map import build_event_bindings
+from adapters.opcua.event_outbox import EventOutbox
 from adapters.opcua.method_router import MethodRouter
 from adapters.opcua.node_map import build_bindings
 from adapters.opcua.session import OpcuaSession
@@ -24,13 +27,7 @@ log = logging.getLogger("adapters.opcua")
 
 async def client_certificate(config: OpcuaAdapter, state_dir: Path, config_dir: Path) -> ClientCertificate:
     """The configured pair, or the one generated under the state dir on first use."""
-    if config.certificate and config.private_key:
-        cert, key, generate = config_dir / config.certificate, config_dir / config.private_key, False
-    else:
-        base = state_dir / "opcua" / config.name
-        cert, key, generate = base / "client-cert.der", base / "client-key.pem", True
-    uri = config.application_uri or f"urn:millgate:{config.name}"
-    return await asyncio.to_thread(ensure_client_certificate, cert, key, uri, f"millgate {config.name}", generate)
+    return await asyncio.to_thread(certificate_for_adapter, config, state_dir, config_dir)
 
 
 async def main() -> None:
@@ -63,7 +60,17 @@ async def main() -> None:
     stop = stop_on_signals()
     nodes, methods = build_bindings(config)
     publisher = Publisher(config.name, qos=config.qos, retain=config.retain)
-    session = OpcuaSession(config, nodes, methods, publisher.offer, certificate)
+    outbox = EventOutbox(config.name, qos=config.qos)
+    events = build_event_bindings(config)
+    session = OpcuaSession(
+        config,
+        nodes,
+        methods,
+        publisher.offer,
+        certificate,
+        events=events,
+        event_sink=lambda source, body: outbox.offer(source.topic, json.dumps(body, separators=(",", ":")).encode()),
+    )
     writes = CommandRouter(config.name, session.points, session)
     calls = MethodRouter(config.name, methods, session.call)
 
@@ -78,20 +85,30 @@ async def main() -> None:
         status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
         subscriptions=[(topic_filter, 1) for topic_filter in writes.filters() + calls.filters()],
         on_message=on_message,
-        status_fields=lambda: {**session.status(), "publish": publisher.stats(), "calls": calls.stats()},
+        status_fields=lambda: {
+            **session.status(),
+            "publish": publisher.stats(),
+            "calls": calls.stats(),
+            "event_publish": outbox.stats(),
+        },
     )
     writes.broker = calls.broker = mqtt
     log.info(
-        "event=starting adapter=%s endpoint=%s security=%s/%s nodes=%d methods=%d",
+        "event=starting adapter=%s endpoint=%s security=%s/%s nodes=%d methods=%d events=%d",
         config.name,
         config.endpoint,
         config.security_policy,
         config.security_mode,
         len(nodes),
         len(methods),
+        len(events),
     )
     async with asyncio.TaskGroup() as tasks:
-        workers = [tasks.create_task(session.run()), tasks.create_task(publisher.run(mqtt))]
+        workers = [
+            tasks.create_task(session.run()),
+            tasks.create_task(publisher.run(mqtt)),
+            tasks.create_task(outbox.run(mqtt)),
+        ]
         tasks.create_task(mqtt.run(stop))
         await stop.wait()
         writes.cancel()

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.adapter_config import OpcuaAdapter
 from gateway.atomic_file import write_atomic
 
 VALID_DAYS = 3650  # an OPC-UA client certificate is trusted by hand on each server: do not make that yearly
@@ -36,6 +37,10 @@ class ClientCertificate:
     thumbprint: str  # SHA-1, as OPC-UA trust lists show it
     sha256: str
     created: bool  # made just now: the server does not trust it yet
+    subject: str = ""
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    pem: str = ""
 
 
 def _fingerprints(cert: x509.Certificate) -> tuple[str, str]:
@@ -118,4 +123,26 @@ def ensure_client_certificate(
     sha1, sha256 = _fingerprints(cert)
     if os.stat(key_path).st_mode & 0o077:
         raise CertificateError(f"{key_path}: the private key is readable by others; chmod 600 it")
-    return ClientCertificate(cert_path, key_path, sha1, sha256, created)
+    return ClientCertificate(
+        cert_path,
+        key_path,
+        sha1,
+        sha256,
+        created,
+        subject=cert.subject.rfc4514_string(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
+    )
+
+
+def certificate_for_adapter(config: OpcuaAdapter, state_dir: Path, config_dir: Path) -> ClientCertificate:
+    """An adapter's certificate: its configured pair (paths relative to the adapters dir), or the one
+    kept under `<state>/opcua/<adapter>/`, made on first use. Blocking file I/O."""
+    if config.certificate and config.private_key:
+        cert, key, generate = config_dir / config.certificate, config_dir / config.private_key, False
+    else:
+        base = state_dir / "opcua" / config.name
+        cert, key, generate = base / "client-cert.der", base / "client-key.pem", True
+    uri = config.application_uri or f"urn:millgate:{config.name}"
+    return ensure_client_certificate(cert, key, uri, f"millgate {config.name}", generate)

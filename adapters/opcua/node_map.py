@@ -8,8 +8,9 @@ It never subscribes, polls or writes; the session does, through these bindings.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from asyncua import Client, ua
 from asyncua.common.ua_utils import data_type_to_variant_type
@@ -83,18 +84,40 @@ async def _namespace_index(client: Client, uri: str, cache: dict[str, int]) -> i
     return cache[uri]
 
 
-async def resolve_node_ids(client: Client, bindings: list[NodeBinding], timeout_s: float) -> None:
+class Address(Protocol):
+    @property
+    def node_id(self) -> str | None: ...
+
+    @property
+    def browse_path(self) -> str | None: ...
+
+
+class Locatable(Protocol):
+    """A binding addressed by NodeId or browse path: a node or an event source."""
+
+    @property
+    def config(self) -> Address: ...
+
+    node_id: ua.NodeId | None
+    problem: str | None
+
+
+async def resolve_node_ids(client: Client, bindings: Sequence[Locatable], timeout_s: float) -> None:
     """Fill in each binding's NodeId for this session (browse paths are translated in batches);
     a node that cannot be found gets a `problem` and stays out of the session."""
     namespaces: dict[str, int] = {}
-    by_path: list[NodeBinding] = []
+    by_path: list[Locatable] = []
     for binding in bindings:
         binding.problem = None
         binding.node_id = None
         if binding.config.node_id is None:
             by_path.append(binding)
             continue
-        node_id = _parse(binding.config.node_id)
+        try:
+            node_id = _parse(binding.config.node_id)
+        except ua.UaStringParsingError:
+            binding.problem = f"{binding.config.node_id} is not a valid NodeId"
+            continue
         uri = getattr(node_id, "NamespaceUri", None)
         if uri:
             try:

@@ -12,17 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from enum import StrEnum
 from typing import Any
 
 from asyncua import Client, ua
+from asyncua.common.events import Event
 from asyncua.crypto import security_policies
 
 from adapters.base.commands import WriteRefused
 from adapters.base.device_health import DeviceHealth
 from adapters.base.tag import Point, TagValue
 from adapters.opcua.certificate import ClientCertificate
+from adapters.opcua.event_map import EventBinding, EventSourceError, event_body, event_filter
 from adapters.opcua.node_map import (
     BATCH,
     MethodBinding,
@@ -39,6 +41,7 @@ from gateway.backoff import Backoff
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Point, TagValue], None]
+EventSink = Callable[[EventBinding, dict[str, Any]], None]
 SECURITY_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
     "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
@@ -48,6 +51,21 @@ SESSION_TIMEOUT_MS = 120_000  # the server drops a session we abandoned after th
 CLOSE_TIMEOUT_S = 2.0
 MIN_PUBLISHING_MS = 50.0
 BACKOFF_INITIAL_S = 0.5
+EVENTS_PUBLISHING_MS = 200.0  # of the one subscription that carries every [[events]] source
+# a failure of the session or subscription itself, as opposed to one event source being refused
+SESSION_CODES = frozenset(
+    {
+        ua.StatusCodes.BadSessionIdInvalid,
+        ua.StatusCodes.BadSessionClosed,
+        ua.StatusCodes.BadSessionNotActivated,
+        ua.StatusCodes.BadSubscriptionIdInvalid,
+        ua.StatusCodes.BadSecureChannelIdInvalid,
+        ua.StatusCodes.BadSecureChannelClosed,
+        ua.StatusCodes.BadConnectionClosed,
+        ua.StatusCodes.BadServerNotConnected,
+        ua.StatusCodes.BadTimeout,
+    }
+)
 
 
 class State(StrEnum):
@@ -102,8 +120,9 @@ class _Notifications:
             value = code.value if isinstance(code, ua.StatusCode) else int(code)
             self.session.signal_lost(f"subscription status {status_reason(value)}")
 
-    def event_notification(self, event: Any) -> None:
-        return None
+    def event_notification(self, event: Event) -> None:
+        if self.generation == self.session.generation:
+            self.session.on_event(event)
 
 
 class OpcuaSession:
@@ -114,8 +133,12 @@ class OpcuaSession:
         methods: list[MethodBinding],
         sink: Sink,
         certificate: ClientCertificate | None = None,
+        events: Sequence[EventBinding] = (),
+        event_sink: EventSink | None = None,
     ):
         self.config = config
+        self.events = list(events)
+        self.event_sink = event_sink
         self.nodes = nodes
         self.methods = methods
         self.sink = sink
@@ -134,6 +157,9 @@ class OpcuaSession:
         self._by_key = {b.point.key: b for b in nodes}
         self._by_handle = {b.handle: b for b in nodes}
         self._node_problems: dict[str, str] = {}
+        self._event_problems: dict[str, str] = {}
+        self._events_by_item: dict[int, EventBinding] = {}  # this session's monitored item id -> source
+        self.events_received = 0
 
     @property
     def points(self) -> list[Point]:
@@ -176,6 +202,7 @@ class OpcuaSession:
             await resolve_node_ids(client, self.nodes, self.timeout_s)
             await read_data_types(client, self.nodes, self.timeout_s)
             await self._subscribe(client)
+            await self._subscribe_events(client)
             self._enter(State.SUBSCRIBED)
             self._report_problems()
             self._client = client
@@ -194,6 +221,7 @@ class OpcuaSession:
             return self._lost_reason or describe(exc, self.config.endpoint, self.timeout_s)
         finally:
             self._client = None
+            self._events_by_item = {}
             self.generation += 1
             await self._close(client)
 
@@ -251,6 +279,21 @@ class OpcuaSession:
                 )
                 self._node_problems[key] = binding.problem
             self.sink(binding.point, bad_reading(f"{binding.address}: {binding.problem}"))
+        for events in self.events:
+            name = events.config.name
+            if events.problem is None:
+                if self._event_problems.pop(name, None) is not None:
+                    log.info("adapter=%s events=%s event=events-recovered", self.config.name, name)
+                continue
+            if self._event_problems.get(name) != events.problem:
+                log.warning(
+                    "adapter=%s events=%s address=%s event=events-unavailable reason=%s",
+                    self.config.name,
+                    name,
+                    events.address,
+                    events.problem,
+                )
+                self._event_problems[name] = events.problem
 
     # ---- subscriptions ------------------------------------------------------------------------
 
@@ -270,6 +313,41 @@ class OpcuaSession:
                 for binding, result in zip(chunk, results, strict=True):
                     if isinstance(result, ua.StatusCode):
                         binding.problem = status_reason(result.value)
+
+    async def _subscribe_events(self, client: Client) -> None:
+        """One subscription for every event source; a source the server refuses gets a `problem`
+        and the others go on (only a failure of the session itself ends it)."""
+        if not self.events:
+            return
+        await resolve_node_ids(client, self.events, self.timeout_s)
+        usable = [(e, e.node_id) for e in self.events if e.problem is None and e.node_id is not None]
+        if not usable:
+            return
+        async with asyncio.timeout(self.timeout_s):
+            subscription = await client.create_subscription(EVENTS_PUBLISHING_MS, _Notifications(self, self.generation))
+        for events, source in usable:
+            try:
+                evfilter = await event_filter(client, events, self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    item = await subscription.subscribe_events(
+                        source, evfilter=evfilter, queuesize=events.config.queue_size
+                    )
+            except EventSourceError as exc:
+                events.problem = str(exc)
+                continue
+            except ua.UaStatusCodeError as exc:
+                if exc.code in SESSION_CODES:
+                    raise
+                events.problem = status_reason(exc.code)
+                continue
+            self._events_by_item[item] = events
+
+    def on_event(self, event: Event) -> None:
+        events = self._events_by_item.get(event.server_handle) if event.server_handle is not None else None
+        if events is None or self.event_sink is None:
+            return
+        self.events_received += 1
+        self.event_sink(events, event_body(events, event))
 
     @staticmethod
     def _item_request(binding: NodeBinding) -> ua.MonitoredItemCreateRequest:
@@ -427,4 +505,9 @@ class OpcuaSession:
                 **self.health.snapshot(),
             },
             "nodes": {"total": len(self.nodes), "unavailable": dict(self._node_problems)},
+            "events": {
+                "sources": len(self.events),
+                "received": self.events_received,
+                "unavailable": dict(self._event_problems),
+            },
         }

@@ -1,6 +1,7 @@
 """A simulated OPC-UA server for the demo, the tests and the benchmark (`python -m adapters.opcua.simulator
 --port 14840`): an asyncua server whose Line2 object has changing variables, writable ones of several
-types and a method, optionally with Basic256Sha256 endpoints and N extra variables for load.
+types and a method, an alarm event (Line2AlarmType, emitted by Line2 every --event-period seconds and
+by its RaiseAlarm method), optionally with Basic256Sha256 endpoints and N extra variables for load.
 
 It is a stand-in for plant equipment; the adapter never imports it.
 """
@@ -38,14 +39,23 @@ VARIABLES: dict[str, tuple[ua.VariantType, Any, bool]] = {
 }
 
 
+ALARM_TYPE = "Line2AlarmType"  # ns=2;s=Line2AlarmType, a BaseEventType with a Temperature property
+ALARM_SEVERITIES = (100, 500, 900)  # cycled by the periodic alarm
+
+
 def node_id(name: str, ns: int = 2) -> str:
     return f"ns={ns};s=Line2.{name}"
 
 
 class Simulator:
-    def __init__(self, port: int, period_s: float = 0.5, items: int = 0, host: str = "127.0.0.1"):
+    def __init__(
+        self, port: int, period_s: float = 0.5, items: int = 0, host: str = "127.0.0.1", event_period_s: float = 0.0
+    ):
         self.port = port
         self.period_s = period_s
+        self.event_period_s = event_period_s
+        self.alarms = 0
+        self.alarm: Any = None  # the EventGenerator of Line2AlarmType, emitted by Line2
         self.items = items
         self.host = host
         self.server = Server()
@@ -95,6 +105,22 @@ class Simulator:
             [ua.VariantType.UInt32],
             [ua.VariantType.UInt32],
         )
+        alarm_type = await server.get_node(ua.ObjectIds.BaseEventType).add_object_type(
+            self._id(ALARM_TYPE), ua.QualifiedName(ALARM_TYPE, self.ns)
+        )
+        await alarm_type.add_property(
+            self._id(f"{ALARM_TYPE}.Temperature"),
+            ua.QualifiedName("Temperature", self.ns),
+            ua.Variant(0.0, ua.VariantType.Double),
+        )
+        self.alarm = await server.get_event_generator(alarm_type, line.nodeid)
+        await line.add_method(
+            self._id("Line2.RaiseAlarm"),
+            ua.QualifiedName("RaiseAlarm", self.ns),
+            self._raise_alarm,
+            [ua.VariantType.String, ua.VariantType.UInt16],
+            [],
+        )
         if self.items:
             bench = await server.nodes.objects.add_object(self._id("Bench"), ua.QualifiedName("Bench", self.ns))
             for index in range(self.items):
@@ -109,6 +135,17 @@ class Simulator:
         previous = await self.variables["Counter"].read_value()
         await self.variables["Counter"].write_value(ua.Variant(value, ua.VariantType.UInt32))
         return int(previous)
+
+    @uamethod
+    async def _raise_alarm(self, parent: ua.NodeId, message: str, severity: int) -> None:
+        await self.raise_alarm(message, severity)
+
+    async def raise_alarm(self, message: str, severity: int) -> None:
+        """Emit one Line2AlarmType event from Line2 with the current temperature."""
+        self.alarms += 1
+        self.alarm.event.Severity = severity
+        self.alarm.event.Temperature = float(await self.variables["Temperature"].read_value())
+        await self.alarm.trigger(message=message)
 
     async def step(self) -> None:
         """Advance the simulated line one tick: temperature and pressure drift, the counter counts."""
@@ -133,8 +170,14 @@ class Simulator:
     async def run(self, stop: asyncio.Event) -> None:
         async with self.server:
             log.info("event=serving endpoint=opc.tcp://%s:%d/ namespace=%s", self.host, self.port, NAMESPACE)
+            loop = asyncio.get_running_loop()
+            next_alarm = loop.time() + self.event_period_s
             while not stop.is_set():
                 await self.step()
+                if self.event_period_s and loop.time() >= next_alarm:
+                    next_alarm += self.event_period_s
+                    severity = ALARM_SEVERITIES[self.alarms % len(ALARM_SEVERITIES)]
+                    await self.raise_alarm(f"temperature alarm {self.alarms + 1}", severity)
                 try:
                     async with asyncio.timeout(self.period_s):
                         await stop.wait()
@@ -147,13 +190,16 @@ async def main() -> None:
     parser.add_argument("--port", type=int, default=14840)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--period", type=float, default=0.5, help="seconds between value changes")
+    parser.add_argument(
+        "--event-period", type=float, default=5.0, help="seconds between Line2AlarmType events (0: only RaiseAlarm)"
+    )
     parser.add_argument("--items", type=int, default=0, help="extra Double variables Bench.0..N-1 (load tests)")
     parser.add_argument("--cert-dir", type=Path, default=None, help="serve Basic256Sha256 too, with a cert made here")
     parser.add_argument("--secure-only", action="store_true", help="with --cert-dir: no unsecured endpoint")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    sim = Simulator(args.port, args.period, args.items, args.host)
+    sim = Simulator(args.port, args.period, args.items, args.host, args.event_period)
     if args.cert_dir is not None:
         args.cert_dir.mkdir(parents=True, exist_ok=True)
     await sim.setup(args.cert_dir, args.secure_only)

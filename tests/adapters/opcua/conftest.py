@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from adapters.base.tag import Point, TagValue
+from adapters.opcua.event_map import EventBinding, build_event_bindings
 from adapters.opcua.node_map import build_bindings
 from adapters.opcua.session import OpcuaSession
 from gateway.adapter_config import OpcuaAdapter
@@ -88,12 +89,16 @@ def adapter_config(endpoint: str, nodes: list[dict[str, Any]], **extra: Any) -> 
 
 
 class Harness:
-    """An OpcuaSession running in the test's loop, with every reading recorded per node name."""
+    """An OpcuaSession running in the test's loop, with every reading recorded per node name and every
+    event per `[[events]]` name."""
 
     def __init__(self, config: OpcuaAdapter, certificate: Any = None):
         nodes, methods = build_bindings(config)
         self.readings: dict[str, list[TagValue]] = defaultdict(list)
-        self.session = OpcuaSession(config, nodes, methods, self._sink, certificate)
+        self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.session = OpcuaSession(
+            config, nodes, methods, self._sink, certificate, events=build_event_bindings(config), event_sink=self._event
+        )
         self.session.backoff.cap_s = 1.0
         self.methods = {m.config.name: m for m in methods}
         self.points = {b.config.name: b.point for b in nodes}
@@ -101,6 +106,9 @@ class Harness:
 
     def _sink(self, point: Point, reading: TagValue) -> None:
         self.readings[point.name].append(reading)
+
+    def _event(self, source: EventBinding, body: dict[str, Any]) -> None:
+        self.events[source.config.name].append(body)
 
     def latest(self, name: str) -> TagValue | None:
         found = self.readings.get(name)

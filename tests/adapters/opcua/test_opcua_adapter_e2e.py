@@ -1,6 +1,7 @@
 """The OPC-UA adapter as the gateway runs it: `millgate run` starts `adapter-line2` under supervisord,
 node values arrive on the real broker with source and server timestamps, a `/set` writes the server
-in the node's type and a method call returns its outputs, as the operator sees them."""
+in the node's type, a method call returns its outputs and alarms arrive as events, as the operator
+sees them."""
 
 from __future__ import annotations
 
@@ -40,11 +41,17 @@ writable = true
 name = "set_counter"
 object_id = "ns=2;s=Line2"
 method_id = "ns=2;s=Line2.SetCounter"
+
+[[events]]
+name = "alarms"
+node_id = "ns=2;s=Line2"
+event_type = "ns=2;s=Line2AlarmType"
+fields = ["EventId", "Time", "Severity", "Message", "2:Temperature"]
 """
 
 
-def test_values_writes_and_method_calls_flow_through_the_gateway(opcua_simulator, gateway_factory) -> None:
-    sim = opcua_simulator("--period", "0.1")
+def test_values_writes_method_calls_and_events_flow_through_the_gateway(opcua_simulator, gateway_factory) -> None:
+    sim = opcua_simulator("--period", "0.1", "--event-period", "0.3")
     gw = gateway_factory(GATEWAY, adapters={"line2": adapter(sim.endpoint)}, expect=("broker", "core", "adapter-line2"))
 
     received: dict[str, list[dict]] = {}
@@ -87,5 +94,16 @@ def test_values_writes_and_method_calls_flow_through_the_gateway(opcua_simulator
     wait_until(lambda: (latest("line2/setpoint/set/result") or {}).get("ok") is False, 10, "the refusal")
     assert "Int16" in latest("line2/setpoint/set/result")["error"]
 
-    status = wait_until(lambda: (latest("millgate/adapter-line2/status") or {}).get("server"), 10, "the heartbeat")
+    wait_until(lambda: len(received.get("line2/events/alarms", [])) >= 2, 10, "two alarm events")
+    alarm = latest("line2/events/alarms")
+    assert alarm is not None and set(alarm) == {"EventId", "Time", "Severity", "Message", "Temperature"}
+    assert isinstance(alarm["Time"], int) and alarm["Message"].startswith("temperature alarm ")
+
+    heartbeat = wait_until(
+        lambda: (latest("millgate/adapter-line2/status") or {}).get("event_publish", {}).get("published"),
+        10,
+        "the heartbeat counting published events",
+    )
+    assert heartbeat
+    status = latest("millgate/adapter-line2/status")["server"]
     assert status["session"] == "running" and status["writes_ok"] == 1

@@ -1,0 +1,83 @@
+"""`millgate opcua cert ADAPTER [--pem]` through the real console script: the adapter's client
+certificate is made on first use, kept afterwards, and printed with its subject, validity and the
+thumbprints an operator compares on the server; unknown adapters and missing files are reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from tests.fixtures.gateway import run_cli
+
+ADAPTER = """
+name = "line2"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:4840/"
+security_policy = "Basic256Sha256"
+security_mode = "SignAndEncrypt"
+{extra}
+[[nodes]]
+name = "temperature"
+node_id = "ns=2;s=Line2.Temperature"
+"""
+
+
+def config_dir(tmp_path: Path, extra: str = "") -> Path:
+    config = tmp_path / "config"
+    (config / "adapters").mkdir(parents=True)
+    (config / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
+    (config / "adapters" / "line2.toml").write_text(ADAPTER.format(extra=extra))
+    return config
+
+
+def fields(stdout: str) -> dict[str, str]:
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("-----") or "  " not in line:
+            continue
+        key, _, value = line.partition("  ")
+        found[key.strip()] = value.strip()
+    return found
+
+
+def test_cert_makes_the_client_certificate_once_and_prints_its_thumbprints(tmp_path: Path) -> None:
+    config, state = config_dir(tmp_path), tmp_path / "state"
+    first = run_cli("opcua", "cert", "line2", "--pem", config=config, state=state)
+    assert first.returncode == 0, first.stderr
+    shown = fields(first.stdout)
+    cert_path = state.absolute() / "opcua" / "line2" / "client-cert.der"
+    assert shown["adapter"] == "line2  (created now)"
+    assert shown["certificate"] == str(cert_path) and cert_path.is_file()
+    assert (cert_path.parent / "client-key.pem").stat().st_mode & 0o077 == 0
+    pem = first.stdout[first.stdout.index("-----BEGIN CERTIFICATE-----") :]
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    assert cert == x509.load_der_x509_certificate(cert_path.read_bytes())
+    assert shown["SHA-1"] == cert.fingerprint(hashes.SHA1()).hex(":").upper()
+    assert shown["SHA-256"] == cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    assert shown["subject"] == "CN=millgate line2"
+    assert shown["valid"] == (
+        f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC to {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    uri = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "urn:millgate:line2" in uri.get_values_for_type(x509.UniformResourceIdentifier)
+
+    again = run_cli("opcua", "cert", "line2", config=config, state=state)
+    assert again.returncode == 0, again.stderr
+    assert fields(again.stdout)["adapter"] == "line2"
+    assert fields(again.stdout)["SHA-1"] == shown["SHA-1"]
+    assert "BEGIN CERTIFICATE" not in again.stdout
+
+
+def test_cert_reports_an_unknown_adapter_and_a_missing_configured_certificate(tmp_path: Path) -> None:
+    config, state = config_dir(tmp_path), tmp_path / "state"
+    unknown = run_cli("opcua", "cert", "line9", config=config, state=state)
+    assert unknown.returncode == 2
+    assert "no OPC-UA adapter 'line9'" in unknown.stderr and "OPC-UA adapters: line2" in unknown.stderr
+
+    configured = config_dir(tmp_path / "other", 'certificate = "pki/line2.der"\nprivate_key = "pki/line2.pem"\n')
+    missing = run_cli("opcua", "cert", "line2", config=configured, state=state)
+    assert missing.returncode == 1
+    assert "line2.toml" in missing.stderr and "pki/line2.der" in missing.stderr
+    assert not (configured / "adapters" / "pki").exists()
