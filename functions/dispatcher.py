@@ -217,6 +217,7 @@ class FunctionPool:
     async def _invoke(self, invocation: Invocation) -> None:
         worker: Worker | None = None
         started = time.monotonic()
+        cancelled = False
         try:
             worker = await self._take_worker()
             self.busy.add(worker)
@@ -259,6 +260,9 @@ class FunctionPool:
                 "function=%s event=worker-failed request=%s reason=%s", self.function.name, invocation.request_id, exc
             )
             await self._reply(invocation, None, "Unhandled", str(exc))
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             if worker is not None:
                 self.busy.discard(worker)
@@ -266,7 +270,8 @@ class FunctionPool:
                     worker.idle_since = time.monotonic()
                     self.idle.append(worker)
             self._slots.release()
-            self._settle(invocation)
+            if not cancelled:  # a stop mid-invocation leaves it unacknowledged: the broker redelivers it
+                self._settle(invocation)
 
     async def _reap_idle(self) -> None:
         while True:

@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gateway.bundle_cli import add_bundle_parser
 from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for
 from gateway.deploy_cli import add_deploy_parser
 from gateway.greengrass_import import add_import_parser
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_spool_parser(verbs, common)
     add_import_parser(verbs, common)
     add_deploy_parser(verbs, common)
+    add_bundle_parser(verbs, common)
     add_logs_parser(verbs, common)
     add_opcua_parser(verbs, common)
     return parser

@@ -162,6 +162,17 @@ class DeploymentSection(Strict):
     # a started process must stay healthy this long after its first good heartbeat (init failures show late)
     settle_s: float = Field(default=3.0, ge=0, le=600)
     keep: int = Field(default=5, ge=2, le=100)  # config snapshots kept under <state>/deployments
+    # cloud-driven deployments and core OTA: desired.deployment / desired.package in the gateway's own shadow
+    cloud: bool = True  # false: the core ignores both
+    s3_region: str | None = None  # default: the AWS chain's region
+    s3_endpoint_url: str | None = None  # an S3-compatible store (MinIO, moto...) instead of AWS
+    fetch_timeout_s: float = Field(default=300.0, gt=0, le=3600)  # one bundle or package download
+    max_bundle_bytes: ByteSize = Field(default=ByteSize(256 * 1024 * 1024), gt=0)  # unpacked size cap
+    # {deb} is the package file; the command runs detached from the service it replaces
+    ota_install_command: str = Field(default="dpkg -i {deb}", min_length=1)
+    ota_restart_command: str = Field(default="systemctl restart millgate.service", min_length=1)
+    # the restarted gateway must show a fresh core heartbeat this soon, or the previous package goes back
+    ota_health_timeout_s: float = Field(default=120.0, gt=0, le=3600)
 
 
 class Resource(Strict):

@@ -56,6 +56,11 @@ def deploy(
         return DeployOutcome("failed", f"{store.root}: {exc}")
 
 
+def record_refusal(paths: GatewayPaths, source: Path, by: str, version: str | None, why: str) -> DeployOutcome:
+    """Log and record in the history a deployment refused before anything changed (e.g. a bad bundle)."""
+    return _refused(paths, source, by, version, why)
+
+
 def _refused(paths: GatewayPaths, source: Path, by: str, version: str | None, why: str) -> DeployOutcome:
     store = DeploymentStore(paths.state_dir)
     entry = HistoryEntry(0, version or "-", utc_now(), str(source), by, "refused", why)

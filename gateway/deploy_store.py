@@ -47,13 +47,14 @@ class HistoryEntry:
 def config_digest(config_dir: Path) -> str:
     """A fingerprint of every file in a config dir (names and contents), 12 hex digits."""
     digest = hashlib.sha256()
-    for path in sorted(_files(config_dir)):
+    for path in sorted(config_files(config_dir)):
         digest.update(str(path.relative_to(config_dir)).encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def _files(root: Path) -> Iterator[Path]:
+def config_files(root: Path) -> Iterator[Path]:
+    """Every file of a config dir, caches and VCS metadata left out."""
     for directory, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if d not in _SKIP]
         for name in files:

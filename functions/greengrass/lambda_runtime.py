@@ -13,6 +13,7 @@ import importlib
 import logging
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -134,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=3.0)
     parser.add_argument("--limits-from-stdin", action="store_true", help="read 'cgroup' or 'rlimit' first")
     args = parser.parse_args(argv)
+    if args.limits_from_stdin:  # spawned by the core's pool, which ends it; see functions/worker.py
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     missing = [name for name in REQUIRED_ENVIRONMENT if not os.environ.get(name)]
     if missing:
         print(f"greengrass runtime: missing environment {', '.join(missing)}", file=sys.stderr)

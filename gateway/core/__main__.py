@@ -12,6 +12,7 @@ from gateway.acl import CORE, UPLINK
 from gateway.ca import CaKeyInsecure, check_key_permissions
 from gateway.component import start_component, stop_on_signals
 from gateway.core.cert_renewal import CertRenewal
+from gateway.core.cloud_deploy import CloudDeployService
 from gateway.core.health import ComponentHealth
 from gateway.core.socket_access import keep_socket_open_to_local_users
 from gateway.discovery import DiscoveryServer
@@ -32,6 +33,9 @@ async def main() -> None:
     router = TopicRouter()
     router.add([STATUS_FILTER], health.on_status)
     router.add([f for f, _ in shadows.subscriptions], shadows.on_message)
+    gw = ctx.loaded.gateway
+    deployer = CloudDeployService(gw.gateway.thing_name, ctx.paths.config_dir, ctx.paths.state_dir, gw.deployment.cloud)
+    router.add([f for f, _ in deployer.subscriptions], deployer.on_message)
     if shadows.sync is not None:
         health.when_offline(UPLINK, shadows.sync.on_uplink_offline)
     # Greengrass v1 functions: the v1 HTTP API, whose shadow calls are answered over this connection
@@ -43,7 +47,12 @@ async def main() -> None:
         ctx.creds,
         CORE,
         status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
-        subscriptions=[(STATUS_FILTER, 1), *shadows.subscriptions, *(greengrass.subscriptions if greengrass else [])],
+        subscriptions=[
+            (STATUS_FILTER, 1),
+            *shadows.subscriptions,
+            *deployer.subscriptions,
+            *(greengrass.subscriptions if greengrass else []),
+        ],
         on_message=router.dispatch,
         status_fields=lambda: {
             "thing_name": ctx.loaded.gateway.gateway.thing_name,
@@ -61,6 +70,7 @@ async def main() -> None:
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(mqtt.run(stop))
         tasks.create_task(shadows.run(stop, mqtt.publish))
+        tasks.create_task(deployer.run(stop, mqtt.publish))
         tasks.create_task(run_on_demand_functions(ctx.loaded, ctx.paths, stop, greengrass))
         if greengrass is not None:
             greengrass.use_publisher(mqtt.publish)

@@ -20,6 +20,7 @@ Run: `make bench`; the unmarked smoke runs the whole path for a few seconds with
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -41,13 +42,14 @@ import paho.mqtt.client as paho
 import pytest
 
 from gateway.credentials import load_credentials
-from gateway.demo_cloud import DemoCloud, LineProxy, make_cloud_pki
+from gateway.demo_cloud import DemoCloud, make_cloud_pki
 from gateway.mqtt import connect_blocking, paho_client
 from gateway.paths import GatewayPaths
 from gateway.status import supervisor_proxy
 from gateway.topics import STATUS_FILTER
 from tests.bench.results import record
 from tests.fixtures.gateway import REPO, free_port, wait_until
+from tests.uplink.conftest import LinkProxy
 
 REFERENCE = REPO / "etc" / "reference"
 BUDGET_MB = 128.0
@@ -92,9 +94,8 @@ def process_tree(root: int) -> list[int]:
 
 
 def pss_kb(pid: int) -> int:
-    with contextlib.suppress(OSError, StopIteration, ValueError):
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            return int(next(line for line in rollup if line.startswith("Pss:")).split()[1])
+    with contextlib.suppress(OSError, StopIteration, ValueError), open(f"/proc/{pid}/smaps_rollup") as rollup:
+        return int(next(line for line in rollup if line.startswith("Pss:")).split()[1])
     return 0
 
 
@@ -227,15 +228,17 @@ class ReferencePlant:
         self.shape = shape or PlantShape()
         self.config = root / "etc"
         self.state = root / "s"
-        self.ports = {name: free_port() for name in PORTS}
         self.cloud_port = free_port()  # the cloud listens here; the gateway dials the line (ports["cloud"])
+        # the line to the cloud, cut and restored any number of times (gateway.demo_cloud.LineProxy
+        # cannot rebind its port while its accept thread still holds the closed listener)
+        self.line = LinkProxy(self.cloud_port)
+        self.ports = {name: free_port() for name in PORTS} | {"cloud": self.line.port}
         self.standins: dict[str, subprocess.Popen[bytes]] = {}
         self.gateway: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self._write_config()
         self.pki = make_cloud_pki(self.config / "certs", "reference-gw")
         self.cloud = DemoCloud(self.pki, root / "cloud", self.cloud_port)
-        self.line = LineProxy(self.ports["cloud"], self.cloud_port)
         self.env = {
             **os.environ,
             "AWS_ACCESS_KEY_ID": "testing",
@@ -263,8 +266,12 @@ class ReferencePlant:
         if self.shape.opcua_items < 1000:
             opcua = self.config / "adapters" / "opcua.toml"
             lines = opcua.read_text().splitlines()
-            keep = [ln for ln in lines if not re.match(r'\s*\{ name = "b(\d+)"', ln) or
-                    int(ln.split('"b')[1].split('"')[0]) < self.shape.opcua_items]
+            keep = [
+                ln
+                for ln in lines
+                if not re.match(r'\s*\{ name = "b(\d+)"', ln)
+                or int(ln.split('"b')[1].split('"')[0]) < self.shape.opcua_items
+            ]
             opcua.write_text("\n".join(keep) + "\n")
 
     # ---- stand-ins
@@ -286,8 +293,13 @@ class ReferencePlant:
 
         import boto3  # only the harness holds boto3, never a gateway process
 
-        s3 = boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         s3.create_bucket(Bucket="plant-raw")
 
     @property
@@ -297,8 +309,13 @@ class ReferencePlant:
     def s3_objects(self) -> list[str]:
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.s3_url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
         return [o["Key"] for o in s3.list_objects_v2(Bucket="plant-raw").get("Contents", [])]
 
     def _standin(self, name: str, argv: list[str], port: int, timeout_s: float = 20) -> None:
@@ -344,8 +361,9 @@ class ReferencePlant:
         argv = [millgate, "run", "--config", str(self.config), "--state", str(self.state)]
         with (self.root / "gateway.out").open("ab") as out:
             self.started_at = time.monotonic()
-            self.gateway = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
-                                            start_new_session=True)
+            self.gateway = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=self.env, start_new_session=True
+            )
 
     def stop_gateway(self, timeout_s: float = 20) -> None:
         if self.gateway is not None and self.gateway.poll() is None:
@@ -372,7 +390,7 @@ class ReferencePlant:
         self.stop_gateway()
         for name in list(self.standins):
             self.stop_standin(name)
-        self.line.down()
+        self.line.close()
         self.cloud.stop()
 
     def pss(self) -> dict[str, float]:
@@ -470,18 +488,30 @@ def supervisord_bare_start_s(root: Path, programs: int) -> float:
     root.mkdir(parents=True, exist_ok=True)
     conf = root / "supervisord.conf"
     sock = root / "s.sock"
-    lines = ["[unix_http_server]", f"file={sock}", "[supervisord]", "nodaemon=true", f"logfile={root}/sd.log",
-             f"pidfile={root}/sd.pid", "[rpcinterface:supervisor]",
-             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface"]
+    lines = [
+        "[unix_http_server]",
+        f"file={sock}",
+        "[supervisord]",
+        "nodaemon=true",
+        f"logfile={root}/sd.log",
+        f"pidfile={root}/sd.pid",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+    ]
     for n in range(programs):
         ready = f"open('{root}/ready{n}', 'w'); time.sleep(600)"
-        lines += [f"[program:p{n}]", f'command={sys.executable} -c "import paho.mqtt.client, time; {ready}"',
-                  "startsecs=0", "stopsignal=KILL"]
+        lines += [
+            f"[program:p{n}]",
+            f'command={sys.executable} -c "import paho.mqtt.client, time; {ready}"',
+            "startsecs=0",
+            "stopsignal=KILL",
+        ]
     conf.write_text("\n".join(lines) + "\n")
     supervisord = str(Path(sys.executable).parent / "supervisord")
     started = time.monotonic()
-    process = subprocess.Popen([supervisord, "-c", str(conf)], start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [supervisord, "-c", str(conf)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         import xmlrpc.client
 
@@ -601,8 +631,19 @@ def measure_deployment(plant: ReferencePlant, watcher: CloudWatcher, rate: float
     change_one_function(plant)
     started = time.monotonic()
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "millgate"), "deploy", "--config", str(plant.config), "--state",
-         str(plant.state)], capture_output=True, text=True, timeout=120, cwd=REPO, env=plant.env
+        [
+            str(Path(sys.executable).parent / "millgate"),
+            "deploy",
+            "--config",
+            str(plant.config),
+            "--state",
+            str(plant.state),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=plant.env,
     )
     deploy_s = time.monotonic() - started
     time.sleep(settle_s)
@@ -612,7 +653,7 @@ def measure_deployment(plant: ReferencePlant, watcher: CloudWatcher, rate: float
         wait_until(lambda: all(s in watcher.probe for s in sent), 15, "the probe stream to drain", interval_s=0.2)
     lost = [s for s in sent if s not in watcher.probe]
     times = sorted(t for s, t in watcher.probe.items() if s in set(sent))
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return {
         "deploy_ok": result.returncode == 0,
         "deploy_output": (result.stdout + result.stderr)[-2000:],
@@ -672,7 +713,10 @@ def run_reference(
         programs = len(plant.processes())
         bare_start = supervisord_bare_start_s(plant.root / "bare-sd", programs)
         figures["reference_start_s"] = out(
-            "reference_start_s", start_s, "s", bare_start,
+            "reference_start_s",
+            start_s,
+            "s",
+            bare_start,
             f"`millgate run` to all {programs} programs RUNNING, heartbeats online, cloud link up, equipment up, "
             "first tag at the cloud; baseline: supervisord starting as many bare interpreters importing paho",
         )
@@ -681,7 +725,10 @@ def run_reference(
             time.sleep(idle_s)
             idle = plant.pss()
             figures["reference_pss_mb_idle"] = out(
-                "reference_pss_mb_idle", sum(idle.values()), "MB", BUDGET_MB,
+                "reference_pss_mb_idle",
+                sum(idle.values()),
+                "MB",
+                BUDGET_MB,
                 "sum of PSS over every process of the deployment, equipment static; baseline: the 128 MB budget; "
                 + " ".join(f"{k}={v}" for k, v in sorted(idle.items())),
             )
@@ -696,28 +743,38 @@ def run_reference(
             latencies = list(watcher.latencies_ms)
         loaded = plant.pss()
         rate = len(latencies) / latency_s
-        note = (f"simulated press tag change -> cloud broker, {rate:.0f} msg/s measured ({shape.modbus_tags} tags, "
-                f"poll 100 ms) + {shape.opcua_items} OPC-UA items every {shape.opcua_period_s} s to S3 + functions; "
-                "baseline: bare pymodbus poller at 100 ms + paho QoS 1 straight to the cloud broker")
+        note = (
+            f"simulated press tag change -> cloud broker, {rate:.0f} msg/s measured ({shape.modbus_tags} tags, "
+            f"poll 100 ms) + {shape.opcua_items} OPC-UA items every {shape.opcua_period_s} s to S3 + functions; "
+            "baseline: bare pymodbus poller at 100 ms + paho QoS 1 straight to the cloud broker"
+        )
         assert latencies, "no clock tag reached the cloud"
-        figures["e2e_latency_p50_ms"] = out("e2e_latency_p50_ms", _percentile(latencies, 0.5), "ms",
-                                            _percentile(bare, 0.5) if bare else None, note)
-        figures["e2e_latency_p99_ms"] = out("e2e_latency_p99_ms", _percentile(latencies, 0.99), "ms",
-                                            _percentile(bare, 0.99) if bare else None, note)
+        figures["e2e_latency_p50_ms"] = out(
+            "e2e_latency_p50_ms", _percentile(latencies, 0.5), "ms", _percentile(bare, 0.5) if bare else None, note
+        )
+        figures["e2e_latency_p99_ms"] = out(
+            "e2e_latency_p99_ms", _percentile(latencies, 0.99), "ms", _percentile(bare, 0.99) if bare else None, note
+        )
         figures["reference_pss_mb"] = out(
-            "reference_pss_mb", sum(loaded.values()), "MB", BUDGET_MB,
+            "reference_pss_mb",
+            sum(loaded.values()),
+            "MB",
+            BUDGET_MB,
             f"under load ({rate:.0f} msg/s to the cloud); baseline: the 128 MB budget; "
             + " ".join(f"{k}={v}" for k, v in sorted(loaded.items())),
         )
         if deploy:
             outcome = measure_deployment(plant, watcher, settle_s=3 if idle_s else 1)
-            note = (f"`millgate deploy` changing the anomaly function's environment during a 100 msg/s probe "
-                    f"through it to the cloud: sent {outcome['sent']}, delivered {outcome['delivered']}, "
-                    f"duplicated {outcome['duplicated']}, deploy took {outcome['deploy_s']:.1f} s"
-                    + ("" if outcome["deploy_ok"] else f"; DEPLOY FAILED: {outcome['deploy_output'][-300:]}"))
+            note = (
+                f"`millgate deploy` changing the anomaly function's environment during a 100 msg/s probe "
+                f"through it to the cloud: sent {outcome['sent']}, delivered {outcome['delivered']}, "
+                f"duplicated {outcome['duplicated']}, deploy took {outcome['deploy_s']:.1f} s"
+                + ("" if outcome["deploy_ok"] else f"; DEPLOY FAILED: {outcome['deploy_output'][-300:]}")
+            )
             figures["deploy_lost_messages"] = out("deploy_lost_messages", outcome["lost"], "msg", 0, note)
-            figures["deploy_interruption_s"] = out("deploy_interruption_s", outcome["interruption_s"], "s",
-                                                   outcome["normal_gap_s"], note)
+            figures["deploy_interruption_s"] = out(
+                "deploy_interruption_s", outcome["interruption_s"], "s", outcome["normal_gap_s"], note
+            )
             figures["deploy"] = outcome
         figures["pss_idle"], figures["pss_load"] = idle, loaded
         for beat in beats:

@@ -53,8 +53,13 @@ def table(data: dict[str, Any], markdown: bool) -> str:
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return f"Machine: {where}\n\n" + "\n".join(lines)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) if i in (0, 2, 5) else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in [header, *rows]]
+    lines = [
+        "  ".join(
+            str(c).ljust(w) if i in (0, 2, 5) else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in [header, *rows]
+    ]
     return f"machine: {where}\n" + "\n".join(lines)
 
 

@@ -39,7 +39,10 @@ def flush_forever():
         for topic, (low, high, total, count) in done.items():
             adapter, _, rest = topic.partition("/")
             by_adapter.setdefault(adapter, {})[rest] = {
-                "min": low, "max": high, "mean": round(total / count, 4), "n": count
+                "min": low,
+                "max": high,
+                "mean": round(total / count, 4),
+                "n": count,
             }
         for adapter, streams in by_adapter.items():
             sdk.publish(f"aggregates/{adapter}", {"window_s": WINDOW_S, "ts": time.time(), "streams": streams}, qos=1)

@@ -1,0 +1,157 @@
+"""Core OTA, run by the detached package job: install a verified .deb with [deployment]
+ota_install_command, restart the service with ota_restart_command, wait for a core that started after
+the restart to report online, and put the previous package (kept under <state>/packages) back when
+none does within ota_health_timeout_s.
+
+It decides and runs commands; fetching and checksums are gateway/deploy_job.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.atomic_file import write_atomic
+from gateway.config import DeploymentSection
+from gateway.config_loader import load_config
+from gateway.deploy_job import JobRefused, Request, fetch_verified
+from gateway.paths import GatewayPaths
+
+log = logging.getLogger(__name__)
+
+PACKAGES = "packages"
+CURRENT_DEB = "current.deb"  # the package last installed by OTA: what a failed update goes back to
+CURRENT_INFO = "current.json"
+INCOMING_DEB = "incoming.deb"
+COMMAND_TIMEOUT_S = 600.0
+POLL_S = 0.5
+DEB_MAGIC = b"!<arch>\ndebian-binary"
+
+
+@dataclass(frozen=True)
+class Kept:
+    deb: Path
+    version: str
+
+
+def packages_dir(state_dir: Path) -> Path:
+    return state_dir / PACKAGES
+
+
+def kept_package(state_dir: Path) -> Kept | None:
+    directory = packages_dir(state_dir)
+    try:
+        info = json.loads((directory / CURRENT_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+    deb = directory / CURRENT_DEB
+    return Kept(deb, str(info.get("version", "?"))) if deb.is_file() else None
+
+
+def _command(template: str, deb: Path | None = None) -> list[str]:
+    return [part.replace("{deb}", str(deb)) for part in shlex.split(template)]
+
+
+def _run(what: str, argv: list[str]) -> str | None:
+    """None when the command succeeded; otherwise why not (its last line of output)."""
+    log.info("event=ota-%s command=%s", what, shlex.join(argv))
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{what} ({shlex.join(argv)}): {exc}"
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        return f"{what} ({shlex.join(argv)}) exited {done.returncode}: {lines[-1] if lines else 'no output'}"
+    return None
+
+
+def fresh_core_problem(paths: GatewayPaths, since: float) -> str | None:
+    """None when the core heartbeat is online from a process started after `since`, else what is missing."""
+    from gateway.status import read_component_status
+
+    beats, error = read_component_status(paths)
+    if error is not None:
+        return f"broker: {error}"
+    core = beats.get("core")
+    if core is None:
+        return "no core heartbeat"
+    if float(core.get("started_at", 0)) < since:
+        return "the core running is the one from before the restart"
+    if core.get("state") != "online":
+        return f"core: {core.get('state')}"
+    return None
+
+
+def wait_restarted(paths: GatewayPaths, settings: DeploymentSection) -> str | None:
+    """Restart the service and wait for it; None when it came back healthy, else why not."""
+    since = time.time()
+    failed = _run("restart", _command(settings.ota_restart_command))
+    if failed is not None:
+        return failed
+    deadline = time.monotonic() + settings.ota_health_timeout_s
+    problem = fresh_core_problem(paths, since)
+    while problem is not None:
+        if time.monotonic() > deadline:
+            return f"not healthy within {settings.ota_health_timeout_s:g} s after the restart: {problem}"
+        time.sleep(POLL_S)
+        problem = fresh_core_problem(paths, since)
+    return None
+
+
+def _install_and_restart(deb: Path, paths: GatewayPaths, settings: DeploymentSection) -> str | None:
+    return _run("install", _command(settings.ota_install_command, deb)) or wait_restarted(paths, settings)
+
+
+def _keep(state_dir: Path, incoming: Path, request: Request) -> None:
+    directory = packages_dir(state_dir)
+    current = directory / CURRENT_DEB
+    if current.exists():
+        current.replace(directory / "previous.deb")
+    incoming.replace(current)
+    info = {"version": request.version, "sha256": request.sha256}
+    write_atomic(directory / CURRENT_INFO, json.dumps(info), 0o600)
+
+
+def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tuple[str, str]:
+    """Fetch, verify, install and check one package, rolling back when needed; (result, reason)."""
+    running = load_config(config_dir)
+    paths = GatewayPaths.resolve(config_dir, state_dir, running.gateway.gateway.log_dir)
+    settings = running.gateway.deployment
+    directory = packages_dir(state_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    incoming = directory / INCOMING_DEB
+    try:
+        fetch_verified(request, incoming, settings)
+        with incoming.open("rb") as deb:
+            if deb.read(len(DEB_MAGIC)) != DEB_MAGIC:
+                raise JobRefused(f"s3://{request.bucket}/{request.key}: not a Debian package")
+    except JobRefused as exc:
+        incoming.unlink(missing_ok=True)
+        return "refused", str(exc)
+    previous = kept_package(state_dir)
+    problem = _install_and_restart(incoming, paths, settings)
+    if problem is None:
+        _keep(state_dir, incoming, request)
+        return "ok", f"package {request.version} installed; the restarted gateway is healthy"
+    log.error("event=ota-unhealthy version=%s reason=%s", request.version, problem)
+    if previous is None:
+        return "failed", f"{problem}; no previous package kept under {directory} to roll back to"
+    rollback = _install_and_restart(previous.deb, paths, settings)
+    incoming.unlink(missing_ok=True)
+    if rollback is not None:
+        return "rollback-failed", f"{problem}; rolling back to package {previous.version} failed: {rollback}"
+    return "rolled-back", f"{problem}; rolled back to package {previous.version}"
+
+
+def keep_installed(state_dir: Path, deb: Path, version: str) -> None:
+    """Record `deb` as the package installed now (what a first OTA rolls back to)."""
+    directory = packages_dir(state_dir)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copyfile(deb, directory / CURRENT_DEB)
+    write_atomic(directory / CURRENT_INFO, json.dumps({"version": version}), 0o600)

@@ -1,0 +1,213 @@
+"""The fault suite: the reference deployment (etc/reference) under load, one fault at a time, each
+scenario reporting what was sent, delivered, lost and duplicated on a sequenced probe stream (device ->
+anomaly function -> uplink -> cloud, QoS 1 throughout). Nothing the local broker acknowledged may be
+lost. `make chaos` runs the full scenarios (bounded: under 20 minutes on 2 cores); the default suite
+runs the unmarked smoke, one short fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.bench.bench_reference import (
+    CloudWatcher,
+    Heartbeats,
+    PlantShape,
+    Probe,
+    ReferencePlant,
+    reference_plant,
+    unhealthy,
+    wait_healthy,
+)
+from tests.fixtures.gateway import wait_until
+
+REPORT: list[dict[str, Any]] = []
+
+
+class Running:
+    def __init__(self, plant: ReferencePlant):
+        self.plant = plant
+        self.watcher = CloudWatcher(plant.cloud)
+        self.watcher.start()
+        self.beats: list[Heartbeats] = []
+        self.start()
+
+    def start(self) -> float:
+        self.plant.run()
+        for beat in self.beats:
+            beat.close()
+        self.beats.clear()
+        return wait_healthy(self.plant, self.beats, self.watcher, 90)
+
+    def healthy(self, timeout_s: float = 60) -> None:
+        wait_until(lambda: not unhealthy(self.plant, self.beats[0]), timeout_s, "the deployment to recover", 0.2)
+
+
+def account(name: str, probe: Probe, watcher: CloudWatcher, drain_s: float = 60) -> dict[str, Any]:
+    """sent = acknowledged by the local broker; delivered = seen at the cloud; lost; duplicated."""
+    probe.close()
+    sent = set(probe.acked)
+    with contextlib.suppress(AssertionError):  # what never arrives is the figure
+        wait_until(lambda: sent <= watcher.probe.keys(), drain_s, f"{name}: the probe to drain", interval_s=0.2)
+    delivered = sent & watcher.probe.keys()
+    outcome = {
+        "scenario": name,
+        "sent": len(sent),
+        "delivered": len(delivered),
+        "lost": len(sent - delivered),
+        "duplicated": watcher.duplicates,
+    }
+    watcher.probe.clear()
+    watcher.duplicates = 0
+    REPORT.append(outcome)
+    print(json.dumps(outcome))
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Running]:
+    with reference_plant(PlantShape(modbus_rate=500, opcua_items=200)) as plant:
+        plant.start_standins()
+        run = Running(plant)
+        yield run
+        for beat in run.beats:
+            beat.close()
+        run.watcher.stop()
+    print("\nchaos report")
+    for outcome in REPORT:
+        print("  " + "  ".join(f"{k}={v}" for k, v in outcome.items()))
+
+
+def kill_each_process(run: Running, rounds: int, pause_s: float) -> dict[str, Any]:
+    probe = Probe(run.plant, rate=100)
+    probe.thread.start()
+    for _ in range(rounds):
+        for info in run.plant.processes().values():
+            if info["pid"]:
+                os.kill(info["pid"], signal.SIGKILL)
+                time.sleep(pause_s)
+                run.healthy()
+    return account(f"kill -9 each process x{rounds}", probe, run.watcher)
+
+
+def cloud_outage(run: Running, seconds: float) -> dict[str, Any]:
+    probe = Probe(run.plant, rate=100)
+    probe.thread.start()
+    run.plant.line.down()
+    time.sleep(seconds)
+    run.plant.line.up()
+    time.sleep(2)
+    return account(f"cloud down {seconds:.0f} s", probe, run.watcher, drain_s=120)
+
+
+def power_cuts(run: Running, cycles: int) -> dict[str, Any]:
+    """kill -9 of the whole tree in the middle of spool writes, restart, SQLite integrity check."""
+    bad = []
+    for cycle in range(cycles):
+        probe = Probe(run.plant, rate=200)
+        probe.thread.start()
+        time.sleep(1)
+        run.plant.power_cut()
+        probe.stop.set()
+        probe.thread.join(10)
+        for db in run.plant.state.glob("*.db"):
+            with sqlite3.connect(db) as check:
+                verdict = check.execute("PRAGMA integrity_check").fetchone()[0]
+            if verdict != "ok":
+                bad.append(f"cycle {cycle}: {db.name}: {verdict}")
+        run.start()
+    outcome = {"scenario": f"power cut x{cycles}", "integrity_failures": len(bad), "detail": bad[:5]}
+    REPORT.append(outcome)
+    print(json.dumps(outcome))
+    return outcome
+
+
+def equipment_gone(run: Running, seconds: float) -> dict[str, Any]:
+    plant = run.plant
+    plant.stop_standin("modbus", kill=True)
+    plant.stop_standin("opcua", kill=True)
+    time.sleep(seconds)
+    plant.start_modbus()
+    plant.start_opcua()
+    run.healthy(90)
+    run.watcher.first_clock.clear()
+    wait_until(run.watcher.first_clock.is_set, 30, "tag values at the cloud again")
+    outcome = {"scenario": f"equipment gone {seconds:.0f} s", "recovered": True}
+    REPORT.append(outcome)
+    print(json.dumps(outcome))
+    return outcome
+
+
+def malformed_payloads(run: Running) -> dict[str, Any]:
+    from gateway.credentials import load_credentials
+    from gateway.mqtt import connect_blocking, paho_client
+
+    creds = load_credentials(run.plant.paths.credentials_dir, "operator")
+    client = paho_client(creds, "chaos-garbage")
+    connect_blocking(client, run.plant.paths.broker_socket)
+    garbage = [b"", b"\x00\xff" * 50, b"{", b"[1,2", b'{"value": "NaN"}', b'{"value": null}', b"x" * 100_000]
+    probe = Probe(run.plant, rate=100)
+    probe.thread.start()
+    topics = ["probe/temperature", "line1/press/temperature", "line2/b0000", "line1/press/clock_0000/set"]
+    for topic in topics:
+        for payload in garbage:
+            client.publish(topic, payload, qos=1).wait_for_publish(5)
+    time.sleep(2)
+    client.disconnect()
+    client.loop_stop()
+    run.healthy()
+    return account("malformed payloads on every input topic", probe, run.watcher)
+
+
+def test_chaos_smoke(running: Running) -> None:
+    """Seconds: one process killed, a short cloud outage; the probe loses nothing acknowledged."""
+    uplink = running.plant.processes()["uplink"]["pid"]
+    probe = Probe(running.plant, rate=100)
+    probe.thread.start()
+    os.kill(uplink, signal.SIGKILL)
+    running.plant.line.down()
+    time.sleep(1)
+    running.plant.line.up()
+    running.healthy()
+    outcome = account("smoke: kill -9 uplink + cloud blip", probe, running.watcher)
+    assert outcome["sent"] > 0
+    assert outcome["lost"] == 0, outcome
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(300)
+def test_kill_each_process(running: Running) -> None:
+    assert kill_each_process(running, rounds=2, pause_s=2)["lost"] == 0
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(300)
+def test_cloud_down_long(running: Running) -> None:
+    assert cloud_outage(running, seconds=120)["lost"] == 0
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(300)
+def test_equipment_disappears_and_returns(running: Running) -> None:
+    assert equipment_gone(running, seconds=20)["recovered"]
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(120)
+def test_malformed_payloads(running: Running) -> None:
+    assert malformed_payloads(running)["lost"] == 0
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(600)
+def test_power_cut_during_spool_writes(running: Running) -> None:
+    assert power_cuts(running, cycles=50)["integrity_failures"] == 0

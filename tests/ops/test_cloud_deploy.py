@@ -1,0 +1,246 @@
+"""Cloud-driven deployments and core OTA against a real gateway and moto's S3 server on 127.0.0.1:
+the desired state is set in the gateway's own shadow with `millgate shadow update`, the core fetches,
+verifies and deploys (or installs) and reports the outcome in the reported state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from gateway.config import DeploymentSection
+from gateway.deploy_bundle import unpack_bundle
+from gateway.deploy_job import JobRefused, Request, sha256_file
+from gateway.ota import keep_installed, kept_package, run_package_job
+from tests.fixtures.gateway import RunningGateway, free_port, run_cli, wait_until
+
+BUCKET = "fleet"
+THING = "cloud-gw"
+GATEWAY = """
+[gateway]
+thing_name = "cloud-gw"
+status_interval_s = 0.5
+
+[deployment]
+health_timeout_s = 15
+settle_s = 1
+s3_endpoint_url = "{url}"
+s3_region = "us-east-1"
+ota_install_command = "{python} {recorder} {calls} {{deb}}"
+ota_restart_command = "{supervisorctl} -s unix://{socket} restart core"
+ota_health_timeout_s = 15
+
+[[functions]]
+name = "other"
+code = "functions/other"
+handler = "main.function_handler"
+lifecycle = "long-lived"
+run_as = "1002:1002"
+"""
+OTHER = "VERSION = {version}\n\ndef function_handler(event, context):\n    return VERSION\n"
+RECORDER = "import sys\nwith open(sys.argv[1], 'a') as calls:\n    calls.write(sys.argv[2] + '\\n')\n"
+FAKE_DEB = b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n"
+
+
+@pytest.fixture
+def s3_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+def _gateway_toml(url: str, tmp: Path, socket: Path) -> str:
+    (tmp / "recorder.py").write_text(RECORDER)
+    venv_bin = Path(sys.executable).parent
+    return GATEWAY.format(
+        url=url,
+        python=sys.executable,
+        recorder=tmp / "recorder.py",
+        calls=tmp / "calls.txt",
+        supervisorctl=venv_bin / "supervisorctl",
+        socket=socket,
+    )
+
+
+def _start(gateway_factory, short_tmp: Path, url: str) -> RunningGateway:
+    # the gateway's state dir is short_tmp/s0 (gateway_factory), so its supervisord socket is known ahead
+    socket = short_tmp / "s0" / "run" / "supervisor.sock"
+    toml = _gateway_toml(url, short_tmp, socket)
+    return gateway_factory(toml, files={"functions/other/main.py": OTHER.format(version=1)}, expect=_PROGRAMS)
+
+
+_PROGRAMS = ("broker", "core", "fn-other")
+
+
+def _reported(gw: RunningGateway, kind: str) -> dict:
+    answer = gw.cli("shadow", "get", THING)
+    if answer.returncode != 0:
+        return {}
+    return json.loads(answer.stdout).get("state", {}).get("reported", {}).get(kind) or {}
+
+
+def _desire(gw: RunningGateway, kind: str, request: dict) -> None:
+    answer = gw.cli("shadow", "update", THING, json.dumps({"state": {"desired": {kind: request}}}))
+    assert answer.returncode == 0, answer.stderr
+
+
+def _wait_reported(gw: RunningGateway, kind: str, version: str, timeout_s: float = 30) -> dict:
+    return wait_until(  # type: ignore[return-value]
+        lambda: (r := _reported(gw, kind)).get("version") == version and r,
+        timeout_s,
+        f"reported.{kind} for version {version}",
+        interval_s=0.3,
+    )
+
+
+def _pids(gw: RunningGateway) -> dict[str, int]:
+    return {name: p["pid"] for name, p in gw.status()["processes"].items()}
+
+
+def test_cloud_bundle_with_bad_checksum_is_refused_then_a_good_one_changes_only_its_function(
+    gateway_factory, short_tmp: Path, s3_url: str
+) -> None:
+    gw = _start(gateway_factory, short_tmp, s3_url)
+    new_config = short_tmp / "new-config"
+    shutil.copytree(gw.config_dir, new_config)
+    (new_config / "functions/other/main.py").write_text(OTHER.format(version=2))
+    bundle = short_tmp / "v2.tar.gz"
+    built = run_cli("bundle", "build", str(new_config), "--out", str(bundle))
+    assert built.returncode == 0, built.stderr
+    pushed = run_cli(
+        "bundle", "push", str(bundle), "--bucket", BUCKET, "--key", "gw/v2.tar.gz", "--version", "v2",
+        "--endpoint-url", s3_url,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    desired = json.loads(pushed.stdout)["state"]["desired"]["deployment"]
+    assert desired == {"version": "v2", "bucket": BUCKET, "key": "gw/v2.tar.gz", "sha256": sha256_file(bundle)}
+    current = (gw.state_dir / "deployments" / "current").resolve()
+    before = _pids(gw)
+
+    _desire(gw, "deployment", {**desired, "version": "v2-bad", "sha256": "0" * 64})
+    refused = _wait_reported(gw, "deployment", "v2-bad")
+    assert refused["result"] == "refused" and "sha256 mismatch" in refused["reason"], refused
+    assert (gw.state_dir / "deployments" / "current").resolve() == current
+    assert _pids(gw) == before
+
+    _desire(gw, "deployment", desired)
+    done = _wait_reported(gw, "deployment", "v2")
+    assert done["result"] == "ok", done
+    assert done["at"].endswith("Z")
+    after = _pids(gw)
+    assert after["fn-other"] != before["fn-other"]
+    assert {k: v for k, v in after.items() if k != "fn-other"} == {k: v for k, v in before.items() if k != "fn-other"}
+    live = gw.state_dir / "deployments" / "current" / "config" / "functions" / "other" / "main.py"
+    assert "VERSION = 2" in live.read_text()
+    history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
+    assert [(e["version"], e["by"], e["result"]) for e in history][-2:] == [
+        ("v2-bad", "cloud", "refused"),
+        ("v2", "cloud", "succeeded"),
+    ]
+    assert "event=cloud-deployment-refused" in gw.cli("logs", "core").stdout
+
+
+def test_core_ota_refuses_a_bad_checksum_and_installs_a_good_package_across_a_core_restart(
+    gateway_factory, short_tmp: Path, s3_url: str
+) -> None:
+    gw = _start(gateway_factory, short_tmp, s3_url)
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
+    s3.put_object(Bucket=BUCKET, Key="pkg/millgate_9.0_amd64.deb", Body=FAKE_DEB)
+    good = {"version": "9.0", "bucket": BUCKET, "key": "pkg/millgate_9.0_amd64.deb"}
+    calls = short_tmp / "calls.txt"
+    core_before = _pids(gw)["core"]
+
+    _desire(gw, "package", {**good, "version": "9.0-bad", "sha256": "f" * 64})
+    refused = _wait_reported(gw, "package", "9.0-bad")
+    assert refused["result"] == "refused" and "sha256 mismatch" in refused["reason"], refused
+    assert not calls.exists()
+    assert _pids(gw)["core"] == core_before
+
+    import hashlib
+
+    _desire(gw, "package", {**good, "sha256": hashlib.sha256(FAKE_DEB).hexdigest()})
+    done = _wait_reported(gw, "package", "9.0")
+    assert done["result"] == "ok", done
+    # the job survived the restart of the core that spawned it, and the new core reported its result
+    assert _pids(gw)["core"] != core_before
+    assert calls.read_text().splitlines() == [str(gw.state_dir / "packages" / "incoming.deb")]
+    kept = kept_package(gw.state_dir)
+    assert kept is not None and kept.version == "9.0" and kept.deb.read_bytes() == FAKE_DEB
+
+
+def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp: Path, s3_url: str) -> None:
+    config = short_tmp / "etc"
+    (config / "functions/other").mkdir(parents=True)
+    (config / "functions/other/main.py").write_text(OTHER.format(version=1))
+    state = short_tmp / "state"  # no gateway runs here: the restart never yields a fresh core heartbeat
+    toml = _gateway_toml(s3_url, short_tmp, state / "run" / "supervisor.sock")
+    toml = toml.replace("ota_health_timeout_s = 15", "ota_health_timeout_s = 1").replace(
+        f"{Path(sys.executable).parent / 'supervisorctl'} -s unix://{state / 'run' / 'supervisor.sock'} restart core",
+        "true",
+    )
+    (config / "gateway.toml").write_text(toml)
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
+    s3.put_object(Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=FAKE_DEB + b"new")
+    import hashlib
+
+    request = Request("2.0", BUCKET, "millgate_2.0_amd64.deb", hashlib.sha256(FAKE_DEB + b"new").hexdigest())
+    calls = short_tmp / "calls.txt"
+
+    result, reason = run_package_job(request, config, state)
+    assert result == "failed" and "no previous package kept" in reason, reason
+
+    calls.unlink()
+    old = short_tmp / "millgate_1.0_amd64.deb"
+    old.write_bytes(FAKE_DEB + b"old")
+    keep_installed(state, old, "1.0")
+    result, reason = run_package_job(request, config, state)
+    # no gateway runs here, so the reinstalled old package cannot come up healthy either: said so
+    assert result == "rollback-failed" and "rolling back to package 1.0 failed" in reason, reason
+    assert calls.read_text().splitlines() == [
+        str(state / "packages" / "incoming.deb"),
+        str(state / "packages" / "current.deb"),
+    ]
+    kept = kept_package(state)
+    assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == FAKE_DEB + b"old"
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for info, body in members:
+            info.size = len(body)
+            archive.addfile(info, io.BytesIO(body) if info.isfile() else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("member", "kind"),
+    [("../escaped.txt", tarfile.REGTYPE), ("/etc/escaped.txt", tarfile.REGTYPE), ("link", tarfile.SYMTYPE)],
+)
+def test_bundle_member_that_could_escape_is_refused(tmp_path: Path, member: str, kind: bytes) -> None:
+    info = tarfile.TarInfo(member)
+    info.type = kind
+    info.linkname = "/etc/passwd" if kind == tarfile.SYMTYPE else ""
+    archive = tmp_path / "bad.tar.gz"
+    archive.write_bytes(_tar([(tarfile.TarInfo("gateway.toml"), b"[gateway]\n"), (info, b"x")]))
+    with pytest.raises(JobRefused):
+        unpack_bundle(archive, tmp_path / "out" / "config", DeploymentSection().max_bundle_bytes)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out" / "config" / "link").exists()
