@@ -20,9 +20,12 @@ log = logging.getLogger(__name__)
 
 Policy = Literal["drop-oldest", "reject-new"]
 
-SCHEMA = """
+# AUTOINCREMENT: ids must never be reused. The drain hands messages out by "id greater than the last one
+# sent"; a plain INTEGER PRIMARY KEY restarts at max(id)+1 once the tail is deleted, and a new message
+# would land behind the drain's cursor and wait there until the next reconnect.
+MESSAGES_TABLE = """
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
     qos INTEGER NOT NULL,
@@ -33,6 +36,10 @@ CREATE TABLE IF NOT EXISTS messages (
     tries INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL
 );
+"""
+SCHEMA = (
+    MESSAGES_TABLE
+    + """
 CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -49,6 +56,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+)
 
 # counter names, persisted so they survive restarts: `millgate spool stats` shows them
 DROPPED_FULL = "dropped.spool-full"  # drop-oldest: an old message made room for a new one
@@ -197,6 +205,7 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so an acknowledged message survives power loss
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+            _upgrade_message_ids(db)
             db.executescript(SCHEMA)
         except sqlite3.OperationalError as exc:
             db.close()
@@ -527,3 +536,20 @@ class _Transaction:
                 raise
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+
+
+def _upgrade_message_ids(db: sqlite3.Connection) -> None:
+    """A spool made before ids were AUTOINCREMENT gets its table rebuilt in place, in one transaction."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='messages'").fetchone()
+    if row is None or "AUTOINCREMENT" in row[0].upper():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE messages RENAME TO messages_before_autoincrement")
+        db.execute(MESSAGES_TABLE)
+        db.execute("INSERT INTO messages SELECT * FROM messages_before_autoincrement")
+        db.execute("DROP TABLE messages_before_autoincrement")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise

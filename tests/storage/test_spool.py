@@ -127,6 +127,37 @@ def test_an_alarm_arriving_mid_drain_jumps_the_queue(tmp_path: Path) -> None:
     assert [m.payload for m in spool.next_batch(cursors, 3)] == [b"3", b"4", b"5"]
 
 
+def test_a_message_appended_after_the_tail_was_sent_and_deleted_is_not_stranded(tmp_path: Path) -> None:
+    """Regression: ids were reused once the newest rows were deleted, so a message appended after
+    the drain had sent and deleted the tail got an id behind the drain's cursor and waited there."""
+    spool = Spool(tmp_path / "spool.db", rules=[Rule("alerts/", 10)])
+    cursors: dict[int, int] = {}
+    spool.append([Message("scores/t", str(i).encode()) for i in range(5)])
+    spool.append([Message("alerts/t", b"a0")])
+    for _ in range(2):  # alerts, then scores: everything sent and acknowledged
+        spool.delete(m.id for m in spool.next_batch(cursors, 10))
+    assert spool.next_batch(cursors, 10) == []
+    spool.append([Message("scores/t", b"late"), Message("alerts/t", b"a1")])
+    assert [m.payload for m in spool.next_batch(cursors, 10)] == [b"a1"]
+    assert [m.payload for m in spool.next_batch(cursors, 10)] == [b"late"]
+
+
+def test_a_spool_made_with_reusable_ids_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    Spool(path).append([Message("t", b"kept")])
+    db = sqlite3.connect(path, isolation_level=None)
+    old = db.execute("SELECT sql FROM sqlite_master WHERE name='messages'").fetchone()[0]
+    db.executescript(
+        "ALTER TABLE messages RENAME TO m; "
+        f"{old.replace('AUTOINCREMENT', '')}; INSERT INTO messages SELECT * FROM m; DROP TABLE m;"
+    )
+    db.close()
+    spool = Spool(path)
+    sql = sqlite3.connect(path).execute("SELECT sql FROM sqlite_master WHERE name='messages'").fetchone()[0]
+    assert "AUTOINCREMENT" in sql
+    assert drain_all(spool) == [("t", b"kept")]
+
+
 def test_changed_rules_apply_to_waiting_messages(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     spool = Spool(path)
