@@ -472,4 +472,16 @@ def load_config(config_dir: Path) -> LoadedConfig:
 
     if problems or gateway is None:
         raise ConfigInvalid(sorted(dict.fromkeys(problems), key=lambda p: (p.file != shown, p.file)))
-    return LoadedConfig(config_dir, gateway, adapters)
+    return LoadedConfig(config_dir, _with_absolute_cloud_files(gateway, config_dir), adapters)
+
+
+def _with_absolute_cloud_files(gateway: GatewayConfig, config_dir: Path) -> GatewayConfig:
+    """Relative certificate paths mean relative to the config dir, whatever a process's cwd."""
+    cloud = gateway.cloud
+    if cloud is None:
+        return gateway
+    absolute = {
+        key: path if path.is_absolute() else (config_dir / path).absolute()
+        for key, path in (("ca_file", cloud.ca_file), ("cert_file", cloud.cert_file), ("key_file", cloud.key_file))
+    }
+    return gateway.model_copy(update={"cloud": cloud.model_copy(update=absolute)})

@@ -123,7 +123,8 @@ class DeploymentStore:
         number = max(self._numbers(), default=0) + 1
         staging = self.root / f".{number}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(mode=0o755)
+        staging.mkdir()
+        os.chmod(staging, 0o755)  # components running as the service user read their config here
         try:
             _copy_tree(source, staging / "config")
         except OSError as exc:

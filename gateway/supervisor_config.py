@@ -126,8 +126,6 @@ def supervisord_conf_text(
             f"[program:{program.name}]",
             f"command={_escape(shlex.join(program.command))}",
             f"priority={program.priority}",
-            # relative paths in the config (certificates, code) mean relative to the config dir
-            f"directory={_escape(str(paths.config_dir))}",
             "autostart=true",
             "autorestart=unexpected",
             f"exitcodes={program.exit_codes}",
