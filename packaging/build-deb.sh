@@ -16,10 +16,8 @@ prefix=/opt/millgate
 version=$("$python" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
     "$repo/pyproject.toml")
 arch=$(dpkg --print-architecture)
-# every optional dependency group except the test tools: the package runs every protocol and the cloud
-extras=$("$python" -c 'import sys, tomllib
-groups = tomllib.load(open(sys.argv[1], "rb"))["project"].get("optional-dependencies", {})
-print(",".join(sorted(g for g in groups if g != "test")))' "$repo/pyproject.toml")
+# the groups a gateway runs with: every protocol and the cloud; not the test, bench or ML-example tools
+extras=modbus,opcua,cloud
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/millgate-deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT

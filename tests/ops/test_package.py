@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,7 @@ def test_systemd_unit_restarts_on_failure_runs_millgate_and_verifies(unpacked: P
 
 @pytest.mark.package
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the .deb build and lintian each take minutes on 2 busy cores
 def test_lintian_reports_no_errors(deb: Path) -> None:
     result = subprocess.run(["lintian", "--fail-on", "error", str(deb)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -141,6 +143,7 @@ def debian_root() -> Iterator[Path]:
     if shutil.which("debootstrap") is None:
         pytest.fail("debootstrap is not installed: run `make package-test`")
     root = Path(tempfile.mkdtemp(prefix="mgroot", dir="/var/tmp"))
+    root.chmod(0o755)  # it becomes "/" in the chroot: mkdtemp's 0700 would lock every non-root user out
     mirror = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
     result = subprocess.run(
         ["debootstrap", "--variant=minbase", "bookworm", str(root), mirror],
@@ -159,6 +162,7 @@ def debian_root() -> Iterator[Path]:
 
 @pytest.mark.package
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # debootstrap downloads and installs a whole Debian root
 def test_package_installs_on_fresh_debian_checks_runs_and_purges(deb: Path, debian_root: Path) -> None:
     root = debian_root
     shutil.copy(deb, root / "tmp" / deb.name)
@@ -184,12 +188,14 @@ def test_package_installs_on_fresh_debian_checks_runs_and_purges(deb: Path, debi
             status = None
             while time.monotonic() < deadline:
                 status = _chroot(root, "millgate", "status")
-                if status.returncode == 0 and "broker: reachable" in status.stdout:
-                    break
+                running = [line for line in status.stdout.splitlines() if " RUNNING " in line]
+                if status.returncode == 0 and "broker: reachable" in status.stdout and len(running) >= 2:
+                    break  # broker and core past supervisord's startsecs, and the broker takes a login
                 time.sleep(1)
             logs = _chroot(root, "millgate", "logs", "-n", "40").stdout
             assert status is not None and "broker: reachable" in status.stdout, f"{status.stdout}\n{logs}"
-            assert "core" in status.stdout and "RUNNING" in status.stdout
+            assert re.search(r"^core\s+RUNNING", status.stdout, re.M), status.stdout
+            assert re.search(r"^broker\s+RUNNING", status.stdout, re.M), status.stdout
         finally:
             os.killpg(service.pid, signal.SIGTERM)
             service.wait(20)
