@@ -114,6 +114,8 @@ class LineProxy:
 
     def down(self) -> None:
         if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() blocked in the other thread
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         for connection in self._connections:
