@@ -46,7 +46,8 @@ def start_component(kind: str, argv: list[str] | None = None) -> ComponentContex
         raise SystemExit(2) from None
     gateway = loaded.gateway.gateway
     paths = GatewayPaths.resolve(args.config, args.state, gateway.log_dir)
-    setup_logging(component, loaded.gateway.logging.level)
+    logging_config = loaded.gateway.logging
+    setup_logging(component, logging_config.levels.get(component, logging_config.level))
     try:
         creds = load_credentials(paths.credentials_dir, component_identity(component))
     except OSError as exc:

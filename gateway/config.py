@@ -149,8 +149,13 @@ class CloudWatchSection(Strict):
     request_timeout_s: float = Field(default=10.0, gt=0, le=300)
 
 
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
 class LoggingSection(Strict):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: LogLevel = "info"
+    # per component (program name: core, uplink, adapter-line1, fn-aggregate...), over `level`
+    levels: dict[str, LogLevel] = {}
     max_bytes_per_component: ByteSize = Field(default=ByteSize(25_000_000), ge=64 * 1024)
     cloudwatch: CloudWatchSection | None = None
 

@@ -257,3 +257,15 @@ def test_generated_files_are_private_and_credentials_unreadable_by_others(gatewa
     assert "topic write millgate/fn-producer/#" in blocks["user function.producer"]
     assert "topic read line1/+/temperature" in blocks["user function.consumer"]
     assert "topic write line1/+/temperature" not in blocks["user function.consumer"]
+
+
+def test_log_level_can_be_set_per_component(gateway_factory) -> None:
+    gw = gateway_factory(
+        '[gateway]\nthing_name = "levels-gw"\nstatus_interval_s = 0.5\n\n[logging]\nlevel = "info"\n'
+        'levels = { core = "error" }\n'
+    )
+    wait_until(lambda: gw.paths.component_log("core").exists(), 5, "the core's log")
+    time.sleep(1.0)
+    assert "event=starting" not in gw.paths.component_log("core").read_text()
+    supervisord = gw.paths.component_log("supervisord").read_text()
+    assert "spawned: 'core'" in supervisord
