@@ -14,11 +14,12 @@ import logging
 import re
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from gateway import device_registry
+from gateway.bounded_http import BoundedThreadingHTTPServer
 from gateway.ca import CaError, load_ca, now_utc
 from gateway.config import GatewayConfig
 from gateway.device_registry import RegistryCorrupt
@@ -94,14 +95,12 @@ class _Contexts:
             return self._context
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(BoundedThreadingHTTPServer):
+    name = "discovery"
 
     def __init__(self, address: tuple[str, int], owner: DiscoveryServer):
         self.owner = owner
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, MAX_CONNECTIONS)
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = self.socket.accept()
@@ -109,22 +108,6 @@ class _Server(ThreadingHTTPServer):
         # the handshake runs in the connection's own thread, so a slow client cannot stall accept
         context = self.owner.contexts.current()
         return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            log.warning("event=discovery-busy peer=%s limit=%d", client_address[0], MAX_CONNECTIONS)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("event=discovery-request-failed peer=%s", client_address[0])
 
 
 class _Handler(BaseHTTPRequestHandler):

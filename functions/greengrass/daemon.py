@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from functions.greengrass.service import ApiRequest, ApiResponse, GreengrassService
+from gateway.bounded_http import BoundedThreadingHTTPServer
 
 log = logging.getLogger(__name__)
 
@@ -25,31 +26,13 @@ MAX_CONNECTIONS = 512  # each v1 worker holds one long poll
 BIND_RETRY_S = 10.0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(BoundedThreadingHTTPServer):
+    name = "greengrass-api"
 
     def __init__(self, port: int, service: GreengrassService, loop: asyncio.AbstractEventLoop):
         self.service = service
         self.loop = loop
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__((HOST, port), _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            log.warning("event=greengrass-api-busy peer=%s limit=%d", client_address[0], MAX_CONNECTIONS)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("event=greengrass-api-request-failed peer=%s", client_address[0])
+        super().__init__((HOST, port), _Handler, MAX_CONNECTIONS)
 
     def answer(self, request: ApiRequest) -> ApiResponse:
         """Run the service's handler on the core's loop and wait (work requests wait for work)."""
