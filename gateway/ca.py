@@ -102,10 +102,29 @@ def _new_key() -> PrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: PrivateKey) -> bytes:
+def key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
+
+
+def self_signed(common_name: str, days: int, *, ca: bool = False) -> tuple[x509.Certificate, PrivateKey]:
+    """A throwaway self-signed certificate and its new key (a demo impostor, a test's foreign CA)."""
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = now_utc()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+    )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    return builder.sign(key, hashes.SHA256()), key
 
 
 def _pem(cert: x509.Certificate) -> bytes:
@@ -176,7 +195,7 @@ def load_ca(paths: GatewayPaths) -> GroupCa:
 
 
 def _write_ca(paths: GatewayPaths, ca: GroupCa, owner: tuple[int, int] | None) -> None:
-    write_atomic(paths.ca_key, _key_pem(ca.key), KEY_MODE, owner)
+    write_atomic(paths.ca_key, key_pem(ca.key), KEY_MODE, owner)
     write_atomic(paths.ca_cert, ca.pem, CERT_MODE, owner)
 
 
@@ -310,7 +329,7 @@ def issue_server_cert(
     builder = _leaf(ca, config.gateway.thing_name, key.public_key(), start, end, ExtendedKeyUsageOID.SERVER_AUTH)
     cert = builder.add_extension(_san(server_names(config)), critical=False).sign(ca.key, hashes.SHA256())
     # key first: a broker reload between the two writes keeps the old pair, never an odd one out
-    write_atomic(paths.server_key, _key_pem(key), KEY_MODE, owner)
+    write_atomic(paths.server_key, key_pem(key), KEY_MODE, owner)
     write_atomic(paths.server_cert, _pem(cert), CERT_MODE, owner)
     return cert
 
@@ -406,7 +425,7 @@ def issue_device_cert(
     start = not_before or now - BACKDATE
     end = not_after or now + timedelta(days=days)
     cert = _leaf(ca, thing, public, start, end, ExtendedKeyUsageOID.CLIENT_AUTH).sign(ca.key, hashes.SHA256())
-    return IssuedDevice(thing, cert, _key_pem(key) if key is not None else None)
+    return IssuedDevice(thing, cert, key_pem(key) if key is not None else None)
 
 
 def record_device(paths: GatewayPaths, issued: IssuedDevice, ca: GroupCa, owner: tuple[int, int] | None) -> None:

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import ssl
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import paho.mqtt.client as paho
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
-from gateway.ca import file_owner, issue_device_cert, load_ca, now_utc, record_device, write_device_files
+from gateway.ca import (
+    file_owner,
+    issue_device_cert,
+    key_pem,
+    load_ca,
+    record_device,
+    self_signed,
+    write_device_files,
+)
 from gateway.paths import GatewayPaths
 
 CONNECT_TIMEOUT_S = 5.0
@@ -49,24 +53,10 @@ def _try_connect(port: int, thing: str, cert: Path, key: Path, ca: Path) -> str:
 
 
 def _self_signed(thing: str, out: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, thing)])
-    now = now_utc()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = self_signed(thing, days=1)
     cert_path, key_path = out / f"{thing}.self-signed.cert.pem", out / f"{thing}.self-signed.key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    key_path.write_bytes(key_pem(key))
     key_path.chmod(0o600)
     return cert_path, key_path
 
