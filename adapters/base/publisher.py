@@ -87,15 +87,21 @@ class Publisher:
             self.published += 1
         except PublishRefused as exc:
             self.refused += 1
-            if topic not in self._refused_topics:
-                self._refused_topics.add(topic)
-                log.error(
-                    "adapter=%s event=publish-refused topic=%s reason=%s hint=%s",
-                    self.adapter,
-                    topic,
-                    exc,
-                    "the broker ACL allows an adapter its own '<adapter>/#' namespace and subscription sources",
-                )
+            log_refusal_once(self.adapter, topic, exc, self._refused_topics)
         except (NotConnected, TimeoutError):
             # keep it unless a newer reading already replaced it; the loop waits for the broker
             self._pending.setdefault(topic, payload)
+
+
+def log_refusal_once(adapter: str, topic: str, refusal: PublishRefused, seen: set[str]) -> None:
+    """A topic the broker refuses stays refused until the config changes: say so once per topic."""
+    if topic in seen:
+        return
+    seen.add(topic)
+    log.error(
+        "adapter=%s event=publish-refused topic=%s reason=%s hint=%s",
+        adapter,
+        topic,
+        refusal,
+        "the broker ACL allows an adapter its own '<adapter>/#' namespace and subscription sources",
+    )

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections import deque
 
-from adapters.base.publisher import BrokerLink
+from adapters.base.publisher import BrokerLink, log_refusal_once
 from gateway.mqtt import NotConnected, PublishRefused
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,7 @@ class EventOutbox:
                     self.published += 1
                 except PublishRefused as exc:
                     self.refused += 1
-                    if topic not in self._refused_topics:
-                        self._refused_topics.add(topic)
-                        log.error(
-                            "adapter=%s event=publish-refused topic=%s reason=%s hint=%s",
-                            self.adapter,
-                            topic,
-                            exc,
-                            "the broker ACL allows an adapter its own '<adapter>/#' namespace",
-                        )
+                    log_refusal_once(self.adapter, topic, exc, self._refused_topics)
                 except (NotConnected, TimeoutError):
                     await asyncio.sleep(RETRY_S)
                     continue
