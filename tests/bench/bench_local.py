@@ -132,23 +132,38 @@ def _published(beats: Heartbeats) -> int:
     return int(beats.get("adapter-line1").get("publish", {}).get("published", 0))
 
 
+HEARTBEAT_S = 0.5  # status_interval_s above
+
+
+def settled_published(beats: Heartbeats, timeout_s: float = 30) -> int:
+    """The adapter's published counter once it has stopped moving: unchanged over two heartbeats, so
+    a reading is never a heartbeat behind the press (a stale `before` made a step's count wrong)."""
+    deadline = time.monotonic() + timeout_s
+    last = _published(beats)
+    while True:
+        time.sleep(2.5 * HEARTBEAT_S)
+        now = _published(beats)
+        if now == last or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 def gateway_step(path: LocalPath, beats: Heartbeats, watcher: CloudWatcher, rate: float, seconds: float) -> dict:
     """Offer `rate` changes/s for `seconds`, stop the press, wait for the path to drain."""
-    before_published, before_delivered = _published(beats), watcher.counts.get("relayed", 0)
+    before_published, before_delivered = settled_published(beats), watcher.counts.get("relayed", 0)
     path.start_simulator(rate)
     started = time.monotonic()
     time.sleep(seconds)
     path.stop_simulator()
+    published = settled_published(beats) - before_published
 
     def drained() -> bool:
-        time.sleep(1.5)  # two heartbeats: the adapter's counter is current
-        return watcher.counts.get("relayed", 0) - before_delivered >= _published(beats) - before_published
+        return watcher.counts.get("relayed", 0) - before_delivered >= published
 
     with contextlib.suppress(AssertionError):  # what never arrives is counted as lost below
         wait_until(drained, max(10, 3 * seconds), "the path to drain", interval_s=0.1)
     with watcher.lock:
         arrivals = list(watcher.arrivals)
-    published = _published(beats) - before_published
     delivered = watcher.counts.get("relayed", 0) - before_delivered
     last = max(arrivals, default=started)
     return {

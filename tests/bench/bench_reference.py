@@ -101,8 +101,12 @@ def pss_kb(pid: int) -> int:
 
 def process_label(pid: int) -> str:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        argv = [a for a in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0") if a]
     except OSError:
+        return "?"
+    if len(argv) == 1:  # a process title (gateway/preload.py): the command line joined by spaces
+        argv = argv[0].split()
+    if not argv:
         return "?"
     text = " ".join(argv)
     if "supervisord" in text or "millgate run" in text or argv[0].endswith("millgate"):

@@ -12,8 +12,11 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,6 +171,64 @@ def malformed_payloads(run: Running) -> dict[str, Any]:
     return account("malformed payloads on every input topic", probe, run.watcher)
 
 
+def spool_stats(plant: ReferencePlant) -> dict[str, Any]:
+    millgate = str(Path(sys.executable).parent / "millgate")
+    argv = [millgate, "spool", "stats", "--json", "--config", str(plant.config), "--state", str(plant.state)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(result.stdout)
+
+
+@contextlib.contextmanager
+def small_state_disk(size: str) -> Iterator[ReferencePlant]:
+    """A reference plant whose state directory (spool, shadows, sockets) is a tmpfs of `size`; logs
+    stay elsewhere, as on a gateway whose data partition fills while its log partition does not."""
+    with reference_plant(PlantShape(modbus_rate=1000, opcua_items=200)) as plant:
+        gateway = plant.config / "gateway.toml"
+        log_dir = plant.root / "log"
+        gateway.write_text(gateway.read_text().replace("[gateway]\n", f'[gateway]\nlog_dir = "{log_dir}"\n', 1))
+        plant.state.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(plant.state)], check=True)
+        try:
+            yield plant
+        finally:
+            plant.stop()
+            subprocess.run(["umount", "-l", str(plant.state)], check=False)
+
+
+def disk_full(full_s: float) -> dict[str, Any]:
+    """The spool's disk fills while the cloud is down: the uplink keeps running and says so, drops by
+    its policy (counted, never silently), the database stays sound, and it drains when the cloud is back."""
+    with small_state_disk("24m") as plant:
+        plant.start_standins()
+        run = Running(plant)
+        uplink_pid = plant.processes()["uplink"]["pid"]
+        plant.line.down()
+        probe = Probe(plant, rate=100)
+        probe.thread.start()
+        wait_until(
+            lambda: any(k.endswith("disk-full") and v for k, v in spool_stats(plant)["counters"].items()),
+            240,
+            "the spool to report a full disk",
+            interval_s=2,
+        )
+        time.sleep(full_s)
+        full = spool_stats(plant)
+        uplink = plant.processes()["uplink"]
+        plant.line.up()
+        outcome = account(f"disk full {full_s:.0f} s (state on a 24 MB tmpfs)", probe, run.watcher, drain_s=180)
+        dropped = sum(v for k, v in full["counters"].items() if k.endswith("disk-full"))
+        REPORT[-1] |= {"dropped_by_policy": dropped, "uplink_restarted": uplink["pid"] != uplink_pid}
+        outcome = REPORT[-1]
+        with sqlite3.connect(plant.state / "spool.db") as check:
+            outcome["integrity"] = check.execute("PRAGMA integrity_check").fetchone()[0]
+        run.watcher.stop()
+        for beat in run.beats:
+            beat.close()
+    print(json.dumps(outcome))
+    assert uplink["state"] == "RUNNING"
+    return outcome
+
+
 def test_chaos_smoke(running: Running) -> None:
     """Seconds: one process killed, a short cloud outage; the probe loses nothing acknowledged."""
     uplink = running.plant.processes()["uplink"]["pid"]
@@ -205,6 +266,17 @@ def test_equipment_disappears_and_returns(running: Running) -> None:
 @pytest.mark.timeout(120)
 def test_malformed_payloads(running: Running) -> None:
     assert malformed_payloads(running)["lost"] == 0
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(600)
+def test_disk_full_for_the_spool() -> None:
+    outcome = disk_full(full_s=20)
+    assert outcome["integrity"] == "ok"
+    assert not outcome["uplink_restarted"], outcome
+    # what did not arrive was dropped by the spool's policy and counted, never lost silently
+    assert outcome["lost"] <= outcome["dropped_by_policy"], outcome
+    assert outcome["delivered"] > 0
 
 
 @pytest.mark.chaos
