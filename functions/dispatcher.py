@@ -13,12 +13,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from functions.user_log import UserLog
 from functions.worker_process import InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
-from gateway.config import Function
 from gateway.mqtt import LocalMqtt, MqttError, Received
+
+if TYPE_CHECKING:
+    from gateway.config import Function
 
 log = logging.getLogger(__name__)
 

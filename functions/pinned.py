@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,13 @@ from functions.greengrass.lambda_runtime import run as run_v1
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
 from functions.limits import limit_address_space
 from functions.privileges import drop_privileges
-from functions.runtime import function_environment, routed_filters, worker_environment
-from gateway.component import ComponentContext, start_component, stop_on_signals
-from gateway.config import Function
+from functions.runner_spec import RunnerSpec, read_spec
+from gateway.component import component_arguments, component_credentials, stop_on_signals
+from gateway.credentials import Credentials
 from gateway.function_deploy import read_manifest
+from gateway.logs import setup_logging as setup_component_logging
 from gateway.mqtt import LocalMqtt, Received
+from gateway.paths import GatewayPaths
 from gateway.topics import invoke_topic
 
 log = logging.getLogger("functions.pinned")
@@ -110,55 +113,76 @@ class PinnedFunction:
             self.acknowledge(message)
 
 
-def run_greengrass_v1(ctx: ComponentContext, function: Function) -> int:
+@dataclass(frozen=True)
+class Runner:
+    """The runner's start-up: its spec (written by the launcher), paths and broker credentials."""
+
+    component: str
+    spec: RunnerSpec
+    paths: GatewayPaths
+    creds: Credentials
+
+
+def start_runner(argv: list[str] | None = None) -> Runner:
+    args, component = component_arguments("fn", argv)
+    if args.name is None:
+        raise SystemExit("millgate-fn: --name FUNCTION is required")
+    try:
+        spec = read_spec(GatewayPaths.resolve(args.config, args.state, None), args.name)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SystemExit(f"{component}: cannot read its runner spec (written by `millgate run`): {exc}") from None
+    paths = GatewayPaths.resolve(args.config, args.state, Path(spec.log_dir) if spec.log_dir else None)
+    setup_component_logging(component, spec.log_level)
+    return Runner(component, spec, paths, component_credentials(paths, component))
+
+
+def run_greengrass_v1(runner: Runner) -> int:
     """Become the function's single v1 worker: its uid, its v1 environment, its memory cap, then the runtime."""
-    deployed = read_manifest(ctx.paths.state_dir / "functions")[function.name]
+    spec = runner.spec
+    deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
     if deployed.problems:
-        log.error("function=%s event=not-started problems=%r", function.name, deployed.problems)
+        log.error("function=%s event=not-started problems=%r", spec.name, deployed.problems)
         while True:  # exiting would only make supervisord retry what cannot work; the core reports it
             time.sleep(3600)
-    token = pinned_token(ctx.paths.credentials_dir, function.name)
-    environment = function_environment(ctx.loaded, ctx.paths, function, deployed.version, Path(deployed.path))
-    drop_privileges(function.uid, function.gid, deployed.extra_groups)
+    token = pinned_token(runner.paths.credentials_dir, spec.name)
+    drop_privileges(spec.uid, spec.gid, deployed.extra_groups)
     os.environ.clear()
-    os.environ.update({**environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token})
+    os.environ.update({**spec.environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token})
     os.chdir(deployed.path)
-    limit_address_space(function.memory_mb)
+    limit_address_space(spec.memory_mb)
     setup_logging()
-    side = function_side(function.memory_mb, function.timeout_s)
-    return run_v1(Path(deployed.path), function.handler, side, long_lived=True)
+    side = function_side(spec.memory_mb, spec.timeout_s)
+    return run_v1(Path(deployed.path), spec.handler, side, long_lived=True)
 
 
 def entry() -> None:
-    ctx = start_component("fn")
-    assert ctx.name is not None, "--name FUNCTION is required"
-    function = next(f for f in ctx.loaded.gateway.functions if f.name == ctx.name)
-    if function.runtime == "greengrass-v1":
-        raise SystemExit(run_greengrass_v1(ctx, function))
-    asyncio.run(main(ctx, function))
+    runner = start_runner()
+    if runner.spec.runtime == "greengrass-v1":
+        raise SystemExit(run_greengrass_v1(runner))
+    asyncio.run(main(runner))
 
 
-async def main(ctx: ComponentContext, function: Function) -> None:
-    deployed = read_manifest(ctx.paths.state_dir / "functions")[function.name]
-    thing = ctx.loaded.gateway.gateway.thing_name
+async def main(runner: Runner) -> None:
+    spec = runner.spec
+    deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
     pinned = PinnedFunction(
-        function.name,
-        function.queue_size,
-        FunctionIdentity(function.name, deployed.version, thing, function.memory_mb),
-        function.timeout_s,
+        spec.name,
+        spec.queue_size,
+        FunctionIdentity(spec.name, deployed.version, spec.thing_name, spec.memory_mb),
+        spec.timeout_s,
     )
     pinned.problems.extend(deployed.problems)
-    drop_privileges(function.uid, function.gid, deployed.extra_groups)
-    os.environ.update(worker_environment(function, ctx.paths, thing, Path(deployed.path)))
+    drop_privileges(spec.uid, spec.gid, deployed.extra_groups)
+    os.environ.update(spec.environment)
     if deployed.path:
         os.chdir(deployed.path)
     stop = stop_on_signals()
-    subscriptions = [(f, 1) for f in routed_filters(ctx.loaded, function.name)] + [(invoke_topic(function.name), 1)]
+    subscriptions = [(f, 1) for f in spec.subscriptions] + [(invoke_topic(spec.name), 1)]
     mqtt = LocalMqtt(
-        ctx.paths.broker_socket,
-        ctx.creds,
-        ctx.component,
-        status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
+        runner.paths.broker_socket,
+        runner.creds,
+        runner.component,
+        status_interval_s=spec.status_interval_s,
         subscriptions=subscriptions,
         on_message=pinned.on_message,
         status_fields=pinned.status,
@@ -168,12 +192,12 @@ async def main(ctx: ComponentContext, function: Function) -> None:
     )
     pinned.acknowledge = mqtt.ack
     if not pinned.problems:
-        limit_address_space(function.memory_mb)
+        limit_address_space(spec.memory_mb)
         threading.Thread(
-            target=pinned.load, args=(Path(deployed.path), function.handler), daemon=True, name=f"fn-{function.name}"
+            target=pinned.load, args=(Path(deployed.path), spec.handler), daemon=True, name=f"fn-{spec.name}"
         ).start()
     else:
-        log.error("function=%s event=not-started problems=%r", function.name, pinned.problems)
+        log.error("function=%s event=not-started problems=%r", spec.name, pinned.problems)
     await mqtt.run(stop)
 
 

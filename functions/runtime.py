@@ -15,6 +15,7 @@ from functions.dispatcher import FunctionPool, Worker
 from functions.greengrass.environment import v1_environment
 from functions.greengrass.service import GreengrassService
 from functions.greengrass.workers import PinnedV1Worker, V1WorkerProcess
+from functions.runner_spec import RunnerSpec, write_spec
 from functions.user_log import UserLog
 from functions.worker_process import WorkerSpec
 from gateway.acl import function_component, function_identity
@@ -62,6 +63,38 @@ def function_environment(
     if function.runtime != "greengrass-v1":
         return native
     return v1_environment(native, function, version, thing, group_id(loaded))
+
+
+def runner_spec(
+    loaded: LoadedConfig, paths: GatewayPaths, function: Function, deployed: DeployedFunction
+) -> RunnerSpec:
+    """Everything a long-lived function's runner needs, from the validated config (functions/runner_spec.py)."""
+    config = loaded.gateway
+    component = function_component(function.name)
+    return RunnerSpec(
+        name=function.name,
+        runtime=function.runtime,
+        handler=function.handler,
+        uid=function.uid,
+        gid=function.gid,
+        memory_mb=function.memory_mb,
+        timeout_s=function.timeout_s,
+        queue_size=function.queue_size,
+        thing_name=config.gateway.thing_name,
+        status_interval_s=config.gateway.status_interval_s,
+        log_level=config.logging.levels.get(component, config.logging.level),
+        log_dir=str(config.gateway.log_dir) if config.gateway.log_dir else None,
+        subscriptions=routed_filters(loaded, function.name),
+        environment=function_environment(loaded, paths, function, deployed.version, Path(deployed.path)),
+    )
+
+
+def write_runner_specs(loaded: LoadedConfig, paths: GatewayPaths) -> None:
+    """One spec per long-lived function, after its code is deployed (the manifest has its version)."""
+    deployed = read_manifest(paths.state_dir / "functions")
+    for function in loaded.gateway.functions:
+        if function.lifecycle == "long-lived":
+            write_spec(paths, runner_spec(loaded, paths, function, deployed[function.name]))
 
 
 def build_pool(

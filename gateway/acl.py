@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from gateway.config import GatewayConfig
 from gateway.topics import (
     SHADOW_SYNC_DOWN_FILTER,
     SHADOW_SYNC_UP_FILTER,
@@ -19,6 +19,9 @@ from gateway.topics import (
     invoke_topic,
     reply_filter,
 )
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 CORE = "core"
 UPLINK = "uplink"

@@ -10,12 +10,15 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.acl import component_identity
-from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
 from gateway.credentials import Credentials, load_credentials
 from gateway.logs import setup_logging
 from gateway.paths import GatewayPaths
+
+if TYPE_CHECKING:
+    from gateway.config_loader import LoadedConfig
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,34 @@ class ComponentContext:
     name: str | None = None  # the adapter or function, for processes that run one
 
 
-def start_component(kind: str, argv: list[str] | None = None) -> ComponentContext:
-    """Parse the common arguments and load everything a component needs, or exit with the reason.
-
-    `kind` is core, uplink, adapter or fn; with --name NAME the component (the supervisord program,
-    the status topic, the broker identity) is `<kind>-<NAME>`, e.g. adapter-line1.
-    """
+def component_arguments(kind: str, argv: list[str] | None = None) -> tuple[argparse.Namespace, str]:
+    """The common command line (--config, --state, --name) and the component it names: `<kind>` or
+    `<kind>-<NAME>` (the supervisord program, the status topic, the broker identity), e.g. adapter-line1."""
     parser = argparse.ArgumentParser(prog=f"millgate-{kind}")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--name", default=None, help="the adapter or function this process runs")
     args = parser.parse_args(argv)
-    component = f"{kind}-{args.name}" if args.name else kind
+    return args, f"{kind}-{args.name}" if args.name else kind
+
+
+def component_credentials(paths: GatewayPaths, component: str) -> Credentials:
+    """The component's broker credentials, or exit with the reason."""
+    try:
+        return load_credentials(paths.credentials_dir, component_identity(component))
+    except OSError as exc:
+        print(f"{component}: cannot read its broker credentials: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def start_component(kind: str, argv: list[str] | None = None) -> ComponentContext:
+    """Parse the common arguments and load everything a component needs, or exit with the reason.
+
+    `kind` is core, uplink, adapter or fn (see component_arguments).
+    """
+    from gateway.config_loader import ConfigInvalid, load_config  # pydantic: not for the function runner
+
+    args, component = component_arguments(kind, argv)
     try:
         loaded = load_config(args.config)
     except ConfigInvalid as exc:
@@ -48,11 +67,7 @@ def start_component(kind: str, argv: list[str] | None = None) -> ComponentContex
     paths = GatewayPaths.resolve(args.config, args.state, gateway.log_dir)
     logging_config = loaded.gateway.logging
     setup_logging(component, logging_config.levels.get(component, logging_config.level))
-    try:
-        creds = load_credentials(paths.credentials_dir, component_identity(component))
-    except OSError as exc:
-        print(f"{component}: cannot read its broker credentials: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    creds = component_credentials(paths, component)
     return ComponentContext(component, loaded, paths, creds, args.name)
 
 

@@ -13,9 +13,12 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.atomic_file import write_atomic
-from gateway.config import Function
+
+if TYPE_CHECKING:
+    from gateway.config import Function
 
 KEEP_VERSIONS = 2
 MANIFEST = "deployed.json"

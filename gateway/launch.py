@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from functions.runtime import write_runner_specs
 from gateway.acl import OPERATOR, acl_file_text, compile_grants, component_identities, function_identity
 from gateway.atomic_file import write_atomic
 from gateway.broker_config import mosquitto_binary, mosquitto_conf_text
@@ -124,6 +125,7 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     write_acl(loaded, paths)
     write_atomic(paths.mosquitto_conf, mosquitto_conf_text(config, paths, user), 0o640, owner)
     deploy_functions(loaded, paths)
+    write_runner_specs(loaded, paths)
     found = fingerprints(loaded, read_manifest(paths.state_dir / "functions"), paths.mosquitto_conf.read_text())
     program_list = [replace(p, fingerprint=found.get(p.name, "")) for p in programs(loaded, paths, mosquitto)]
     conf = supervisord_conf_text(config, paths, user, program_list)

@@ -9,9 +9,9 @@ import hashlib
 import hmac
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.acl import function_identity
-from gateway.config import Function
 from gateway.credentials import load_credentials
 from gateway.greengrass.arns import (
     DEFAULT_REGION,
@@ -25,6 +25,9 @@ from gateway.greengrass.arns import (
     function_arn_for,
     parse_function_arn,
 )
+
+if TYPE_CHECKING:
+    from gateway.config import Function
 
 PINNED_TOKEN_LABEL = b"millgate greengrass-v1 long-lived worker token"
 

@@ -1,6 +1,6 @@
 """Shared preload (gateway/preload.py): system components run forked from a supervisord that has
-their modules loaded, so those pages are shared; functions (user code) are exec'd as before; a code
-update on disk makes later starts exec again.
+their modules loaded, so those pages are shared; functions (user code) are exec'd as before, from a
+runner spec rather than the config models; a code update on disk makes later starts exec again.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ def test_components_share_supervisords_pages_and_keep_their_command_line(gateway
     # ... while a function, running user code, is exec'd and shares no supervisord memory
     assert _rollup(pinned)["Shared_Dirty"] < 1024
     assert _cmdline(pinned).startswith(f"{sys.executable} -m functions.pinned ")
+    # and it starts from the runner spec `millgate run` wrote, without loading the config models
+    assert "_pydantic_core" not in Path(f"/proc/{pinned}/maps").read_text()
+    spec = gw.paths.generated_dir / "functions" / "pinned.json"
+    assert spec.stat().st_mode & 0o777 == 0o600
 
 
 def test_only_system_components_run_in_place() -> None:
