@@ -58,8 +58,10 @@ def start_component(kind: str, argv: list[str] | None = None) -> ComponentContex
     from gateway.config_loader import ConfigInvalid, load_config  # pydantic: not for the function runner
 
     args, component = component_arguments(kind, argv)
+    # forked from supervisord (gateway/preload.py), the config it validated at start is here already
+    preload = sys.modules.get("gateway.preload")
     try:
-        loaded = load_config(args.config)
+        loaded = (preload and preload.preloaded_config(args.config)) or load_config(args.config)
     except ConfigInvalid as exc:
         print(f"{component}: refusing to start on an invalid config:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -26,11 +26,15 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 # imported here, in supervisord, while argv and environ are still where the kernel put them: it
 # finds the space for a process title there, which a child that has rewritten its environment cannot
 import setproctitle
+
+if TYPE_CHECKING:
+    from gateway.config_loader import LoadedConfig
 
 # the components that run only millgate's own code; function runners are never forked
 SYSTEM_COMPONENTS = frozenset(
@@ -56,7 +60,7 @@ class Preload:
         self.failed = failed
 
     def getPreloaded(self) -> dict[str, Any]:  # supervisord RPC names are camelCase
-        return {"modules": self.modules, "failed": self.failed}
+        return {"modules": self.modules, "failed": self.failed, "config": _config[0] if _config else ""}
 
 
 def component_module(argv: list[str]) -> str | None:
@@ -105,18 +109,59 @@ def code_stamp() -> tuple[tuple[int, int], ...]:
 def install(supervisord: Any, **_config: Any) -> Preload:
     """supervisord's rpcinterface factory: preload the configured system components, hook execve."""
     options = supervisord.options
-    wanted = []
+    wanted, config_dirs = [], set()
     for group in options.process_group_configs:
         for program in group.process_configs:
-            module = component_module(shlex.split(program.command))
+            argv = shlex.split(program.command)
+            module = component_module(argv)
             if module:
                 wanted.append(module)
+                config_dirs.add(_option(argv, "--config"))
     loaded, failed = preload(wanted)
+    if len(config_dirs) == 1 and None not in config_dirs:
+        try:
+            preload_config(Path(str(config_dirs.pop())))
+        except Exception as exc:  # each component loads (and reports) it itself
+            failed["config"] = f"{type(exc).__name__}: {exc}"
     setproctitle.setproctitle(setproctitle.getproctitle())  # find the title's space now (see the import)
     gc.collect()
     gc.freeze()
     options.execve = forking_execve(options.execve, code_stamp())
     return Preload(loaded, failed)
+
+
+# the deployment's config as supervisord found it at start: (real path, digest, loaded config)
+_config: tuple[str, str, LoadedConfig] | None = None
+
+
+def preload_config(config_dir: Path) -> None:
+    """Load and validate the config once, here, so the forked components need not (validation alone
+    writes to some 6 MB of the shared pages in each of them)."""
+    global _config
+    from gateway.config_loader import load_config
+    from gateway.deploy_store import config_digest
+
+    _config = (os.path.realpath(config_dir), config_digest(config_dir), load_config(config_dir))
+
+
+def preloaded_config(config_dir: Path) -> LoadedConfig | None:
+    """The preloaded config if it is still the one at `config_dir` (a deployment since supervisord
+    started points `current` at another snapshot), else None."""
+    from gateway.deploy_store import config_digest
+
+    if _config is None:
+        return None
+    real, digest, loaded = _config
+    if loaded.config_dir != config_dir or os.path.realpath(config_dir) != real:
+        return None
+    try:
+        return loaded if config_digest(config_dir) == digest else None
+    except OSError:
+        return None
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv[:-1] else None
 
 
 Execve = Callable[[str, list[str], Mapping[str, str]], None]

@@ -46,7 +46,10 @@ def test_components_share_supervisords_pages_and_keep_their_command_line(gateway
     wait_until(lambda: gw.status()["processes"].get("fn-pinned", {}).get("state") == "RUNNING", 20, "fn-pinned")
     processes = gw.status()["processes"]
     core, pinned = processes["core"]["pid"], processes["fn-pinned"]["pid"]
-    assert supervisor_proxy(gw.paths).preload.getPreloaded() == {"modules": ["gateway.core"], "failed": {}}
+    preloaded = supervisor_proxy(gw.paths).preload.getPreloaded()
+    assert preloaded["modules"] == ["gateway.core"] and preloaded["failed"] == {}, preloaded
+    # the deployment's config snapshot, validated once in supervisord
+    assert preloaded["config"] == str((gw.state_dir / "deployments/current/config").resolve())
     # `ps` shows the component's own command, not supervisord's
     assert _cmdline(core).startswith(f"{sys.executable} -m gateway.core --config ")
     # forked in place: most of its memory is pages it shares with supervisord ...
