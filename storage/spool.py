@@ -7,14 +7,17 @@ It knows nothing of MQTT or of the cloud; one thread owns a Spool (sqlite3 conne
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
+
+from storage.disk_reserve import DiskReserve
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 DROPPED_FULL = "dropped.spool-full"  # drop-oldest: an old message made room for a new one
 REJECTED_FULL = "rejected.spool-full"  # reject-new: a new message was refused
 DROPPED_DISK_FULL = "dropped.disk-full"
+# kept free next to the spool for the deletions a full disk needs room for (storage/disk_reserve.py)
+DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+# on a full disk the spool keeps to this share of what it held when the disk filled: its file's pages
+DISK_CAP_FRACTION = 0.98
+T = TypeVar("T")
 REJECTED_DISK_FULL = "rejected.disk-full"
 EXPIRED = "expired.ttl"
 DEAD_TOO_LARGE = "dead.payload-too-large"
@@ -159,6 +167,7 @@ class Spool:
         rules: Sequence[Rule] | None = (),
         max_payload_bytes: int | None = None,
         durable: bool = True,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ):
         self.path = path
         self.max_bytes = max_bytes
@@ -167,6 +176,13 @@ class Spool:
         self.rules = sorted(rules or (), key=lambda r: len(r.prefix), reverse=True)
         self.max_payload_bytes = max_payload_bytes
         self._db = self._open(durable)
+        self._disk_cap: int | None = None  # bytes the file holds, while the disk is full
+        self._reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+        self._reserve.take()
+        # a checkpoint moves the WAL into the file, which grows by as much: with the WAL held well under
+        # the reserve, the reserve is always enough to checkpoint on a full disk
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        self._db.execute(f"PRAGMA wal_autocheckpoint={max(reserve_bytes // 4 // page_size, 16)}")
         self._levels: set[int] = {0, *(r.priority for r in self.rules)}
         self._count = 0
         self._bytes = 0
@@ -256,17 +272,16 @@ class Spool:
             with self._transaction():
                 self._append(messages, result)
         except sqlite3.OperationalError as exc:
-            if not _is_disk_full(exc):
-                raise SpoolUnwritable(f"spool {self.path}: write failed: {exc}") from None
-            self._refresh_totals(force=True)
-            result = AppendResult(disk_full=True)
-            self._append_on_full_disk(messages, result)
+            self._raise_unless_disk_full(exc)
+            result = self._append_on_full_disk(messages)
+        self._after_write()
         return result
 
     def _append(self, messages: Sequence[Message], result: AppendResult) -> None:
         now = time.time()
         rows = []
         incoming = 0
+        cap, disk = self._cap()
         for message in messages:
             properties = json.dumps(message.properties) if message.properties else None
             if self.max_payload_bytes is not None and len(message.payload) > self.max_payload_bytes:
@@ -284,13 +299,15 @@ class Spool:
             rule = self.rule_for(message.topic)
             priority = rule.priority if rule else 0
             expires = message.ts + rule.ttl_s if rule and rule.ttl_s else None
-            if self._bytes + incoming + size > self.max_bytes:
-                if self.policy == "reject-new" or size > self.max_bytes:
+            if self._bytes + incoming + size > cap:
+                if self.policy == "reject-new" or size > cap:
                     result.rejected += 1
                     continue
-                freed = self._drop_oldest(self._bytes + incoming + size - self.max_bytes)
+                freed = self._drop_oldest(
+                    self._bytes + incoming + size - cap, counter=DROPPED_DISK_FULL if disk else DROPPED_FULL
+                )
                 result.dropped_oldest += freed
-                if self._bytes + incoming + size > self.max_bytes:
+                if self._bytes + incoming + size > cap:
                     # what is left to drop is this very batch: refuse the newcomer instead
                     result.rejected += 1
                     continue
@@ -303,33 +320,77 @@ class Spool:
             rows,
         )
         if result.rejected:
-            self._bump(REJECTED_FULL, result.rejected)
+            self._bump(REJECTED_DISK_FULL if disk else REJECTED_FULL, result.rejected)
+        if disk and (result.rejected or result.dropped_oldest):
+            result.disk_full = True
         result.stored = len(rows)
         self._count += len(rows)
         self._bytes += incoming
 
-    def _append_on_full_disk(self, messages: Sequence[Message], result: AppendResult) -> None:
-        """The disk (or the file's page limit) is full: follow the policy as if the cap were reached."""
-        if self.policy == "drop-oldest" and self._count:
-            needed = sum(len(m.topic) + len(m.payload) + _PER_ROW_OVERHEAD for m in messages)
-            try:
-                with self._transaction():
-                    dropped = self._drop_oldest(max(needed * 2, 1), counter=DROPPED_DISK_FULL)
-                with self._transaction():
-                    self._append(messages, result)
-                result.dropped_oldest += dropped
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_disk_full(exc):
-                    raise SpoolUnwritable(f"spool {self.path}: write failed: {exc}") from None
-                self._refresh_totals(force=True)
-        result.stored = 0
-        result.rejected = len(messages)
+    def _append_on_full_disk(self, messages: Sequence[Message]) -> AppendResult:
+        """The disk is full: from now on the spool keeps to what its file already holds (_disk_cap).
+        Room is made (_make_room), then the append again under that cap, by the policy."""
+        self._make_room()
+        result = AppendResult(disk_full=True)
         try:
             with self._transaction():
-                self._bump(REJECTED_DISK_FULL, len(messages))
-        except sqlite3.OperationalError:
-            pass  # not even a counter fits; the caller logs the refusal
+                self._append(messages, result)
+            return result
+        except sqlite3.OperationalError as exc:
+            self._raise_unless_disk_full(exc)
+        result = AppendResult(disk_full=True, rejected=len(messages))
+        with contextlib.suppress(sqlite3.OperationalError), self._transaction():
+            self._bump(REJECTED_DISK_FULL, len(messages))  # when not even a counter fits, the caller logs it
+        return result
+
+    def _raise_unless_disk_full(self, exc: sqlite3.OperationalError) -> None:
+        if not _is_disk_full(exc):
+            raise SpoolUnwritable(f"spool {self.path}: write failed: {exc}") from None
+        self._refresh_totals(force=True)  # what the failed transaction counted did not happen
+        if self._disk_cap is None:
+            self._disk_cap = int(self._bytes * DISK_CAP_FRACTION)
+            log.warning("event=spool-disk-full path=%s keeping_to_bytes=%d", self.path, self._disk_cap)
+
+    def _cap(self) -> tuple[int, bool]:
+        """The byte cap in force, and whether it is the full disk's rather than max_bytes."""
+        if self._disk_cap is not None and self._disk_cap < self.max_bytes:
+            return self._disk_cap, True
+        return self.max_bytes, False
+
+    def _write(self, work: Callable[[], T]) -> T:
+        """`work` in one transaction; on a full disk, once more after making room (_make_room). A
+        second full-disk error goes to the caller as SpoolUnwritable."""
+        try:
+            with self._transaction():
+                done = work()
+        except sqlite3.OperationalError as exc:
+            self._raise_unless_disk_full(exc)
+            self._make_room()
+            try:
+                with self._transaction():
+                    done = work()
+            except sqlite3.OperationalError as again:
+                raise SpoolUnwritable(f"spool {self.path}: write failed even after freeing room: {again}") from None
+        self._after_write()
+        return done
+
+    def _make_room(self) -> None:
+        """Give back the reserve and move the WAL into the file: the space a full disk still has."""
+        self._reserve.give_back()
+        self._checkpoint()
+
+    def _after_write(self) -> None:
+        """Without its reserve the spool keeps its WAL empty; once the filesystem has room for the
+        reserve again (someone freed space), it takes it and may grow its file again."""
+        if not self._reserve.held:
+            self._checkpoint()
+            if self._reserve.take() and self._disk_cap is not None:
+                self._disk_cap = None
+                log.info("event=spool-disk-room-again path=%s", self.path)
+
+    def _checkpoint(self) -> None:
+        with contextlib.suppress(sqlite3.OperationalError):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _drop_oldest(self, needed: int, counter: str = DROPPED_FULL) -> int:
         """Delete the oldest messages of the lowest priority first until `needed` bytes are free."""
@@ -358,13 +419,14 @@ class Spool:
 
     def delete(self, ids: Iterable[int]) -> int:
         """Forget messages the cloud acknowledged."""
-        ids = list(ids)
-        if not ids:
+        payload = json.dumps(list(ids))
+        if payload == "[]":
             return 0
-        with self._transaction():
-            sizes = self._db.execute(
-                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) RETURNING size", (json.dumps(ids),)
+        sizes = self._write(
+            lambda: self._db.execute(
+                "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) RETURNING size", (payload,)
             ).fetchall()
+        )
         self._count -= len(sizes)
         self._bytes -= sum(s for (s,) in sizes)
         return len(sizes)
@@ -374,9 +436,10 @@ class Spool:
         letters with the last reason. Returns how many were buried."""
         if not refusals:
             return 0
-        buried = 0
         now = time.time()
-        with self._transaction():
+
+        def count_and_bury() -> int:
+            buried = 0
             for rowid, reason in refusals.items():
                 row = self._db.execute(
                     "UPDATE messages SET tries = tries + 1 WHERE id=? "
@@ -393,29 +456,31 @@ class Spool:
                 buried += 1
             if buried:
                 self._bump(DEAD_REFUSED, buried)
-        return buried
+            return buried
+
+        return self._write(count_and_bury)
 
     def expire(self, now: float | None = None) -> int:
         """Delete messages past their time-to-live, counted, never sent."""
         now = time.time() if now is None else now
-        with self._transaction():
-            sizes = self._db.execute(
-                "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING size", (now,)
-            ).fetchall()
-            if sizes:
-                self._bump(EXPIRED, len(sizes))
-        self._count -= len(sizes)
-        self._bytes -= sum(s for (s,) in sizes)
-        return len(sizes)
+        return self._delete_counted(
+            "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING size", (now,), EXPIRED
+        )
 
     def purge(self, prefix: str) -> int:
         """Delete every waiting message whose topic starts with `prefix` (an operator's decision)."""
-        with self._transaction():
-            sizes = self._db.execute(
-                "DELETE FROM messages WHERE substr(topic, 1, ?) = ? RETURNING size", (len(prefix), prefix)
-            ).fetchall()
+        return self._delete_counted(
+            "DELETE FROM messages WHERE substr(topic, 1, ?) = ? RETURNING size", (len(prefix), prefix), PURGED
+        )
+
+    def _delete_counted(self, sql: str, parameters: tuple[object, ...], counter: str) -> int:
+        def delete() -> list[tuple[int]]:
+            sizes = self._db.execute(sql, parameters).fetchall()
             if sizes:
-                self._bump(PURGED, len(sizes))
+                self._bump(counter, len(sizes))
+            return sizes
+
+        sizes = self._write(delete)
         self._count -= len(sizes)
         self._bytes -= sum(s for (s,) in sizes)
         return len(sizes)
@@ -532,7 +597,10 @@ class _Transaction:
                 self.db.execute("COMMIT")
                 return
             except sqlite3.Error:
-                self.db.execute("ROLLBACK")
+                # on SQLITE_FULL (and I/O errors) SQLite may have rolled the transaction back itself:
+                # a second ROLLBACK would fail and hide the disk-full error the caller handles
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")

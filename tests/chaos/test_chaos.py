@@ -225,7 +225,7 @@ def disk_full(full_s: float) -> dict[str, Any]:
         for beat in run.beats:
             beat.close()
     print(json.dumps(outcome))
-    assert uplink["state"] == "RUNNING"
+    assert uplink["statename"] == "RUNNING"
     return outcome
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,41 @@ def test_full_disk_follows_the_reject_new_policy(tmp_path: Path) -> None:
     results = [spool.append([Message("t", b"x" * 2000 + str(i).encode())]) for i in range(200)]
     assert any(r.disk_full and r.rejected == 1 for r in results)
     assert drain_all(spool)[0][1].endswith(b"x0")
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB filesystem (tmpfs): a full disk fails at COMMIT or in the WAL, not only at INSERT
+    as SQLite's page limit does."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"the kernel refuses a tmpfs mount here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("policy", ["drop-oldest", "reject-new"])
+def test_a_really_full_filesystem_never_makes_the_spool_unusable(small_filesystem: Path, policy: str) -> None:
+    spool = Spool(small_filesystem / "spool.db", policy=policy, reserve_bytes=512 * 1024)
+    results = [spool.append([Message("t", bytes([65 + i % 26]) * 4000 + str(i).encode())]) for i in range(1000)]
+    assert any(r.disk_full for r in results)
+    if policy == "drop-oldest":  # the newest kept, room made by dropping the oldest
+        assert results[-1].stored == 1
+    else:  # the oldest kept, newcomers refused and counted
+        assert results[-1].rejected == 1
+    kept = drain_all(spool)  # the cloud is back: deleting what it acknowledged works on the full disk
+    assert kept and all(len(payload) > 4000 for _, payload in kept)
+    # and the file's freed pages take new messages again
+    assert all(spool.append([Message("t", b"n" * 4000)]).stored == 1 for _ in range(50))
+    spool.close()
+    with sqlite3.connect(small_filesystem / "spool.db") as check:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_a_damaged_file_is_refused_with_its_path_and_left_untouched(tmp_path: Path) -> None:
