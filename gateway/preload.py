@@ -7,8 +7,9 @@ those objects out of the garbage collector's reach (a collection would otherwise
 and unshare it), and replaces supervisord's execve: in the child supervisord has just forked (pipes,
 process group, uid, directory and umask already set), a command `<this python> -m <system component>`
 runs the component in place; every other command (mosquitto, functions, which run user code and must
-not carry supervisord's memory) is exec'd as before. The process title stays the command line, so
-`ps` shows the same as an exec'd component.
+not carry supervisord's memory) is exec'd as before. The deployment's config is validated here once
+too, and handed to a forked component while it is still the current one. The process title stays the
+command line, so `ps` shows the same as an exec'd component.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ RESET_SIGNALS: dict[signal.Signals, Callable[[int, Any], Any] | signal.Handlers]
     signal.SIGUSR2: signal.SIG_DFL,
     signal.SIGINT: signal.default_int_handler,
 }
+# the deployment's config as supervisord found it at start: (real path, digest, loaded config)
+_config: tuple[str, str, LoadedConfig] | None = None
 
 
 class Preload:
@@ -128,10 +131,6 @@ def install(supervisord: Any, **_config: Any) -> Preload:
     gc.freeze()
     options.execve = forking_execve(options.execve, code_stamp())
     return Preload(loaded, failed)
-
-
-# the deployment's config as supervisord found it at start: (real path, digest, loaded config)
-_config: tuple[str, str, LoadedConfig] | None = None
 
 
 def preload_config(config_dir: Path) -> None:
