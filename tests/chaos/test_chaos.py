@@ -90,16 +90,21 @@ def running() -> Iterator[Running]:
         print("  " + "  ".join(f"{k}={v}" for k, v in outcome.items()))
 
 
-def kill_each_process(run: Running, rounds: int, pause_s: float) -> dict[str, Any]:
-    probe = Probe(run.plant, rate=100)
-    probe.thread.start()
-    for _ in range(rounds):
-        for info in run.plant.processes().values():
-            if info["pid"]:
-                os.kill(info["pid"], signal.SIGKILL)
-                time.sleep(pause_s)
-                run.healthy()
-    return account(f"kill -9 each process x{rounds}", probe, run.watcher)
+def kill_each_process(run: Running, rounds: int, pause_s: float) -> list[dict[str, Any]]:
+    """kill -9 of each supervised process in turn, `rounds` times, each kill accounted on its own."""
+    outcomes = []
+    for round_number in range(rounds):
+        for name, info in run.plant.processes().items():
+            if not info["pid"]:
+                continue
+            probe = Probe(run.plant, rate=100)
+            probe.thread.start()
+            time.sleep(pause_s)
+            os.kill(info["pid"], signal.SIGKILL)
+            time.sleep(pause_s)
+            run.healthy()
+            outcomes.append(account(f"kill -9 {name} (round {round_number + 1})", probe, run.watcher, drain_s=30))
+    return outcomes
 
 
 def cloud_outage(run: Running, seconds: float) -> dict[str, Any]:
@@ -198,7 +203,7 @@ def small_state_disk(size: str) -> Iterator[ReferencePlant]:
 def disk_full(full_s: float) -> dict[str, Any]:
     """The spool's disk fills while the cloud is down: the uplink keeps running and says so, drops by
     its policy (counted, never silently), the database stays sound, and it drains when the cloud is back."""
-    with small_state_disk("24m") as plant:
+    with small_state_disk("16m") as plant:
         plant.start_standins()
         run = Running(plant)
         uplink_pid = plant.processes()["uplink"]["pid"]
@@ -215,7 +220,7 @@ def disk_full(full_s: float) -> dict[str, Any]:
         full = spool_stats(plant)
         uplink = plant.processes()["uplink"]
         plant.line.up()
-        outcome = account(f"disk full {full_s:.0f} s (state on a 24 MB tmpfs)", probe, run.watcher, drain_s=180)
+        outcome = account(f"disk full {full_s:.0f} s (state on a 16 MB tmpfs)", probe, run.watcher, drain_s=180)
         dropped = sum(v for k, v in full["counters"].items() if k.endswith("disk-full"))
         REPORT[-1] |= {"dropped_by_policy": dropped, "uplink_restarted": uplink["pid"] != uplink_pid}
         outcome = REPORT[-1]
@@ -247,7 +252,13 @@ def test_chaos_smoke(running: Running) -> None:
 @pytest.mark.chaos
 @pytest.mark.timeout(300)
 def test_kill_each_process(running: Running) -> None:
-    assert kill_each_process(running, rounds=2, pause_s=2)["lost"] == 0
+    outcomes = kill_each_process(running, rounds=2, pause_s=2)
+    # millgate's own processes lose nothing. mosquitto keeps messages in memory between its saves: a
+    # kill -9 of the broker loses those it acknowledged to a publisher and had not yet passed on
+    # (reported, not asserted: docs/benchmarks.md)
+    ours = [o for o in outcomes if "kill -9 broker " not in o["scenario"]]
+    assert all(o["lost"] == 0 for o in ours), ours
+    assert all(o["delivered"] > 0 for o in outcomes), outcomes
 
 
 @pytest.mark.chaos
@@ -271,7 +282,7 @@ def test_malformed_payloads(running: Running) -> None:
 @pytest.mark.chaos
 @pytest.mark.timeout(600)
 def test_disk_full_for_the_spool() -> None:
-    outcome = disk_full(full_s=20)
+    outcome = disk_full(full_s=10)
     assert outcome["integrity"] == "ok"
     assert not outcome["uplink_restarted"], outcome
     # what did not arrive was dropped by the spool's policy and counted, never lost silently
