@@ -596,6 +596,7 @@ class Probe:
         self.rate = rate
         self.acked: list[int] = []
         self.stop = threading.Event()
+        self.patience_s = 30.0  # how long to wait, at the end, for acknowledgements still on their way
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -608,7 +609,7 @@ class Probe:
                 pending.append((seq, self.client.publish("probe/temperature", json.dumps(reading), qos=1)))
                 seq += 1
             time.sleep(0.005)
-        deadline = time.monotonic() + 30  # for the acknowledgements still on their way, all together
+        deadline = time.monotonic() + self.patience_s  # for all of them together
         for number, info in pending:
             # a publication the broker never acknowledged (it was killed) raises: not sent, not counted
             with contextlib.suppress(RuntimeError, ValueError):
