@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -95,7 +96,7 @@ class ModbusLink:
             "coil": self.client.read_coils,
             "discrete": self.client.read_discrete_inputs,
         }[table]
-        response = await self._execute(call(start, count=count, device_id=unit), timeout_s, unit)
+        response = await self._execute(lambda: call(start, count=count, device_id=unit), timeout_s, unit)
         data = response.bits if table in ("coil", "discrete") else response.registers
         if len(data) < count:
             raise RequestError("garbage", f"unit {unit} answered {len(data)} values to a read of {count}")
@@ -103,18 +104,23 @@ class ModbusLink:
 
     async def write_registers(self, address: int, registers: list[int], unit: int, timeout_s: float) -> None:
         if len(registers) == 1:
-            request = self.client.write_register(address, registers[0], device_id=unit)
+            await self._execute(
+                lambda: self.client.write_register(address, registers[0], device_id=unit), timeout_s, unit
+            )
         else:
-            request = self.client.write_registers(address, registers, device_id=unit)
-        await self._execute(request, timeout_s, unit)
+            await self._execute(
+                lambda: self.client.write_registers(address, registers, device_id=unit), timeout_s, unit
+            )
 
     async def write_coil(self, address: int, value: bool, unit: int, timeout_s: float) -> None:
-        await self._execute(self.client.write_coil(address, value, device_id=unit), timeout_s, unit)
+        await self._execute(lambda: self.client.write_coil(address, value, device_id=unit), timeout_s, unit)
 
-    async def _execute(self, request: Any, timeout_s: float, unit: int) -> Any:
+    async def _execute(self, request: Callable[[], Awaitable[Any]], timeout_s: float, unit: int) -> Any:
+        """`request` is called in here: pymodbus raises ConnectionException as soon as it is called on a
+        connection it knows is gone, before there is anything to await."""
         try:
             async with asyncio.timeout(timeout_s):
-                response = await request
+                response = await request()
         except TimeoutError:
             raise RequestError("timeout", f"no answer from unit {unit} within {timeout_s * 1000:.0f} ms") from None
         except ConnectionException as exc:

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from conftest import SimulatorThread, eventually, free_port
+
+from adapters.modbus.link import ModbusLink, RequestError
+from gateway.adapter_config import ModbusDevice
 
 KNOWN_REGISTERS = {
     0: [0xFFFE],  # int16 -2
@@ -443,3 +447,25 @@ type = "uint16"
             await eventually(lambda: h.recorder.value("ok/count") == 7, what="the healthy device still polled")
 
     asyncio.run(scenario())
+
+
+def test_a_request_on_a_connection_pymodbus_knows_is_gone_is_a_connect_error_not_a_crash(simulator) -> None:
+    """pymodbus raises ConnectionException as soon as a request is made on a closed connection, before
+    anything is awaited; that once escaped the link and crashed the adapter (seen in `make bench`)."""
+    sim = simulator()
+    port = sim.start_tcp()
+    device = ModbusDevice(name="press", transport="tcp", host="127.0.0.1", port=port, tags_csv="press.csv")
+
+    async def scenario() -> RequestError:
+        link = ModbusLink(f"tcp://127.0.0.1:{port}", device, 1.0)
+        await link.connect(2.0)
+        assert await link.read("holding", 0, 1, 1, 1.0) is not None
+        link.client.close()  # what pymodbus does when the peer goes away
+        with pytest.raises(RequestError) as refused:
+            await link.read("holding", 0, 1, 1, 1.0)
+        with pytest.raises(RequestError):
+            await link.write_registers(0, [1], 1, 1.0)
+        return refused.value
+
+    error = asyncio.run(scenario())
+    assert error.kind == "connect"
