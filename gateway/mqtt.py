@@ -136,7 +136,11 @@ class LocalMqtt:
         self.last_error: str | None = None
         self.dropped_inbound = 0
         self.started_at = time.time()
-        self._inbox: asyncio.Queue[Received] = asyncio.Queue(maxsize=inbox_size)
+        # a manual_ack consumer's QoS 1 messages are never dropped here: the broker bounds them
+        # (Receive Maximum per connection), but after a reconnect the old connection's messages may
+        # still be waiting, and QoS 0 ones do not count, so the queue itself is not capped
+        self._inbox_size = inbox_size
+        self._inbox: asyncio.Queue[Received] = asyncio.Queue()
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.RLock()
@@ -251,7 +255,7 @@ class LocalMqtt:
             if self.persistent_session:
                 properties.SessionExpiryInterval = SESSION_EXPIRY_S
             if self.manual_ack:
-                properties.ReceiveMaximum = min(self._inbox.maxsize, 65535)
+                properties.ReceiveMaximum = min(self._inbox_size, 65535)
             await asyncio.to_thread(
                 partial(
                     client.connect,
@@ -371,9 +375,10 @@ class LocalMqtt:
         self._loop.call_soon_threadsafe(self._enqueue, received)
 
     def _enqueue(self, received: Received) -> None:
-        try:
+        held_by_broker = self.manual_ack and received.qos > 0  # unacknowledged: bounded, never dropped
+        if held_by_broker or self._inbox.qsize() < self._inbox_size:
             self._inbox.put_nowait(received)
-        except asyncio.QueueFull:
+        else:
             self.dropped_inbound += 1
             if self.dropped_inbound == 1 or self.dropped_inbound % 1000 == 0:
                 log.error(
