@@ -295,32 +295,25 @@ class ReferencePlant:
     def start_s3(self) -> None:
         self._standin("s3", ["moto.server", "-H", "127.0.0.1", "-p", str(self.ports["s3"])], self.ports["s3"])
 
-        import boto3  # only the harness holds boto3, never a gateway process
-
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=self.s3_url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(Bucket="plant-raw")
+        self._s3().create_bucket(Bucket="plant-raw")
 
     @property
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def s3_objects(self) -> list[str]:
-        import boto3
+        return [o["Key"] for o in self._s3().list_objects_v2(Bucket="plant-raw").get("Contents", [])]
 
-        s3 = boto3.client(
+    def _s3(self) -> Any:
+        import boto3  # only the harness holds boto3, never a gateway process
+
+        return boto3.client(
             "s3",
             endpoint_url=self.s3_url,
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        return [o["Key"] for o in s3.list_objects_v2(Bucket="plant-raw").get("Contents", [])]
 
     def _standin(self, name: str, argv: list[str], port: int, timeout_s: float = 20) -> None:
         self.stop_standin(name)
