@@ -301,9 +301,6 @@ class ReferencePlant:
     def s3_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
-    def s3_objects(self) -> list[str]:
-        return [o["Key"] for o in self._s3().list_objects_v2(Bucket="plant-raw").get("Contents", [])]
-
     def _s3(self) -> Any:
         import boto3  # only the harness holds boto3, never a gateway process
 
