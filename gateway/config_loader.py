@@ -7,7 +7,6 @@ duplicates). It never starts anything.
 
 from __future__ import annotations
 
-import posixpath
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -30,10 +29,10 @@ from gateway.adapter_config import (
     register_map_path,
 )
 from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
+from gateway.resource_paths import protected_dirs, refusal
 
 GATEWAY_FILE = "gateway.toml"
 ADAPTERS_DIR = "adapters"
-REFUSED_VOLUME_ROOTS = ("/sys", "/proc", "/dev", "/var")
 
 
 @dataclass(frozen=True, order=True)
@@ -221,12 +220,6 @@ def _duplicates(names: Sequence[str]) -> list[tuple[int, int]]:
     return found
 
 
-def _under(path: str, root: str) -> bool:
-    """Whether absolute `path` is `root` or below it, read lexically ('//proc', '/tmp/../proc' are /proc)."""
-    normal = "/" + posixpath.normpath(path).lstrip("/")
-    return normal == root or normal.startswith(root + "/")
-
-
 def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_dir: Path, shown: str) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -238,14 +231,11 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
             add(f"{table}[{index}].name", f"duplicate name {items[index].name!r} (also {table}[{first}])")
 
     resources = {r.name: r for r in cfg.resources}
+    protected = protected_dirs(config_dir, cfg.gateway.state_dir, cfg.gateway.log_dir)
     for index, resource in enumerate(cfg.resources):
-        if not resource.path.startswith("/"):
-            add(f"resources[{index}].path", f"{resource.path!r} must be an absolute path")
-        elif resource.kind == "volume" and any(_under(resource.path, root) for root in REFUSED_VOLUME_ROOTS):
-            add(
-                f"resources[{index}].path",
-                f"{resource.path!r}: volumes under {', '.join(REFUSED_VOLUME_ROOTS)} are refused",
-            )
+        refused = refusal(resource, protected)
+        if refused:
+            add(f"resources[{index}].path", refused)
 
     for index, function in enumerate(cfg.functions):
         code = Path(function.code)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import RESERVED_IDENTITIES, THING_PATTERN
-from gateway.config_loader import REFUSED_VOLUME_ROOTS, ConfigInvalid, load_config
+from gateway.config_loader import ConfigInvalid, load_config
 from gateway.greengrass.arns import (
     DEFAULT_DAEMON_PORT,
     ArnError,
@@ -48,6 +48,7 @@ from gateway.greengrass.export import (
     V1FunctionConfiguration,
     read_export,
 )
+from gateway.resource_paths import SYSTEM_DIRS, host_path_refusal
 from gateway.topics import TopicError, validate_topic_filter
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -201,8 +202,10 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
             raise ImportFailed(f"{where}.ResourceDataContainer: no resource data")
         if kind is not None and not path.startswith("/"):
             raise ImportFailed(f"{where}: {path!r} is not an absolute path")
-        if kind == "volume" and any(path == r or path.startswith(r + "/") for r in REFUSED_VOLUME_ROOTS):
-            plan.note(where, f"volume {path}: millgate refuses volumes under {', '.join(REFUSED_VOLUME_ROOTS)}")
+        in_place = kind in ("device", "volume") or (kind == "model" and source is None)
+        refused = host_path_refusal(kind, path, SYSTEM_DIRS) if kind is not None and in_place else None
+        if refused:
+            plan.note(where, f"{kind} {path}: millgate refuses it: {refused}")
             kind = None
         if kind is None:
             by_id[resource.Id] = None

@@ -160,7 +160,7 @@ def deploy_functions(loaded: LoadedConfig, paths: GatewayPaths) -> None:
         except (DeployError, OSError) as exc:
             log.error("function=%s event=deploy-failed reason=%s", function.name, exc)
             found = DeployedFunction(function.name, "none", "", problems=[f"deploy failed: {exc}"])
-        access = grant_resources(function, resources, as_root(), paths.state_dir, paths.config_dir)
+        access = grant_resources(function, resources, as_root(), paths.state_dir, paths.config_dir, paths.log_dir)
         deployed.append(replace(found, extra_groups=access.extra_groups, problems=found.problems + access.problems))
     write_manifest(functions_dir, deployed)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.config import Function, Resource
 from gateway.model_resources import deploy_models
+from gateway.resource_paths import protected_dirs, refusal
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,22 @@ def grant_resources(
     can_change_owners: bool,
     state_dir: Path | None = None,
     config_dir: Path | None = None,
+    log_dir: Path | None = None,
 ) -> FunctionAccess:
     """Apply the function's grants; what could not be granted is in `problems` (the function must not run).
-    Model resources are deployed under `state_dir`, their relative sources found in `config_dir`."""
+    Model resources are deployed under `state_dir`, their relative sources found in `config_dir`.
+    A path the config check refused is refused again here, against the dirs this gateway really uses
+    and with links resolved as they are now."""
     access = FunctionAccess()
+    protected = protected_dirs(config_dir, state_dir, log_dir)
+    for grant in function.resources:
+        refused = refusal(resources[grant.name], protected)
+        if refused:
+            access.problems.append(f"resource {grant.name!r}: {refused}")
+    if access.problems:  # the function will not run: grant it nothing at all
+        for refused_grant in access.problems:
+            log.error("function=%s event=resource-refused problem=%r", function.name, refused_grant)
+        return access
     models = [g for g in function.resources if _deployed_model(resources[g.name])]
     if models and (state_dir is None or config_dir is None):
         access.problems += [f"resource {g.name!r}: model resources need the state and config dirs" for g in models]
@@ -73,9 +86,9 @@ def grant_resources(
         if resource.group_owner:
             access.extra_groups.append(path.stat().st_gid)
         if can_change_owners:
-            problem = _grant_path(path, function.uid, grant.access, volume=resource.kind != "device")
-            if problem:
-                access.problems.append(f"resource {resource.name!r}: {problem}")
+            failed = _grant_path(path, function.uid, grant.access, volume=resource.kind != "device")
+            if failed:
+                access.problems.append(f"resource {resource.name!r}: {failed}")
     for problem in access.problems:
         log.error("function=%s event=resource-unavailable problem=%r", function.name, problem)
     return access

@@ -277,6 +277,43 @@ CASES = {
         path="resources[0].path",
         message="volumes under /sys, /proc, /dev, /var are refused",
     ),
+    # a function must never get the gateway's own files: its CA key, credentials, configs, logs
+    "device-outside-dev": Broken(
+        gateway=GATEWAY + "[[resources]]\nname = 'tty'\nkind = 'device'\npath = '/home/plant/ttyUSB0'\n",
+        path="resources[0].path",
+        message="a device must be a file under /dev/",
+    ),
+    "device-climbing-out-of-dev": Broken(
+        gateway=GATEWAY + "[[resources]]\nname = 'tty'\nkind = 'device'\npath = '/dev/../var/lib/millgate/ca'\n",
+        path="resources[0].path",
+        message="a device must be a file under /dev/",
+    ),
+    "model-in-place-under-var": Broken(
+        gateway=GATEWAY + "[[resources]]\nname = 'm'\nkind = 'model'\npath = '/var/lib/millgate'\n",
+        path="resources[0].path",
+        message="models under /sys, /proc, /dev, /var are refused",
+    ),
+    "model-in-place-in-system-config-dir": Broken(
+        gateway=GATEWAY + "[[resources]]\nname = 'm'\nkind = 'model'\npath = '/etc/millgate/certs'\n",
+        path="resources[0].path",
+        message="lies in the config dir /etc/millgate",
+    ),
+    "volume-in-the-state-dir": Broken(
+        gateway=GATEWAY + "state_dir = '/srv/mg/state'\n[[resources]]\nname = 'v'\nkind = 'volume'\n"
+        "path = '/srv/mg/state/ca'\n",
+        path="resources[0].path",
+        message="lies in the gateway state dir /srv/mg/state",
+    ),
+    "volume-holding-the-log-dir": Broken(
+        gateway=GATEWAY + "log_dir = '/srv/mg/logs'\n[[resources]]\nname = 'v'\nkind = 'volume'\npath = '/srv/'\n",
+        path="resources[0].path",
+        message="holds the gateway log dir /srv/mg/logs",
+    ),
+    "volume-holding-everything": Broken(
+        gateway=GATEWAY + "[[resources]]\nname = 'v'\nkind = 'volume'\npath = '/'\n",
+        path="resources[0].path",
+        message="holds the config dir /etc/millgate",
+    ),
     "state-dir-empty": Broken(gateway=GATEWAY + "state_dir = ''\n", path="gateway.state_dir", message="must be a path"),
     "device-named-like-a-component": Broken(
         gateway=GATEWAY + "[[subscriptions]]\nsource = 'cloud'\ntarget = 'device:function.anomaly'\ntopic = 'a'\n",
@@ -306,6 +343,18 @@ def test_validate_reports_the_problem_on_one_line_naming_file_and_key(
     assert len(lines) == 1, lines
     assert lines[0].startswith(prefix), lines
     assert case.message in lines[0].removeprefix(prefix), lines
+
+
+def test_volume_inside_the_config_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, Broken())
+    code = config / "functions" / "anomaly"
+    resource = f"[[resources]]\nname = 'code'\nkind = 'volume'\npath = '{code}'\n"
+    (config / "gateway.toml").write_text(GATEWAY + resource)
+    lines = validate(config, capsys)
+    assert lines == [
+        f"{config / 'gateway.toml'}: resources[0].path: '{code}' lies in the gateway config dir {config}: "
+        "functions never get the gateway's own files"
+    ]
 
 
 def test_validate_reports_missing_gateway_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
