@@ -90,6 +90,7 @@ def _write_export(spool: Spool, out: TextIO, dead: bool) -> int:
             "qos": message.qos,
             "priority": message.priority,
             "tries": message.tries,
+            **({"properties": message.properties} if message.properties else {}),
             **_payload(message.payload),
         }
         out.write(json.dumps(record) + "\n")

@@ -75,6 +75,9 @@ EXPIRED = "expired.ttl"
 DEAD_TOO_LARGE = "dead.payload-too-large"
 DEAD_REFUSED = "dead.refused"
 PURGED = "purged.operator"
+# a message's own absolute deadline in its properties (MQTT 5 message expiry, made absolute when it
+# arrived): the spool expires the message at the earlier of this and its prefix's TTL
+MESSAGE_DEADLINE = "message_expiry_at"
 
 _PER_ROW_OVERHEAD = 32  # what SQLite spends per row beyond topic, payload and properties, roughly
 
@@ -255,6 +258,11 @@ class Spool:
                     "WHERE substr(topic, 1, ?) = ?",
                     (rule.priority, rule.ttl_s, rule.ttl_s, len(rule.prefix), rule.prefix),
                 )
+            self._db.execute(
+                "UPDATE messages SET expires_at = json_extract(properties, :key) WHERE properties IS NOT NULL "
+                "AND (expires_at IS NULL OR json_extract(properties, :key) < expires_at)",
+                {"key": f"$.{MESSAGE_DEADLINE}"},
+            )
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rules', ?)", (fingerprint,))
 
     # ---- writing ----------------------------------------------------------------------------
@@ -298,7 +306,10 @@ class Spool:
             size = len(message.topic) + len(message.payload) + len(properties or "") + _PER_ROW_OVERHEAD
             rule = self.rule_for(message.topic)
             priority = rule.priority if rule else 0
-            expires = message.ts + rule.ttl_s if rule and rule.ttl_s else None
+            expires = _earliest(
+                message.ts + rule.ttl_s if rule and rule.ttl_s else None,
+                (message.properties or {}).get(MESSAGE_DEADLINE),
+            )
             if self._bytes + incoming + size > cap:
                 if self.policy == "reject-new" or size > cap:
                     result.rejected += 1
@@ -604,6 +615,11 @@ class _Transaction:
                 raise
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    present = [d for d in deadlines if d is not None]
+    return min(present) if present else None
 
 
 def _upgrade_message_ids(db: sqlite3.Connection) -> None:

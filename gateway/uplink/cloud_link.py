@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import CloudSection
 from gateway.mqtt import close_paho, settle
+from gateway.uplink.message_properties import publish_properties
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class CloudLink:
         self._acks_lock = threading.Lock()
         self._acks_scheduled = False
         self._suback: asyncio.Future[list[ReasonCode]] | None = None
+        self._dropped_properties = False
 
     # ---- what the drain and the downlink use ----------------------------------------------
 
@@ -121,12 +124,25 @@ class CloudLink:
         """`handler(session, ack)` runs on the event loop for every PUBACK."""
         self._ack_handler = handler
 
-    def publish(self, topic: str, payload: bytes) -> int:
-        """Queue a QoS 1 publish on the current connection; returns its mid (see `on_ack`)."""
+    def publish(self, topic: str, payload: bytes, properties: dict[str, Any] | None = None) -> int:
+        """Queue a QoS 1 publish on the current connection; returns its mid (see `on_ack`).
+        `properties` (gateway.uplink.message_properties) go along on MQTT 5; MQTT 3.1.1 has no
+        properties, so there they are dropped (logged once)."""
         client = self._client
         if client is None or not self.connected:
             raise LinkDown("not connected")
-        info = client.publish(topic, payload, qos=1)
+        sent = None
+        if properties and self.cloud.protocol == "5":
+            sent = publish_properties(properties, time.time())
+        elif properties and not self._dropped_properties:
+            self._dropped_properties = True
+            log.warning(
+                "event=cloud-properties-dropped protocol=3.1.1 topic=%s properties=%s reason=MQTT 3.1.1 has no "
+                'message properties; set [cloud] protocol = "5" to forward them',
+                topic,
+                ",".join(sorted(properties)),
+            )
+        info = client.publish(topic, payload, qos=1, properties=sent)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             raise LinkDown(f"publish to {topic}: {paho.error_string(info.rc)}")
         return info.mid

@@ -93,7 +93,7 @@ class Drain:
                 continue
             for message in batch:
                 await self._slots.acquire()
-                mid = self.link.publish(message.topic, message.payload)
+                mid = self.link.publish(message.topic, message.payload, message.properties)
                 self._inflight[mid] = message.id
 
     async def _retry_refused(self, cursors: dict[int, int]) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from gateway.mqtt import Received
 from gateway.storage_thread import StorageThread
+from gateway.uplink.message_properties import spooled_properties
 from gateway.uplink.metrics import UplinkMetrics
 from storage.bulk import BulkRecord, BulkStore
 from storage.spool import Message, Spool
@@ -59,7 +60,11 @@ class Ingest:
 
     async def _commit(self, batch: list[Received]) -> None:
         now = time.time()
-        spooled = [Message(r.topic, r.payload, r.qos, now) for r in batch if not self.is_bulk(r.topic)]
+        spooled = [
+            Message(r.topic, r.payload, r.qos, now, spooled_properties(r.properties, now))
+            for r in batch
+            if not self.is_bulk(r.topic)
+        ]
         if self.bulk is not None and len(spooled) < len(batch):
             records = [BulkRecord(r.topic, r.payload, now) for r in batch if self.is_bulk(r.topic)]
             await self.storage.call(self.bulk.add, records)

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from paho.mqtt.properties import Properties
 
 from gateway.credentials import load_credentials
 from gateway.mqtt import connect_blocking, paho_client
@@ -216,7 +217,7 @@ class CloudBroker:
         context.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
         client.tls_set_context(context)
         subscribed = threading.Event()
-        client.on_message = lambda _c, _u, m: collector.add(m.topic, m.payload)
+        client.on_message = lambda _c, _u, m: collector.add(m.topic, m.payload, m.properties)
         client.on_subscribe = lambda *_a: subscribed.set()
         client.on_connect = lambda c, *_a: c.subscribe(topic_filter, qos=1)
         client.connect("localhost", self.port)
@@ -230,12 +231,14 @@ class CloudBroker:
 @dataclass
 class Collector:
     messages: list[tuple[str, bytes]] = field(default_factory=list)
+    properties: list[Properties | None] = field(default_factory=list)  # each message's, same order
     lock: threading.Lock = field(default_factory=threading.Lock)
     client: paho.Client | None = None
 
-    def add(self, topic: str, payload: bytes) -> None:
+    def add(self, topic: str, payload: bytes, properties: Properties | None = None) -> None:
         with self.lock:
             self.messages.append((topic, payload))
+            self.properties.append(properties)
 
     def snapshot(self) -> list[tuple[str, bytes]]:
         with self.lock:
