@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from functions.dispatcher import Answer, FunctionPool
 from functions.greengrass.credentials import CredentialProvider, CredentialsUnavailable
 from functions.greengrass.environment import my_function_arn, pinned_token
-from gateway.config import Function
+from functions.greengrass.shadow_calls import Publish, ShadowCalls, custom_of
+from gateway.config import Function, Subscription
 from gateway.config_loader import LoadedConfig
 from gateway.function_deploy import read_manifest
 from gateway.greengrass.arns import (
@@ -36,22 +36,10 @@ from gateway.greengrass.arns import (
 )
 from gateway.mqtt import LocalMqtt, MqttError, PublishRefused, Received
 from gateway.paths import GatewayPaths
-from gateway.shadows import document as shadow_doc
-from gateway.shadows.document import ShadowError
-from gateway.topics import (
-    SHADOW_OPERATIONS,
-    TopicError,
-    invoke_topic,
-    parse_shadow_request,
-    shadow_topic,
-    validate_topic_name,
-)
+from gateway.topics import TopicError, invoke_topic, validate_topic_name
 
 log = logging.getLogger(__name__)
 
-Publish = Callable[[str, bytes], Awaitable[None]]
-
-SHADOW_TIMEOUT_S = 10.0
 CONNECTED_WAIT_S = 5.0  # a publish waits this long for the caller's broker connection to come up
 MAX_PENDING_RESULTS = 10_000
 MAX_REFUSALS_REMEMBERED = 1000
@@ -172,18 +160,6 @@ class WorkerSlot:
             self.state = "Initialized" if success else "FailedInitialization"
 
 
-def _custom(client_context: str) -> dict[str, Any]:
-    """The `custom` map of a base64 JSON client context; {} for an empty or malformed one."""
-    if not client_context:
-        return {}
-    try:
-        decoded = json.loads(base64.b64decode(client_context))
-    except (ValueError, binascii.Error):
-        return {}
-    custom = decoded.get("custom") if isinstance(decoded, dict) else None
-    return custom if isinstance(custom, dict) else {}
-
-
 def answer_to_result(answer: Answer) -> WorkResult:
     """A dispatcher answer as v1 returned it: the raw payload, FunctionError Handled / Unhandled."""
     kind = answer.get("function_error") or ""
@@ -199,7 +175,13 @@ SHADOW_WORKER_ID = str(uuid.uuid4())
 
 
 class GreengrassService:
-    def __init__(self, v1_functions: dict[str, Function], arns: dict[str, str], all_functions: list[Function]):
+    def __init__(
+        self,
+        v1_functions: dict[str, Function],
+        arns: dict[str, str],
+        all_functions: list[Function],
+        subscriptions: list[Subscription] | None = None,
+    ):
         self.v1_functions = v1_functions
         self.arns = arns  # v1 function -> MY_FUNCTION_ARN
         self.all_functions = {f.name: f for f in all_functions}
@@ -210,8 +192,7 @@ class GreengrassService:
         self.credentials = CredentialProvider()
         self.refused_requests = 0
         self._pending: OrderedDict[str, tuple[str, asyncio.Future[WorkResult]]] = OrderedDict()
-        self._shadow_waiters: dict[str, asyncio.Future[Received]] = {}
-        self._core_publish: Publish | None = None
+        self.shadows = ShadowCalls(subscriptions or [])
         self._refusals_logged: set[tuple[str, str]] = set()
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -224,7 +205,7 @@ class GreengrassService:
             return None
         manifest = read_manifest(paths.state_dir / "functions")
         arns = {name: my_function_arn(f, manifest[name].version) for name, f in v1.items()}
-        service = cls(v1, arns, list(functions))
+        service = cls(v1, arns, list(functions), list(loaded.gateway.subscriptions))
         for name, function in v1.items():
             if function.lifecycle == "long-lived":
                 service.register(name, pinned_token(paths.credentials_dir, name))
@@ -235,11 +216,7 @@ class GreengrassService:
     @property
     def subscriptions(self) -> list[tuple[str, int]]:
         """What the core's connection must subscribe to (and route to `on_shadow_answer`)."""
-        return [
-            (shadow_topic("+", None, op, outcome), 1)
-            for op in SHADOW_OPERATIONS
-            for outcome in ("accepted", "rejected")
-        ]
+        return self.shadows.subscriptions
 
     def attach(self, name: str, pool: FunctionPool) -> None:
         """A function's pool in the core: invocations go to it, and its broker connection (under the
@@ -267,21 +244,16 @@ class GreengrassService:
             "greengrass_ports": self.ports,
             "greengrass_workers": len(self.slots),
             "greengrass_refused_requests": self.refused_requests,
+            "greengrass_refused_shadow_calls": self.shadows.refused,
             "greengrass_credentials": self.credentials.state,
         }
 
     def use_publisher(self, publish: Publish) -> None:
         """The core's own publish (its identity may write shadow requests)."""
-        self._core_publish = publish
+        self.shadows.use_publisher(publish)
 
     async def on_shadow_answer(self, received: Received) -> None:
-        try:
-            token = json.loads(received.payload).get("clientToken")
-        except (ValueError, AttributeError):
-            return
-        waiter = self._shadow_waiters.get(token) if isinstance(token, str) else None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(received)
+        await self.shadows.on_answer(received)
 
     # ---- requests ---------------------------------------------------------------------------------
 
@@ -339,7 +311,7 @@ class GreengrassService:
             {"FuncArn": s.arn, "WorkerId": s.worker_id, "ProcessId": s.pid or 0, "WorkerState": s.state}
             for s in self.slots.values()
         ]
-        shadow_state = "Waiting" if self._core_publish is not None else "Starting"
+        shadow_state = "Waiting" if self.shadows.ready else "Starting"
         workers.append(
             {"FuncArn": SHADOW_ARN, "WorkerId": SHADOW_WORKER_ID, "ProcessId": os.getpid(), "WorkerState": shadow_state}
         )
@@ -427,7 +399,7 @@ class GreengrassService:
                 return refused
             result.set_result(WorkResult(b""))
         elif system == "GGShadowService":
-            self._background_task(self._shadow(context, request.body), result)
+            self._background_task(self._shadow(slot.function, context, request.body), result)
         elif system == "GGSecretManager":
             # the SDK raises SecretsManagerError for a body with Status and Message
             message = "millgate does not serve the Greengrass v1 secrets manager: pass secrets in the environment"
@@ -527,7 +499,7 @@ class GreengrassService:
 
     async def _route(self, slot: WorkerSlot, request: ApiRequest, context: str) -> ApiResponse | None:
         """GGRouter: publish as the calling function; None when done, else the refusal."""
-        custom = _custom(context)
+        custom = custom_of(context)
         source, subject = custom.get("source"), custom.get("subject")
         if source != slot.arn:
             return self._refuse(
@@ -561,44 +533,7 @@ class GreengrassService:
                 return _json(503, {"message": f"publish on {topic} failed: {exc}"})
         return None
 
-    async def _shadow(self, context: str, body: bytes) -> WorkResult:
-        """GGShadowService: the request goes to the local shadow service over the broker; the answer is
-        AWS's accepted document, or AWS's error document (which the SDK turns into ShadowError)."""
-        subject = str(_custom(context).get("subject", ""))
-        request = parse_shadow_request(subject)
-        if request is None:
-            return failed("Unhandled", f"GGShadowService: {subject!r} is not a shadow request topic")
-        thing, name, operation = request
-        document: dict[str, Any] = {}
-        if body.strip() or operation == "update":
-            try:
-                parsed = shadow_doc.read_json(body)
-                if not isinstance(parsed, dict):
-                    if operation == "update":
-                        raise shadow_doc.bad_request("Invalid JSON")
-                    parsed = {}
-                shadow_doc.client_token(parsed)
-            except ShadowError as exc:
-                return WorkResult(json.dumps(shadow_doc.error_document(exc, int(time.time()))).encode())
-            document = parsed
-        callers_token = document.get("clientToken")
-        token = uuid.uuid4().hex  # ours, so concurrent callers with the same token never cross
-        document["clientToken"] = token
-        if self._core_publish is None:
-            return failed("Unhandled", "the shadow service is not reachable yet")
-        waiter: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
-        self._shadow_waiters[token] = waiter
-        try:
-            await self._core_publish(shadow_topic(thing, name, operation), json.dumps(document).encode())
-            async with asyncio.timeout(SHADOW_TIMEOUT_S):
-                received = await waiter
-        except TimeoutError:
-            return failed("Unhandled", f"no answer from the shadow service on {subject} in {SHADOW_TIMEOUT_S:.0f} s")
-        finally:
-            self._shadow_waiters.pop(token, None)
-        answer = json.loads(received.payload)
-        if callers_token is None:
-            answer.pop("clientToken", None)
-        else:
-            answer["clientToken"] = callers_token
-        return WorkResult(json.dumps(answer, separators=(",", ":")).encode())
+    async def _shadow(self, function: str, context: str, body: bytes) -> WorkResult:
+        """GGShadowService, for the calling function and within its subscriptions."""
+        answer = await self.shadows.call(function, context, body)
+        return WorkResult(answer.payload, answer.function_error)

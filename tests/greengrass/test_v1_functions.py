@@ -149,6 +149,13 @@ def function_handler(event, context):
             report({"tag": tag, "all_or_error": "accepted"})
         except Exception as e:
             report({"tag": tag, "all_or_error": type(e).__name__, "error": str(e)})
+    elif action == "shadow":
+        # Caller has no subscription to GGShadowService: v1 refused this, and so must the core
+        try:
+            iot.update_thing_shadow(thingName=event["thing"], payload=json.dumps({"state": {"reported": {"x": 1}}}))
+            report({"tag": tag, "shadow": "accepted"})
+        except Exception as e:
+            report({"tag": tag, "shadow": type(e).__name__, "error": str(e)})
     elif action == "secret":
         try:
             greengrasssdk.client("secretsmanager").get_secret_value(SecretId="db-password")
@@ -399,6 +406,8 @@ def _subscriptions() -> list[tuple[str, str, str]]:
         (function_arn("Echo"), "gg/echo/out", tester),
         (tester, "gg/shadow/in", function_arn("ShadowClient")),
         (function_arn("ShadowClient"), "gg/shadow/out", tester),
+        # v1 needed a subscription to GGShadowService for every shadow call a function made
+        (function_arn("ShadowClient"), "$aws/things/+/shadow/#", "GGShadowService"),
         (tester, "gg/caller/in", function_arn("Caller")),
         (function_arn("Caller"), "gg/caller/out", tester),
         (function_arn("Sleeper"), "gg/sleeper/out", tester),
@@ -594,6 +603,32 @@ def test_shadow_update_get_delete_through_the_sdk(broker: Broker) -> None:
     assert "error code 404" in gone["error"]
 
 
+def test_shadow_call_without_a_subscription_is_refused_with_an_aws_error_document(
+    broker: Broker, gw: RunningGateway
+) -> None:
+    thing = f"press-{uuid.uuid4().hex[:6]}"
+    topic = f"$aws/things/{thing}/shadow/update"
+    answer = broker.ask("gg/caller/in", "gg/caller/out", {"action": "shadow", "thing": thing})
+    # the SDK raised ShadowError from AWS's error document (contract section 3.2)
+    assert answer["shadow"] == "ShadowError"
+    assert answer["error"] == (
+        "Request for shadow state returned error code 403 with message "
+        f'"Forbidden: no subscription routes {topic} from function:Caller to shadow"'
+    )
+    wait_until(
+        lambda: (
+            f"event=greengrass-shadow-refused function=Caller topic={topic}"
+            in gw.paths.component_log("core").read_text()
+        ),
+        5,
+        "the refusal in the core's log",
+    )
+    # nothing reached the shadow service: no request, no answer, no shadow
+    assert not [t for t in broker.received if t.startswith(f"$aws/things/{thing}/")]
+    got = broker.ask("gg/shadow/in", "gg/shadow/out", {"op": "get", "thing": thing})
+    assert got["ok"] is False and "error code 404" in got["error"]
+
+
 def test_lambda_invoke_request_response_returns_the_echo(broker: Broker) -> None:
     answer = broker.ask("gg/caller/in", "gg/caller/out", {"action": "sync"})
     assert answer["error"] == ""
@@ -718,7 +753,8 @@ def test_health_api_lists_workers_as_v1_did_without_a_token(broker: Broker, impo
     assert answer["Workers"][0]["WorkerId"] == heartbeat["WorkerId"]
     assert answer["InvalidArns"] == ["some-malformed-arn", unknown]
 
-    for malformed in (b"not json", {"FuncArns": []}, {"Arns": [function_arn("Heartbeat")]}):
+    malformed_bodies: list[Any] = [b"not json", {"FuncArns": []}, {"Arns": [function_arn("Heartbeat")]}]
+    for malformed in malformed_bodies:
         status, answer = _health(port, malformed)
         assert status == 400
         assert "Invalid request" in answer["message"]
