@@ -9,7 +9,9 @@ by the local side (the plant reports), `desired` by the cloud (the fleet decides
 source side wins every conflict and only the other side is written. Every write carries the `version`
 the merge was computed from, so a concurrent change makes it fail (409) and the merge is redone;
 re-running a finished merge changes nothing, so no change is lost or applied twice. Timestamps are not
-compared: the gateway's clock and AWS's are not the same clock.
+compared: the gateway's clock and AWS's are not the same clock. A sync that fails for a reason that can
+pass (no answer, throttling, a server error, a shadow that kept changing) is retried with capped backoff
+while the link is up; only a permanent refusal (a 4xx other than 409 and 429) waits for the next change.
 
 It never touches the cloud link itself and never writes shadows.db except through the handler.
 """
@@ -22,13 +24,14 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from gateway.backoff import Backoff
 from gateway.config import ShadowSync
 from gateway.mqtt import Received
 from gateway.shadows import document as doc
 from gateway.shadows.document import Json
 from gateway.shadows.handler import Change, Outgoing, ShadowHandler
+from gateway.shadows.reconcile import reconcile, state_patch
 from gateway.storage_thread import StorageThread
 from gateway.topics import (
     SHADOW_SYNC_DOWN_FILTER,
@@ -46,73 +49,8 @@ SYNC_TOKEN_PREFIX = "millgate-sync-"
 LINK_TOPIC = SHADOW_SYNC_DOWN_PREFIX + "link"  # retained by the uplink: {"connected": bool, "session": n}
 CLOUD_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 5
-
-_MISSING: Any = object()
-
-
-# ---- the rule, as pure functions ----------------------------------------------------------------
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is _MISSING or b is _MISSING:
-        return a is b
-    return doc.same_value(a, b)
-
-
-def merge3(base: Any, local: Any, cloud: Any, prefer_local: bool) -> Any:
-    """One field's reconciled value; `_MISSING` stands for an absent field."""
-    if _same(local, cloud):
-        return local
-    if _same(local, base):
-        return cloud
-    if _same(cloud, base):
-        return local
-    if isinstance(local, dict) and isinstance(cloud, dict):
-        inner_base = base if isinstance(base, dict) else {}
-        merged = {}
-        for key in [*local, *(k for k in cloud if k not in local)]:
-            value = merge3(
-                inner_base.get(key, _MISSING), local.get(key, _MISSING), cloud.get(key, _MISSING), prefer_local
-            )
-            if value is not _MISSING:
-                merged[key] = value
-        return merged
-    return local if prefer_local else cloud
-
-
-def reconcile(base: Json | None, local: Json | None, cloud: Json | None, direction: str) -> Json:
-    """The state (desired/reported sections) both sides should hold after a sync."""
-    merged: Json = {}
-    for section in doc.SECTIONS:
-        prefer_local = section == "reported" if direction == "both" else direction == "local-to-cloud"
-        value = merge3(
-            (base or {}).get(section, _MISSING),
-            (local or {}).get(section, _MISSING),
-            (cloud or {}).get(section, _MISSING),
-            prefer_local,
-        )
-        if value is not _MISSING and value != {}:
-            merged[section] = value
-    return merged
-
-
-def state_patch(old: Json, new: Json) -> Json:
-    """The update request `state` that turns `old` into `new` (null removes)."""
-    out: Json = {}
-    for key in old:
-        if key not in new:
-            out[key] = None
-    for key, value in new.items():
-        if key not in old:
-            out[key] = value
-        elif isinstance(value, dict) and isinstance(old[key], dict):
-            inner = state_patch(old[key], value)
-            if inner:
-                out[key] = inner
-        elif not doc.same_value(old[key], value):
-            out[key] = value
-    return out
-
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 60.0
 
 # ---- the engine ---------------------------------------------------------------------------------
 
@@ -129,6 +67,25 @@ class CloudUnavailable(Exception):
 
 class Conflict(Exception):
     """One side changed while the merge was being applied; merge again."""
+
+
+class StillConflicting(Exception):
+    """Every merge attempt in a row met a concurrent change; merge again later."""
+
+
+class _Rejected(Exception):
+    """A side refused a sync request with an AWS error document."""
+
+    def __init__(self, side: str, operation: str, code: int, message: str):
+        super().__init__(f"{side} {operation} refused: {code} {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def permanent(self) -> bool:
+        """The same request would be refused again: a client error other than a conflict or throttling.
+        (409 never gets here: it is a Conflict and the merge is redone.)"""
+        return 400 <= self.code < 500 and self.code not in (409, 429)
 
 
 Key = tuple[str, str | None]
@@ -153,6 +110,8 @@ class ShadowSyncEngine:
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._waiting: dict[str, asyncio.Future[tuple[str, Json]]] = {}
+        self._backoff: dict[Key, Backoff] = {}  # shadows whose last sync failed and will be retried
+        self._retry_timers: dict[Key, asyncio.TimerHandle] = {}
 
     @property
     def filters(self) -> list[str]:
@@ -215,11 +174,14 @@ class ShadowSyncEngine:
         if connected and (not was or session != self.session):
             self.session = session
             log.info("event=shadow-sync-cloud-up shadows=%d", len(self.direction))
+            self._cancel_retries()  # a new session starts every shadow afresh
+            self._backoff.clear()
             for key in self.direction:
                 self._schedule(key)
         elif not connected and was:
             self.state = "waiting-for-cloud"
             log.info("event=shadow-sync-cloud-down")
+            self._cancel_retries()  # the link's return reconciles every shadow
             for waiter in self._waiting.values():
                 if not waiter.done():
                     waiter.set_exception(CloudUnavailable("the uplink's cloud link went down"))
@@ -231,23 +193,74 @@ class ShadowSyncEngine:
 
     # ---- the loop -------------------------------------------------------------------------------
 
+    def _cancel_retries(self) -> None:
+        for timer in self._retry_timers.values():
+            timer.cancel()
+        self._retry_timers.clear()
+
     async def run(self) -> None:
-        while True:
-            key = await self._queue.get()
-            self._queued.discard(key)
-            if not self.connected:
-                continue  # the link's return schedules every shadow again
-            try:
-                await self._sync(key)
-            except CloudUnavailable as exc:
+        try:
+            while True:
+                key = await self._queue.get()
+                self._queued.discard(key)
+                if not self.connected:
+                    continue  # the link's return schedules every shadow again
+                await self._sync_logged(key)
+        finally:
+            self._cancel_retries()
+
+    async def _sync_logged(self, key: Key) -> None:
+        thing, shadow = key[0], key[1] or "classic"
+        timer = self._retry_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()  # this run is the retry, or makes it pointless
+        try:
+            await self._sync(key)
+        except CloudUnavailable as exc:
+            self.state = "waiting-for-cloud"
+            self._retry_later(key, str(exc))
+        except StillConflicting:
+            self.state = "conflicting"
+            self._retry_later(key, f"the shadow kept changing during {MAX_ATTEMPTS} merge attempts in a row")
+        except _Rejected as exc:
+            if not exc.permanent:
                 self.state = "waiting-for-cloud"
-                log.info("event=shadow-sync-deferred thing=%s name=%s reason=%s", key[0], key[1], exc)
-            except _Rejected as exc:
-                self.state = "refused"
-                log.error("event=shadow-sync-refused thing=%s name=%s reason=%s", key[0], key[1], exc)
-            except Exception:
-                self.state = "failed"
-                log.exception("event=shadow-sync-failed thing=%s name=%s", key[0], key[1])
+                self._retry_later(key, str(exc))
+                return
+            self.state = "refused"
+            self._backoff.pop(key, None)
+            log.error(
+                "event=shadow-sync-refused thing=%s shadow=%s reason=%r action=not retried until the shadow "
+                "changes again or the link reconnects",
+                thing,
+                shadow,
+                str(exc),
+            )
+        except Exception as exc:
+            self.state = "failed"
+            if key not in self._backoff:
+                log.exception("event=shadow-sync-failed thing=%s shadow=%s", thing, shadow)
+            self._retry_later(key, f"{type(exc).__name__}: {exc}")
+        else:
+            backoff = self._backoff.pop(key, None)
+            if backoff is not None:
+                log.info("event=shadow-sync-recovered thing=%s shadow=%s retries=%d", thing, shadow, backoff.attempts)
+
+    def _retry_later(self, key: Key, reason: str) -> None:
+        """Sync `key` again after a capped, jittered backoff; logged once per failing streak."""
+        backoff = self._backoff.get(key)
+        first = backoff is None
+        if backoff is None:
+            backoff = self._backoff[key] = Backoff(initial_s=RETRY_INITIAL_S, cap_s=RETRY_MAX_S)
+        delay = backoff.next_delay()
+        (log.warning if first else log.debug)(
+            "event=shadow-sync-retrying thing=%s shadow=%s reason=%r retry_in_s=%.1f",
+            key[0],
+            key[1] or "classic",
+            reason,
+            delay,
+        )
+        self._retry_timers[key] = asyncio.get_running_loop().call_later(delay, self._schedule, key)
 
     async def _sync(self, key: Key) -> None:
         for _ in range(MAX_ATTEMPTS):
@@ -258,8 +271,7 @@ class ShadowSyncEngine:
             self.synced_total += 1
             self.state = "in-sync"
             return
-        log.warning("event=shadow-sync-gave-up thing=%s name=%s attempts=%d", key[0], key[1], MAX_ATTEMPTS)
-        self.state = "conflicting"
+        raise StillConflicting()
 
     async def _sync_once(self, key: Key) -> None:
         thing, name = key
@@ -340,7 +352,7 @@ class ShadowSyncEngine:
         except _Rejected as exc:
             if exc.code == 404:
                 return None
-            raise CloudUnavailable(f"cloud get refused: {exc.code} {exc.message}") from None
+            raise
         state = {s: answer["state"][s] for s in doc.SECTIONS if s in answer.get("state", {})}
         return CloudShadow(state, int(answer["version"]))
 
@@ -363,7 +375,7 @@ class ShadowSyncEngine:
         code = int(answer.get("code", 0))
         if code == 409:
             raise Conflict()
-        raise _Rejected(code, str(answer.get("message", "")))
+        raise _Rejected("cloud", operation, code, str(answer.get("message", "")))
 
     async def _local_request(self, thing: str, name: str | None, operation: str, body: Json) -> int:
         token = f"{SYNC_TOKEN_PREFIX}{uuid.uuid4().hex}"
@@ -374,12 +386,5 @@ class ShadowSyncEngine:
         if outcome.error is not None:
             if outcome.error.code == 409:
                 raise Conflict()
-            raise CloudUnavailable(f"local {operation} refused: {outcome.error.code} {outcome.error.message}")
+            raise _Rejected("local", operation, outcome.error.code, outcome.error.message)
         return outcome.change.version if outcome.change else 0
-
-
-class _Rejected(Exception):
-    def __init__(self, code: int, message: str):
-        super().__init__(f"{code} {message}")
-        self.code = code
-        self.message = message

@@ -20,7 +20,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.shadows.handler import ShadowHandler
 from gateway.shadows.sync import LINK_TOPIC, SYNC_TOKEN_PREFIX
-from gateway.topics import SHADOW_REQUEST_FILTERS, parse_shadow_request
+from gateway.topics import SHADOW_REQUEST_FILTERS, parse_shadow_request, shadow_topic
 from storage.shadows import ShadowStore, StoredShadow
 from tests.fixtures.gateway import RunningGateway, wait_until
 from tests.fixtures.shadows import ShadowClient
@@ -28,6 +28,7 @@ from tests.uplink.conftest import CloudBroker, LinkProxy, Pki, free_port
 
 SYNC_WAIT_S = 10
 QUIET_S = 1.5  # long enough for a spurious re-sync (the engine answers in milliseconds) to show
+LOSE_ANSWER = "lose-answer"  # a fault: the cloud applies the request but its answer never arrives
 
 
 class AwsCloudBroker(CloudBroker):
@@ -77,6 +78,8 @@ class CloudShadows:
         self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="aws-shadows")
         self.handler = ShadowHandler(self._thread.submit(ShadowStore, db).result())
         self.sync_writes: list[tuple[str, str | None, int]] = []  # (thing, name, version) written by the gateway
+        self.requests: list[tuple[str, str | None, str]] = []  # (thing, name, operation) received, in order
+        self._faults: dict[tuple[str, str | None, str], list[int | str]] = {}
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="aws-shadow-service", protocol=paho.MQTTv5)
         context = ssl.create_default_context(cafile=str(broker.pki.ca))
         context.load_cert_chain(str(broker.pki.client_cert), str(broker.pki.client_key))
@@ -84,19 +87,39 @@ class CloudShadows:
         subscribed = threading.Event()
         client.on_subscribe = lambda *_a: subscribed.set()
         client.on_connect = lambda c, *_a: c.subscribe([(f, SubscribeOptions(qos=1)) for f in SHADOW_REQUEST_FILTERS])
-        client.on_message = lambda _c, _u, m: self._thread.submit(self._answer, m.topic, bytes(m.payload))
+
+        def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
+            self._thread.submit(self._answer, message.topic, bytes(message.payload))
+
+        client.on_message = on_message
         client.connect("localhost", broker.port)
         client.loop_start()
         self.client = client
         assert subscribed.wait(10), "the cloud shadow service could not subscribe"
 
+    def fail_next(self, thing: str, operation: str, *faults: int | str, name: str | None = None) -> None:
+        """The next requests of `operation` on this shadow fail, one fault each: an AWS error code, answered
+        on /rejected without applying the request, or LOSE_ANSWER (applied, the answer never sent)."""
+        self._thread.submit(self._faults.setdefault((thing, name, operation), []).extend, faults).result()
+
     def _answer(self, topic: str, payload: bytes) -> None:
         request = parse_shadow_request(topic)
         assert request is not None, topic
         thing, name, operation = request
+        self.requests.append(request)
+        faults = self._faults.get(request)
+        fault = faults.pop(0) if faults else None
+        if isinstance(fault, int):
+            # AWS's error document [aws-shadow-semantics.md, error codes]
+            error = {"code": fault, "message": f"injected {fault}", "timestamp": int(time.time())}
+            error["clientToken"] = json.loads(payload).get("clientToken")
+            self.client.publish(shadow_topic(thing, name, operation, "rejected"), json.dumps(error), qos=1)
+            return
         outcome = self.handler.handle(thing, name, operation, payload)
         if outcome.change is not None and (outcome.change.client_token or "").startswith(SYNC_TOKEN_PREFIX):
             self.sync_writes.append((thing, name, outcome.change.version))
+        if fault == LOSE_ANSWER:
+            return
         for message in outcome.messages:
             self.client.publish(message.topic, message.payload, qos=1)
 
@@ -139,6 +162,7 @@ class Gateway:
     """The test's view of the gateway: a device on the local shadow topics and the relay's link state."""
 
     def __init__(self, gw: RunningGateway):
+        self.running = gw
         self.shadows = ShadowClient(gw.client("operator"))
         self.links: list[dict[str, Any]] = []
         watcher = gw.client("operator")
@@ -313,3 +337,66 @@ def test_both_sides_changed_during_an_outage_reconcile_by_the_rule_once(
     assert len(cloud_shadows.sync_writes) == len(writes)
     assert (cloud_shadows.shadow("press-01").version, gw.version("press-01")) == (3, 3)  # type: ignore[union-attr]
     assert gw.version("press-03") == 3
+
+
+def test_a_sync_that_fails_for_a_passing_reason_is_retried_until_it_lands(
+    shadow_gateway, cloud_broker: CloudBroker, cloud_shadows: CloudShadows
+) -> None:
+    shadows = """
+[[shadows]]
+thing = "press-01"
+sync = "both"
+
+[[shadows]]
+thing = "press-02"
+name = "recipe"
+sync = "local-to-cloud"
+
+[[shadows]]
+thing = "press-05"
+sync = "both"
+"""
+    gw = shadow_gateway('[gateway]\nthing_name = "test-gw"\nstatus_interval_s = 0.5\n' + shadows + cloud_broker.toml())
+    eventually(gw.link_connected, "the uplink to announce the cloud link")
+    eventually(lambda: len(cloud_shadows.requests) >= 3, "the reconciliation on connect")
+    core_log = gw.running.paths.component_log("core")
+    # no further local change and no reconnect in this test: the retries alone carry changes across
+
+    # throttled (429), then an internal failure (500) [aws-shadow-semantics.md, error codes]
+    cloud_shadows.fail_next("press-02", "update", 429, 500, name="recipe")
+    # 413: the same request would be refused again, so it is permanent
+    cloud_shadows.fail_next("press-05", "update", 413)
+    gw.shadows.update("press-02", {"state": {"reported": {"recipe": "A7"}}}, name="recipe")
+    gw.shadows.update("press-05", {"state": {"reported": {"big": True}}})
+    eventually(
+        lambda: cloud_shadows.state("press-02", "recipe") == {"reported": {"recipe": "A7"}},
+        "press-02/recipe in the cloud after a 429 and a 500",
+    )
+
+    # the cloud applies the update but its answer is lost: the engine's 10 s timeout, then a retry
+    cloud_shadows.fail_next("press-01", "update", LOSE_ANSWER)
+    gw.shadows.update("press-01", {"state": {"reported": {"speed": 1}}})
+    wait_until(
+        lambda: "event=shadow-sync-recovered thing=press-01" in core_log.read_text(),
+        30,
+        "the engine to retry press-01 after its timeout",
+        interval_s=0.2,
+    )
+    time.sleep(QUIET_S)
+    assert cloud_shadows.state("press-01") == {"reported": {"speed": 1}}
+    # the update whose answer was lost had landed: the retry saw that and wrote nothing twice
+    assert [w for w in cloud_shadows.sync_writes if w[0] != "press-05"] == [
+        ("press-02", "recipe", 1),
+        ("press-01", None, 1),
+    ]
+    assert cloud_shadows.requests.count(("press-02", "recipe", "update")) == 3
+
+    # the permanent refusal is not retried, and the core says which shadow and why
+    assert cloud_shadows.requests.count(("press-05", None, "update")) == 1
+    assert cloud_shadows.state("press-05") is None
+    log = core_log.read_text()
+    refused = [line for line in log.splitlines() if "event=shadow-sync-refused" in line]
+    assert len(refused) == 1, refused
+    assert "thing=press-05 shadow=classic" in refused[0] and "413" in refused[0]
+    assert "event=shadow-sync-retrying thing=press-01 shadow=classic" in log
+    assert "event=shadow-sync-retrying thing=press-02 shadow=recipe" in log

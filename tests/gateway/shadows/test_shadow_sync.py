@@ -1,18 +1,20 @@
-"""Shadow sync, service side: the reconciliation rule (gateway/shadows/sync.py's docstring) as pure
-functions, and the engine through an outage against a cloud played by a second shadow handler (AWS
-semantics) behind a relay that does what the uplink must do (topics in gateway/topics.py)."""
+"""Shadow sync, service side: the reconciliation rule (gateway/shadows/sync.py's docstring) as the pure
+functions of gateway/shadows/reconcile.py, and the engine through an outage against a cloud played by a
+second shadow handler (AWS semantics) behind a relay that does what the uplink must do (topics in
+gateway/topics.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gateway.config import ShadowSync
 from gateway.mqtt import Received
 from gateway.shadows.handler import Change, Outgoing, ShadowHandler
-from gateway.shadows.sync import LINK_TOPIC, ShadowSyncEngine, reconcile, state_patch
+from gateway.shadows.reconcile import reconcile, state_patch
+from gateway.shadows.sync import LINK_TOPIC, ShadowSyncEngine
 from gateway.storage_thread import StorageThread
 from gateway.topics import parse_shadow_request, shadow_sync_cloud_topic, shadow_sync_down_topic
 from storage.shadows import ShadowStore
@@ -48,7 +50,7 @@ def test_state_patch_turns_old_into_new_with_nulls() -> None:
 class Harness:
     """The local service's handler, the engine, and a relay + cloud that answer like the uplink and AWS."""
 
-    def __init__(self, tmp: Path, direction: str):
+    def __init__(self, tmp: Path, direction: Literal["local-to-cloud", "cloud-to-local", "both"]):
         self.storage = StorageThread()
         self.local = ShadowHandler(self.storage.run(ShadowStore, tmp / "local.db"))
         self.cloud = ShadowHandler(self.storage.run(ShadowStore, tmp / "cloud.db"))
