@@ -349,7 +349,10 @@ class OpcuaAdapter(Strict):
     # under <state>/opcua/<adapter>/ and its thumbprint logged, for the operator to trust on the server
     certificate: str | None = None
     private_key: str | None = None
-    server_certificate: str | None = None  # pin the server's certificate; default: the endpoint's own
+    server_certificate: str | None = None  # pin the server's certificate (a file); default: the endpoint's own
+    # the endpoint's certificate against <state>/opcua/<adapter>/pki/trusted/: "explicit" refuses an unknown
+    # one (saved in rejected/ for `millgate opcua trust accept`); "first-use" trusts the first one ever seen
+    trust: Literal["explicit", "first-use"] = "explicit"
     application_uri: str | None = None  # default: urn:millgate:<adapter>
     qos: Literal[0, 1] = 1  # of node value publications
     retain: bool = False

@@ -2,9 +2,12 @@
 indented tree (browse name, node class, NodeId, data type and value of variables), with each node's
 `node_id` and `browse_path` ready to paste into an adapter file. `millgate opcua cert ADAPTER [--pem]`:
 prints an adapter's client certificate (made first if it does not exist yet) for the server's trust list.
+`millgate opcua trust list [ADAPTER] | accept ADAPTER SHA1 | reject ADAPTER SHA1`: the server
+certificates an adapter trusts (`<state>/opcua/<adapter>/pki/trusted/`) or has refused (`rejected/`).
 
 asyncua and the certificate code are imported only when a command runs, so the rest of the CLI stays
-light. Browse is read-only; cert writes only the adapter's own certificate and key, once.
+light. Browse is read-only; cert writes only the adapter's own certificate and key, once; trust only
+moves files between the adapter's trusted/ and rejected/ folders.
 """
 
 from __future__ import annotations
@@ -81,21 +84,35 @@ def cmd_opcua_browse(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_opcua_cert(args: argparse.Namespace) -> int:
-    from adapters.opcua.certificate import CertificateError, certificate_for_adapter
+def opcua_adapters(args: argparse.Namespace, command: str, name: str | None) -> tuple[Any, list[Any]]:
+    """The loaded config and the OPC-UA adapter files `name` selects (all when None); exits 2 naming
+    the known ones when there is no such adapter."""
     from gateway.adapter_config import OpcuaAdapter
-    from gateway.cli_support import EXIT_FAILED, EXIT_INVALID, load_or_exit, paths_for
+    from gateway.cli_support import EXIT_INVALID, load_or_exit
 
     loaded = load_or_exit(args)
-    adapter_file = loaded.adapters.get(args.adapter)
-    if adapter_file is None or not isinstance(adapter_file.config, OpcuaAdapter):
-        known = sorted(name for name, a in loaded.adapters.items() if isinstance(a.config, OpcuaAdapter))
+    found = sorted(
+        (a for a in loaded.adapters.values() if isinstance(a.config, OpcuaAdapter)), key=lambda a: a.config.name
+    )
+    if name is None:
+        return loaded, found
+    selected = [a for a in found if a.config.name == name]
+    if not selected:
+        known = ", ".join(a.config.name for a in found) or "none"
         print(
-            f"millgate opcua cert: no OPC-UA adapter {args.adapter!r} in {loaded.config_dir}/adapters "
-            f"(OPC-UA adapters: {', '.join(known) or 'none'})",
+            f"millgate opcua {command}: no OPC-UA adapter {name!r} in {loaded.config_dir}/adapters "
+            f"(OPC-UA adapters: {known})",
             file=sys.stderr,
         )
-        return EXIT_INVALID
+        raise SystemExit(EXIT_INVALID)
+    return loaded, selected
+
+
+def cmd_opcua_cert(args: argparse.Namespace) -> int:
+    from adapters.opcua.certificate import CertificateError, certificate_for_adapter
+    from gateway.cli_support import EXIT_FAILED, paths_for
+
+    loaded, [adapter_file] = opcua_adapters(args, "cert", args.adapter)
     config = adapter_file.config
     try:
         cert = certificate_for_adapter(config, paths_for(args, loaded).state_dir, adapter_file.path.parent)
@@ -126,6 +143,85 @@ def cmd_opcua_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trust_store(args: argparse.Namespace, loaded: Any, name: str) -> Any:
+    from adapters.opcua.trust import TrustStore, pki_dir
+    from gateway.cli_support import paths_for
+
+    return TrustStore(pki_dir(paths_for(args, loaded).state_dir, name))
+
+
+def _hand_to_service_user(store: Any) -> None:
+    """Folders and files made or moved by root belong to the adapter's user, which writes them too."""
+    if os.geteuid() != 0 or not store.pki.exists():
+        return
+    from gateway.service_user import service_user
+
+    owner = service_user().owner
+    for path in (store.pki, *store.pki.rglob("*")):
+        os.chown(path, *owner)
+
+
+def cmd_opcua_trust_list(args: argparse.Namespace) -> int:
+    loaded, adapter_files = opcua_adapters(args, "trust list", args.adapter)
+    if not adapter_files:
+        print(f"no OPC-UA adapters in {loaded.config_dir}/adapters")
+        return 0
+    print(f"{'ADAPTER':<16} {'STATE':<9} {'SHA-1':<59} {'NOT AFTER (UTC)':<19}  SUBJECT")
+    for adapter_file in adapter_files:
+        config = adapter_file.config
+        store = _trust_store(args, loaded, config.name)
+        shown = 0
+        for state, directory in (("trusted", store.trusted_dir), ("rejected", store.rejected_dir)):
+            certificates, problems = store.scan(directory)
+            for cert in certificates:
+                expires = f"{cert.not_after:%Y-%m-%d %H:%M:%S}"
+                print(f"{config.name:<16} {state:<9} {cert.thumbprint:<59} {expires}  {cert.subject}")
+            for problem in problems:
+                print(f"{config.name:<16} {state:<9} unreadable: {problem}")
+            shown += len(certificates) + len(problems)
+        if not shown:
+            note = (
+                "security_policy None: no server certificate is checked"
+                if config.security_policy == "None"
+                else (f"no server certificate seen yet (trust = {config.trust!r})")
+            )
+            print(f"{config.name:<16} {'-':<9} {note}")
+    return 0
+
+
+def _cmd_opcua_trust_move(args: argparse.Namespace, verb: str) -> int:
+    from adapters.opcua.trust import TrustError
+    from gateway.cli_support import EXIT_FAILED, EXIT_INVALID
+
+    loaded, [adapter_file] = opcua_adapters(args, f"trust {verb}", args.adapter)
+    store = _trust_store(args, loaded, adapter_file.config.name)
+    try:
+        cert = store.accept(args.thumbprint) if verb == "accept" else store.reject(args.thumbprint)
+    except ValueError as exc:
+        print(f"millgate opcua trust {verb}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except TrustError as exc:
+        print(f"millgate opcua trust {verb}: {adapter_file.config.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _hand_to_service_user(store)
+    done = "accepted" if verb == "accept" else "rejected"
+    print(f"{done}  {adapter_file.config.name}  {cert.thumbprint}  {cert.subject}")
+    print(f"file      {cert.path}")
+    if verb == "accept":
+        print("the adapter uses it at its next connection attempt (no restart needed)")
+    else:
+        print("the adapter refuses it from its next connection on (restart the adapter to drop a live session)")
+    return 0
+
+
+def cmd_opcua_trust_accept(args: argparse.Namespace) -> int:
+    return _cmd_opcua_trust_move(args, "accept")
+
+
+def cmd_opcua_trust_reject(args: argparse.Namespace) -> int:
+    return _cmd_opcua_trust_move(args, "reject")
+
+
 def add_opcua_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     opcua = verbs.add_parser("opcua", help="explore OPC-UA servers to write adapter files", parents=[common])
     opcua_verbs = opcua.add_subparsers(dest="opcua_verb", required=True, metavar="ACTION")
@@ -144,3 +240,18 @@ def add_opcua_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     cert.add_argument("adapter", help="the adapter's name (its adapters/<name>.toml)")
     cert.add_argument("--pem", action="store_true", help="print the certificate as PEM too")
     cert.set_defaults(handler=cmd_opcua_cert)
+    trust = opcua_verbs.add_parser(
+        "trust", help="the server certificates an adapter trusts (secured policies only)", parents=[common]
+    )
+    trust_verbs = trust.add_subparsers(dest="trust_verb", required=True, metavar="ACTION")
+    listing = trust_verbs.add_parser("list", help="trusted and rejected server certificates", parents=[common])
+    listing.add_argument("adapter", nargs="?", default=None, help="one adapter (default: every OPC-UA adapter)")
+    listing.set_defaults(handler=cmd_opcua_trust_list)
+    for verb, handler, what in (
+        ("accept", cmd_opcua_trust_accept, "move a rejected server certificate to trusted"),
+        ("reject", cmd_opcua_trust_reject, "move a trusted server certificate to rejected"),
+    ):
+        action = trust_verbs.add_parser(verb, help=what, parents=[common])
+        action.add_argument("adapter", help="the adapter's name (its adapters/<name>.toml)")
+        action.add_argument("thumbprint", help="SHA-1 thumbprint as `trust list` shows it (colons optional)")
+        action.set_defaults(handler=handler)

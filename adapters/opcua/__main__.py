@@ -18,6 +18,7 @@ from adapters.opcua.event_outbox import EventOutbox
 from adapters.opcua.method_router import MethodRouter
 from adapters.opcua.node_map import build_bindings
 from adapters.opcua.session import OpcuaSession
+from adapters.opcua.trust import TrustStore, pki_dir
 from gateway.adapter_config import OpcuaAdapter
 from gateway.component import start_component, stop_on_signals
 from gateway.mqtt import LocalMqtt, Received
@@ -40,7 +41,9 @@ async def main() -> None:
         raise SystemExit(2)
     config = adapter_file.config
     certificate = None
+    trust = None
     if config.security_policy != "None":
+        trust = TrustStore(pki_dir(ctx.paths.state_dir, config.name))
         try:
             certificate = await client_certificate(config, ctx.paths.state_dir, adapter_file.path.parent)
         except CertificateError as exc:
@@ -70,6 +73,7 @@ async def main() -> None:
         certificate,
         events=events,
         event_sink=lambda source, body: outbox.offer(source.topic, json.dumps(body, separators=(",", ":")).encode()),
+        trust=trust,
     )
     writes = CommandRouter(config.name, session.points, session)
     calls = MethodRouter(config.name, methods, session.call)

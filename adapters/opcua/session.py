@@ -18,7 +18,8 @@ from typing import Any
 
 from asyncua import Client, ua
 from asyncua.common.events import Event
-from asyncua.crypto import security_policies
+from asyncua.crypto import security_policies, uacrypto
+from cryptography.hazmat.primitives import serialization
 
 from adapters.base.commands import WriteRefused
 from adapters.base.device_health import DeviceHealth
@@ -34,6 +35,7 @@ from adapters.opcua.node_map import (
     resolve_node_ids,
 )
 from adapters.opcua.quality import status_reason
+from adapters.opcua.trust import TrustError, TrustStore, Verdict
 from adapters.opcua.variants import bad_reading, reading_of, to_json, to_variant
 from gateway.adapter_config import OpcuaAdapter
 from gateway.backoff import Backoff
@@ -88,6 +90,10 @@ class WriteFailed(Exception):
     """A write the server did not accept."""
 
 
+class ServerNotTrusted(Exception):
+    """The server's certificate is not in the adapter's trust list (or cannot be checked)."""
+
+
 def describe(exc: BaseException, endpoint: str, timeout_s: float) -> str:
     """What went wrong talking to the server, in words an operator can act on."""
     if isinstance(exc, TimeoutError):
@@ -98,6 +104,8 @@ def describe(exc: BaseException, endpoint: str, timeout_s: float) -> str:
         return f"connection refused by {endpoint} (is the server running and the port right?)"
     if isinstance(exc, OSError):
         return f"cannot reach {endpoint}: {exc.strerror or exc}"
+    if isinstance(exc, ServerNotTrusted):
+        return str(exc)
     if isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
         return f"{endpoint} offers no endpoint with this security policy and mode ({exc})"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -135,8 +143,11 @@ class OpcuaSession:
         certificate: ClientCertificate | None = None,
         events: Sequence[EventBinding] = (),
         event_sink: EventSink | None = None,
+        trust: TrustStore | None = None,
     ):
         self.config = config
+        self.trust = trust
+        self._rejected_logged: set[str] = set()  # server certificate thumbprints already logged
         self.events = list(events)
         self.event_sink = event_sink
         self.nodes = nodes
@@ -216,7 +227,7 @@ class OpcuaSession:
                     poller.cancel()
             return self._lost_reason or "session lost"
         except Exception as exc:
-            if not isinstance(exc, OSError | TimeoutError | ConnectionError | ua.UaError):
+            if not isinstance(exc, OSError | TimeoutError | ConnectionError | ua.UaError | ServerNotTrusted):
                 log.debug("adapter=%s event=session-error", self.config.name, exc_info=True)
             return self._lost_reason or describe(exc, self.config.endpoint, self.timeout_s)
         finally:
@@ -246,12 +257,60 @@ class OpcuaSession:
         if self.config.security_policy == "None":
             return
         assert self.certificate is not None, "a secured adapter is started with its client certificate"
+        policy = SECURITY_POLICIES[self.config.security_policy]
+        mode = getattr(ua.MessageSecurityMode, self.config.security_mode)
+        server_certificate: str | bytes | None = self.config.server_certificate
+        if server_certificate is None:
+            server_certificate = await self._trusted_server_certificate(client, policy.URI, mode)
         await client.set_security(
-            SECURITY_POLICIES[self.config.security_policy],
+            policy,
             str(self.certificate.cert_path),
             str(self.certificate.key_path),
-            server_certificate=self.config.server_certificate,
-            mode=getattr(ua.MessageSecurityMode, self.config.security_mode),
+            server_certificate=server_certificate,
+            mode=mode,
+        )
+
+    async def _trusted_server_certificate(self, client: Client, policy_uri: str, mode: ua.MessageSecurityMode) -> bytes:
+        """The certificate of the endpoint we are about to use (from GetEndpoints over an unsecured
+        channel, as asyncua would fetch it), if the adapter's trust list trusts it; ServerNotTrusted if not."""
+        assert self.trust is not None, "a secured adapter is started with its trust list"
+        endpoints = await client.connect_and_get_server_endpoints()
+        endpoint = Client.find_endpoint(endpoints, mode, policy_uri)
+        cert = uacrypto.x509_from_der(endpoint.ServerCertificate)
+        if cert is None:
+            raise ServerNotTrusted(f"{self.config.endpoint} offers no server certificate for {policy_uri}")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        first_use = self.config.trust == "first-use"
+        try:
+            verdict, seen = await asyncio.to_thread(self.trust.check, der, first_use)
+        except (TrustError, ValueError) as exc:
+            raise ServerNotTrusted(f"server certificate trust list: {exc}") from None
+        if verdict == Verdict.TRUSTED:
+            return der
+        if verdict == Verdict.TRUSTED_FIRST_USE:
+            log.warning(
+                "adapter=%s event=server-certificate-trusted-first-use endpoint=%s subject=%s sha1=%s path=%s",
+                self.config.name,
+                self.config.endpoint,
+                seen.subject,
+                seen.thumbprint,
+                seen.path,
+            )
+            return der
+        command = f"millgate opcua trust accept {self.config.name} {seen.thumbprint}"
+        if seen.thumbprint not in self._rejected_logged:
+            self._rejected_logged.add(seen.thumbprint)
+            log.warning(
+                "adapter=%s event=server-certificate-rejected endpoint=%s subject=%s sha1=%s path=%s hint=%s",
+                self.config.name,
+                self.config.endpoint,
+                seen.subject,
+                seen.thumbprint,
+                seen.path,
+                f"check the thumbprint on the server, then: {command}",
+            )
+        raise ServerNotTrusted(
+            f"server certificate {seen.subject} sha1={seen.thumbprint} is not trusted (accept it: {command})"
         )
 
     async def _close(self, client: Client) -> None:

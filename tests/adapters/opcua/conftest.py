@@ -22,6 +22,7 @@ from adapters.base.tag import Point, TagValue
 from adapters.opcua.event_map import EventBinding, build_event_bindings
 from adapters.opcua.node_map import build_bindings
 from adapters.opcua.session import OpcuaSession
+from adapters.opcua.trust import TrustStore
 from gateway.adapter_config import OpcuaAdapter
 
 REPO = Path(__file__).resolve().parents[3]
@@ -92,12 +93,19 @@ class Harness:
     """An OpcuaSession running in the test's loop, with every reading recorded per node name and every
     event per `[[events]]` name."""
 
-    def __init__(self, config: OpcuaAdapter, certificate: Any = None):
+    def __init__(self, config: OpcuaAdapter, certificate: Any = None, trust: TrustStore | None = None):
         nodes, methods = build_bindings(config)
         self.readings: dict[str, list[TagValue]] = defaultdict(list)
         self.events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.session = OpcuaSession(
-            config, nodes, methods, self._sink, certificate, events=build_event_bindings(config), event_sink=self._event
+            config,
+            nodes,
+            methods,
+            self._sink,
+            certificate,
+            events=build_event_bindings(config),
+            event_sink=self._event,
+            trust=trust,
         )
         self.session.backoff.cap_s = 1.0
         self.methods = {m.config.name: m for m in methods}

@@ -1,14 +1,17 @@
 """`millgate opcua cert ADAPTER [--pem]` through the real console script: the adapter's client
 certificate is made on first use, kept afterwards, and printed with its subject, validity and the
-thumbprints an operator compares on the server; unknown adapters and missing files are reported."""
+thumbprints an operator compares on the server; unknown adapters and missing files are reported.
+`millgate opcua trust list|accept|reject` shows and moves server certificates between the adapter's
+trusted/ and rejected/ folders."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 
+from gateway.ca import self_signed
 from tests.fixtures.gateway import run_cli
 
 ADAPTER = """
@@ -81,3 +84,49 @@ def test_cert_reports_an_unknown_adapter_and_a_missing_configured_certificate(tm
     assert missing.returncode == 1
     assert "line2.toml" in missing.stderr and "pki/line2.der" in missing.stderr
     assert not (configured / "adapters" / "pki").exists()
+
+
+def test_trust_list_accept_and_reject_move_server_certificates(tmp_path: Path) -> None:
+    config, state = config_dir(tmp_path), tmp_path / "state"
+    before = run_cli("opcua", "trust", "list", config=config, state=state)
+    assert before.returncode == 0, before.stderr
+    assert "line2            -         no server certificate seen yet (trust = 'explicit')" in before.stdout
+
+    server, _ = self_signed("plant server", 30)
+    thumbprint = server.fingerprint(hashes.SHA1()).hex(":").upper()
+    rejected = state / "opcua" / "line2" / "pki" / "rejected"
+    rejected.mkdir(parents=True)
+    (rejected / "seen.der").write_bytes(server.public_bytes(serialization.Encoding.DER))
+    (rejected / "junk.der").write_bytes(b"not a certificate")
+
+    listed = run_cli("opcua", "trust", "list", "line2", config=config, state=state)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["ADAPTER", "STATE", "SHA-1"] and "SUBJECT" in header
+    expires = f"{server.not_valid_after_utc:%Y-%m-%d %H:%M:%S}"
+    assert f"line2            rejected  {thumbprint} {expires}  CN=plant server" in rows
+    assert any("unreadable:" in row and "junk.der" in row for row in rows)
+
+    accepted = run_cli("opcua", "trust", "accept", "line2", thumbprint.replace(":", ""), config=config, state=state)
+    assert accepted.returncode == 0, accepted.stderr
+    trusted_file = state.absolute() / "opcua" / "line2" / "pki" / "trusted" / (thumbprint.replace(":", "") + ".der")
+    assert accepted.stdout.splitlines()[:2] == [
+        f"accepted  line2  {thumbprint}  CN=plant server",
+        f"file      {trusted_file}",
+    ]
+    assert trusted_file.is_file() and not (rejected / "seen.der").exists()
+    listed = run_cli("opcua", "trust", "list", config=config, state=state)
+    assert f"line2            trusted   {thumbprint} {expires}  CN=plant server" in listed.stdout
+
+    again = run_cli("opcua", "trust", "accept", "line2", thumbprint, config=config, state=state)
+    assert again.returncode == 1 and f"no certificate with SHA-1 {thumbprint}" in again.stderr
+
+    refused = run_cli("opcua", "trust", "reject", "line2", thumbprint, config=config, state=state)
+    assert refused.returncode == 0, refused.stderr
+    assert refused.stdout.startswith(f"rejected  line2  {thumbprint}")
+    assert not trusted_file.exists() and (rejected / trusted_file.name).is_file()
+
+    malformed = run_cli("opcua", "trust", "accept", "line2", "12:34", config=config, state=state)
+    assert malformed.returncode == 2 and "'12:34' is not a SHA-1 thumbprint" in malformed.stderr
+    unknown = run_cli("opcua", "trust", "list", "line9", config=config, state=state)
+    assert unknown.returncode == 2 and "no OPC-UA adapter 'line9'" in unknown.stderr

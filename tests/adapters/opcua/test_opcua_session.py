@@ -14,12 +14,15 @@ from adapters.base.commands import WriteRefused
 from adapters.base.tag import Quality
 from adapters.opcua.certificate import ensure_client_certificate
 from adapters.opcua.session import CallRefused, State
+from adapters.opcua.trust import TrustStore
 from tests.adapters.opcua.conftest import Harness, adapter_config
 
 
-async def read_server(endpoint: str, node: str) -> ua.DataValue:
+async def read_server(endpoint: str, node: str) -> ua.Variant:
     async with Client(endpoint) as client:
-        return await client.get_node(node).read_data_value()
+        value = (await client.get_node(node).read_data_value()).Value
+    assert value is not None, f"{node} has no value"
+    return value
 
 
 async def write_server(endpoint: str, node: str, variant: ua.Variant) -> None:
@@ -102,10 +105,10 @@ def test_writes_use_the_node_data_type_and_refuse_mismatches(opcua_simulator) ->
             assert await h.session.submit_write(p["running"], False) is False
             assert await h.session.submit_write(p["limits"], [5, 95]) == [5, 95]
             setpoint = await read_server(sim.endpoint, "ns=2;s=Line2.Setpoint")
-            assert setpoint.Value.Value == 1500 and setpoint.Value.VariantType == ua.VariantType.Int16
+            assert setpoint.Value == 1500 and setpoint.VariantType == ua.VariantType.Int16
             speed = await read_server(sim.endpoint, "ns=2;s=Line2.Speed")
-            assert speed.Value.Value == 42.0 and speed.Value.VariantType == ua.VariantType.Double
-            assert (await read_server(sim.endpoint, "ns=2;s=Line2.Limits")).Value.Value == [5, 95]
+            assert speed.Value == 42.0 and speed.VariantType == ua.VariantType.Double
+            assert (await read_server(sim.endpoint, "ns=2;s=Line2.Limits")).Value == [5, 95]
             await h.wait_for(lambda: h.latest("setpoint").value == 1500, what="the notification of the write")  # type: ignore[union-attr]
 
             with pytest.raises(WriteRefused, match=r"Int16.*70000 is out of the Int16 range"):
@@ -135,7 +138,7 @@ def test_method_call_converts_arguments_and_returns_outputs(opcua_simulator) -> 
             method = h.methods["set_counter"]
             [previous] = await h.session.call(method, [500])
             assert isinstance(previous, int)
-            assert (await read_server(sim.endpoint, "ns=2;s=Line2.Counter")).Value.Value == 500
+            assert (await read_server(sim.endpoint, "ns=2;s=Line2.Counter")).Value == 500
             await h.wait_for(lambda: h.latest("counter").value == 500, what="the counter notification")  # type: ignore[union-attr]
             with pytest.raises(CallRefused, match="takes 1 input argument"):
                 await h.session.call(method, [])
@@ -167,8 +170,12 @@ def test_server_restart_reports_bad_then_reconnects_and_resubscribes(opcua_simul
                 assert h.latest("polled").quality == Quality.BAD  # type: ignore[union-attr]
                 await asyncio.to_thread(sim.start)
                 mark = len(h.readings["counter"])
+
+                def good_since(m: int = mark) -> bool:
+                    return sum(r.quality == Quality.GOOD for r in h.readings["counter"][m:]) >= 2
+
                 await h.wait_for(
-                    lambda m=mark: sum(r.quality == Quality.GOOD for r in h.readings["counter"][m:]) >= 2,
+                    good_since,
                     timeout_s=15,
                     what=f"values after restart {round_ + 1}",
                 )
@@ -204,6 +211,7 @@ def test_basic256sha256_sign_and_encrypt_with_a_generated_client_certificate(opc
         [{"name": "temperature", "node_id": "ns=2;s=Line2.Temperature"}],
         security_policy="Basic256Sha256",
         security_mode="SignAndEncrypt",
+        trust="first-use",
     )
     cert_path, key_path = tmp_path / "client" / "client-cert.der", tmp_path / "client" / "client-key.pem"
     certificate = ensure_client_certificate(cert_path, key_path, "urn:millgate:line2", "millgate line2", True)
@@ -212,7 +220,7 @@ def test_basic256sha256_sign_and_encrypt_with_a_generated_client_certificate(opc
     assert not again.created and again.thumbprint == certificate.thumbprint
 
     async def scenario() -> None:
-        async with Harness(config, certificate) as h:
+        async with Harness(config, certificate, TrustStore(tmp_path / "pki")) as h:
             await h.wait_for(lambda: len(h.readings["temperature"]) >= 2, what="values over the secured channel")
             assert h.latest("temperature").quality == Quality.GOOD  # type: ignore[union-attr]
         plain = Harness(adapter_config(sim.endpoint, [{"name": "temperature", "node_id": "ns=2;s=Line2.Temperature"}]))
