@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 CONNECTED_WAIT_S = 5.0  # a publish waits this long for the caller's broker connection to come up
 MAX_PENDING_RESULTS = 10_000
 MAX_REFUSALS_REMEMBERED = 1000
+MAX_RETIRED_REMEMBERED = 10_000  # tokens of stopped workers, told 410 (not counted as refused) if they call
 
 H_INVOCATION_ID = "X-Amz-InvocationId"
 H_CLIENT_CONTEXT = "X-Amz-Client-Context"
@@ -191,6 +192,7 @@ class GreengrassService:
         self.connections: dict[str, LocalMqtt] = {}
         self.credentials = CredentialProvider()
         self.refused_requests = 0
+        self._retired: OrderedDict[str, None] = OrderedDict()
         self._pending: OrderedDict[str, tuple[str, asyncio.Future[WorkResult]]] = OrderedDict()
         self.shadows = ShadowCalls(subscriptions or [])
         self._refusals_logged: set[tuple[str, str]] = set()
@@ -234,6 +236,9 @@ class GreengrassService:
         slot = self.slots.pop(token, None)
         if slot is not None:
             slot.retired.set()
+            self._retired[token] = None
+            while len(self._retired) > MAX_RETIRED_REMEMBERED:
+                self._retired.popitem(last=False)
 
     def retire_all(self) -> None:
         for slot in self.slots.values():
@@ -267,6 +272,9 @@ class GreengrassService:
             return self._health(request)
         token = request.headers.get("authorization", "")
         slot = self.slots.get(token) if token else None
+        if slot is None and token in self._retired:
+            # a worker the pool stopped, calling once more on its way out: the runtime exits on 410
+            return _json(410, {"message": "this worker has been stopped"})
         if slot is None:
             return self._refuse(request, 401 if not token else 403, "missing token" if not token else "unknown token")
         if rest.rstrip("/") == "credentialprovider":

@@ -502,6 +502,7 @@ def gw(imported: tuple[Path, Path, int], gateway_credentials: None) -> Iterator[
     text = (config / "gateway.toml").read_text()
     text = text.replace("[gateway]\n", "[gateway]\nstatus_interval_s = 0.5\n", 1)
     text = text.replace("[discovery]\n", f"[discovery]\nport = {free_port()}\n", 1)
+    text = text.replace('name = "Failer"\n', 'name = "Failer"\nidle_s = 0.5\n', 1)  # idle stops happen in tests
     (config / "gateway.toml").write_text(text)
     running = start_gateway(config, base / "s", expect=("broker", "core", "fn-Heartbeat"))
     yield running
@@ -649,6 +650,29 @@ def test_handler_exception_comes_back_as_handled(broker: Broker) -> None:
     answer = broker.ask("gg/caller/in", "gg/caller/out", {"action": "fail"})
     assert answer["error"] == "Handled"
     assert json.loads(answer["payload"]) == {"errorMessage": f"boom from failer {answer['tag']}"}
+
+
+def test_idle_stopped_v1_workers_exit_cleanly_without_refused_requests(broker: Broker, gw: RunningGateway) -> None:
+    log = gw.paths.component_log("core")
+
+    def core_refused() -> int:
+        return int(gw.status()["components"]["core"]["greengrass_refused_requests"])
+
+    before = core_refused()
+    stopped_before = log.read_text().count("function=Failer event=worker-idle-stopped")
+    for _ in range(2):
+        assert broker.ask("gg/caller/in", "gg/caller/out", {"action": "fail"})["error"] == "Handled"
+    wait_until(
+        lambda: log.read_text().count("function=Failer event=worker-idle-stopped") > stopped_before,
+        15,
+        "Failer's worker stopped when idle",
+    )
+    pid = int(log.read_text().split("function=Failer event=worker-idle-stopped pid=")[-1].split()[0])
+    # the runtime saw 410 on its long poll and left by itself, before the pool would have killed it
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 5, f"worker {pid} gone")
+    time.sleep(1.5)  # what a runtime that missed the retirement would spend retrying /work
+    assert core_refused() == before
+    assert "event=get-work-failed" not in gw.paths.function_log("Failer").read_text()
 
 
 def test_publish_with_another_functions_source_is_refused(broker: Broker) -> None:

@@ -69,7 +69,7 @@ class IPCClient:
                 return response.read(), {k.lower(): v for k, v in response.headers.items()}
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", errors="replace")
-            raise IPCException(f"{method} {url}: HTTP {exc.code} {detail}") from None
+            raise IPCException(f"{method} {url}: HTTP {exc.code} {detail}", status=exc.code) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise IPCException(f"{method} {url}: {exc}") from None
 
