@@ -74,6 +74,7 @@ REJECTED_DISK_FULL = "rejected.disk-full"
 EXPIRED = "expired.ttl"
 DEAD_TOO_LARGE = "dead.payload-too-large"
 DEAD_REFUSED = "dead.refused"
+DEAD_LINK_DROPPED = "dead.link-dropped"  # the cloud hung up on it each time it was sent (no reason code)
 PURGED = "purged.operator"
 # a message's own absolute deadline in its properties (MQTT 5 message expiry, made absolute when it
 # arrived): the spool expires the message at the earlier of this and its prefix's TTL
@@ -442,9 +443,9 @@ class Spool:
         self._bytes -= sum(s for (s,) in sizes)
         return len(sizes)
 
-    def refused(self, refusals: dict[int, str], dead_after: int) -> int:
+    def refused(self, refusals: dict[int, str], dead_after: int, counter: str = DEAD_REFUSED) -> int:
         """Count a cloud refusal against each message; one refused `dead_after` times goes to the dead
-        letters with the last reason. Returns how many were buried."""
+        letters with the last reason, counted under `counter`. Returns how many were buried."""
         if not refusals:
             return 0
         now = time.time()
@@ -466,7 +467,7 @@ class Spool:
                 self._bytes -= size
                 buried += 1
             if buried:
-                self._bump(DEAD_REFUSED, buried)
+                self._bump(counter, buried)
             return buried
 
         return self._write(count_and_bury)

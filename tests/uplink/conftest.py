@@ -5,6 +5,7 @@ Everything started here is stopped here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
@@ -394,3 +395,73 @@ def link_proxy(cloud_broker: CloudBroker) -> Iterator[LinkProxy]:
     proxy = LinkProxy(cloud_broker.port)
     yield proxy
     proxy.close()
+
+
+class HangUpProxy:
+    """A TLS-terminating proxy to the cloud broker that hangs up on the client when a client packet
+    carries `poison`, as AWS IoT does on an unauthorized publish (ordinary TCP proxies cannot see into
+    TLS). What came before the poison is passed on and the broker gets a moment to answer it first.
+    Runs its own event loop in a thread; `close` stops it."""
+
+    ANSWER_S = 0.3
+
+    def __init__(self, broker: CloudBroker, poison: bytes):
+        self.broker = broker
+        self.poison = poison
+        self.hang_ups = 0
+        self.loop = asyncio.new_event_loop()
+        self.server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_tls.load_cert_chain(str(broker.pki.server_cert), str(broker.pki.server_key))
+        self.server_tls.verify_mode = ssl.CERT_REQUIRED
+        self.server_tls.load_verify_locations(str(broker.pki.ca))
+        self.client_tls = ssl.create_default_context(cafile=str(broker.pki.ca))
+        self.client_tls.load_cert_chain(str(broker.pki.client_cert), str(broker.pki.client_key))
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.server_tls), self.loop
+        ).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                "127.0.0.1", self.broker.port, ssl=self.client_tls, server_hostname="localhost"
+            )
+        except OSError:
+            writer.close()
+            return
+
+        async def down() -> None:
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+        answers = asyncio.ensure_future(down())
+        try:
+            while data := await reader.read(65536):
+                at = data.find(self.poison)
+                up_writer.write(data if at < 0 else data[:at])
+                await up_writer.drain()
+                if at >= 0:
+                    self.hang_ups += 1
+                    await asyncio.sleep(self.ANSWER_S)
+                    break
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            answers.cancel()
+            for stream in (writer, up_writer):
+                stream.transport.abort()
