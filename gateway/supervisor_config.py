@@ -36,7 +36,8 @@ class Program:
     as_service_user: bool = True
     log_file: Path | None = None  # default: log_dir/system/<name>.log
     log_max_bytes: int | None = None  # default: logging.max_bytes_per_component
-    # exit codes that mean "stopped on purpose, do not restart" (the uplink exits 3 on a damaged spool)
+    # exit codes that mean "stopped on purpose, do not restart" (3: the uplink's spool or the core's
+    # shadows.db cannot be used)
     exit_codes: str = "0"
     # the config slices this program reads (gateway/deploy_plan.py): a new value makes supervisord's
     # reloadConfig see the program as changed, so a deployment restarts it and nothing else
@@ -56,7 +57,7 @@ def programs(loaded: LoadedConfig, paths: GatewayPaths, mosquitto: Path) -> list
     found = [
         # the socket must be connectable by function workers running under their own uids
         Program("broker", [str(mosquitto), "-c", str(paths.mosquitto_conf)], priority=10, umask="000"),
-        Program("core", python_component("gateway.core", paths), priority=20, as_service_user=False),
+        Program("core", python_component("gateway.core", paths), priority=20, as_service_user=False, exit_codes="0,3"),
     ]
     if needs_uplink(loaded.gateway):
         found.append(Program(UPLINK, python_component("gateway.uplink", paths), priority=30, exit_codes="0,3"))

@@ -71,15 +71,22 @@ class SyncBase:
 class ShadowStore:
     def __init__(self, path: Path):
         self.path = path
+        db: sqlite3.Connection | None = None
         try:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            # an SQLite file of some other program has tables of these names but not these columns
+            db.execute("SELECT thing, name, state, metadata, version, updated_at, deleted_at FROM shadows LIMIT 0")
+            db.execute("SELECT thing, name, state, local_version, cloud_version FROM sync_base LIMIT 0")
         except sqlite3.DatabaseError as exc:
+            if db is not None:
+                db.close()
             raise ShadowStoreError(
                 f"{path}: cannot open the shadow store: {exc}; move the file aside to start with no shadows"
             ) from exc
+        self._db = db
         self._depth = 0
 
     def close(self) -> None:

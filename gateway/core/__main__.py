@@ -20,8 +20,13 @@ from gateway.mqtt import LocalMqtt
 from gateway.shadows.router import TopicRouter
 from gateway.shadows.service import ShadowService
 from gateway.topics import STATUS_FILTER
+from storage.shadows import ShadowStoreError
 
 log = logging.getLogger("gateway.core")
+
+# as the uplink's for a damaged spool: a store that cannot be opened will not open on a restart either,
+# so supervisord treats this exit as final (gateway/supervisor_config.py) and the file is left alone
+EXIT_STORAGE = 3
 
 
 async def main() -> None:
@@ -29,7 +34,11 @@ async def main() -> None:
     stop = stop_on_signals()
     health = ComponentHealth()
     # the shadow service shares the core's broker connection; a router splits the topics
-    shadows = ShadowService.open(ctx.paths.state_dir / "shadows.db", ctx.loaded.gateway.shadows)
+    try:
+        shadows = ShadowService.open(ctx.paths.state_dir / "shadows.db", ctx.loaded.gateway.shadows)
+    except ShadowStoreError as exc:
+        log.error("event=shadow-store-unusable %s", exc)
+        raise SystemExit(EXIT_STORAGE) from None
     router = TopicRouter()
     router.add([STATUS_FILTER], health.on_status)
     router.add([f for f, _ in shadows.subscriptions], shadows.on_message)

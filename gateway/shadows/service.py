@@ -43,9 +43,14 @@ class ShadowService:
 
     @classmethod
     def open(cls, db_path: Path, synced: Sequence[ShadowSync] = ()) -> ShadowService:
-        """Open (or create) shadows.db on the service's own storage thread; blocking, for start-up."""
+        """Open (or create) shadows.db on the service's own storage thread; blocking, for start-up.
+        Raises ShadowStoreError (naming the file) when it cannot be used."""
         storage = StorageThread()
-        store = storage.run(ShadowStore, db_path)
+        try:
+            store = storage.run(ShadowStore, db_path)
+        except BaseException:
+            storage.close()
+            raise
         return cls(storage, store, [s for s in synced if s.sync != "none"])
 
     @property

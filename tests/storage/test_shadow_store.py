@@ -3,6 +3,7 @@ leaves nothing half-written."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -58,4 +59,14 @@ def test_unusable_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "shadows.db"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(ShadowStoreError, match="move the file aside"):
+        ShadowStore(path)
+
+
+def test_another_programs_sqlite_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "shadows.db"
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE shadows (id INTEGER PRIMARY KEY, body BLOB)")
+    other.commit()
+    other.close()
+    with pytest.raises(ShadowStoreError, match=f"{path}: cannot open the shadow store: .*move the file aside"):
         ShadowStore(path)
