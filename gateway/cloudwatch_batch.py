@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 # PutLogEvents: https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutLogEvents.html
 MAX_BATCH_EVENTS = 10_000
@@ -23,6 +23,8 @@ TRUNCATED = " [truncated]"
 class LogEvent:
     timestamp_ms: int
     message: str
+    # the caller's note of where this event came from (logship: where its log resumes after it)
+    mark: object = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -74,7 +76,7 @@ class EventBuffer:
         # clock step, a continuation line) takes the predecessor's time rather than reordering the log
         queue = self.streams.setdefault(stream, deque())
         if queue and event.timestamp_ms < queue[-1].timestamp_ms:
-            event = LogEvent(queue[-1].timestamp_ms, event.message)
+            event = replace(event, timestamp_ms=queue[-1].timestamp_ms)
         queue.append(event)
         self.bytes += event.size
         while self.bytes > self.max_bytes:
@@ -88,12 +90,16 @@ class EventBuffer:
     def pending(self) -> dict[str, list[LogEvent]]:
         return {stream: list(queue) for stream, queue in self.streams.items() if queue}
 
-    def acknowledge(self, stream: str, count: int) -> None:
-        """The first `count` events of `stream` were accepted (or rejected for good): forget them."""
+    def acknowledge(self, stream: str, count: int) -> LogEvent | None:
+        """The first `count` events of `stream` were accepted (or rejected for good): forget them and
+        return the last of them."""
         queue = self.streams.get(stream)
+        last = None
         for _ in range(min(count, len(queue or ()))):
             assert queue is not None
-            self.bytes -= queue.popleft().size
+            last = queue.popleft()
+            self.bytes -= last.size
+        return last
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.streams.values())

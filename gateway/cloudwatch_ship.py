@@ -1,6 +1,8 @@
 """The `logship` process: follows every system and function log under log_dir and ships new lines to
 CloudWatch Logs ([logging.cloudwatch]): one log group per gateway, one stream per component
-(system/<component>, user/<function>). Lines wait in a capped buffer while CloudWatch is unreachable.
+(system/<component>, user/<function>). Lines wait in a capped buffer while CloudWatch is unreachable;
+what is saved across restarts is, per log, where the last line CloudWatch acknowledged ends, so lines
+buffered during an outage are read again after a restart rather than skipped.
 
 It never imports boto3: each flush runs `python -m gateway.cloudwatch_put` as a short-lived child, so
 the 40 MB of boto3 is paid only while a batch is on its way.
@@ -23,7 +25,7 @@ from gateway.backoff import Backoff
 from gateway.cloudwatch_batch import EventBuffer, LogEvent, clip
 from gateway.config import CloudWatchSection
 from gateway.config_loader import ConfigInvalid, load_config
-from gateway.log_files import FollowedFile, line_time, log_sources
+from gateway.log_files import FollowedFile, Resume, line_time, log_sources
 from gateway.logs import setup_logging
 from gateway.paths import GatewayPaths
 
@@ -45,21 +47,33 @@ class Shipper:
         self.buffer = EventBuffer(int(settings.buffer_max_bytes))
         self.offsets_file = paths.state_dir / OFFSETS
         self.files: dict[str, FollowedFile] = self._load_offsets()
+        # per component, where its last acknowledged line ends: the only read position ever saved
+        self.acknowledged: dict[str, dict[str, object]] = {
+            name: {"path": str(f.path), "inode": f.inode, "position": f.position} for name, f in self.files.items()
+        }
+        self.components: dict[str, str] = {}  # stream -> component
         self.backoff = Backoff(initial_s=settings.flush_interval_s, cap_s=max(300.0, settings.flush_interval_s))
         self.state = "starting"
         self.reported_dropped = 0
         self.sent = 0
 
     def _load_offsets(self) -> dict[str, FollowedFile]:
+        """Every log where its last acknowledged line ends (a log never acknowledged starts at 0)."""
         try:
             saved = json.loads(self.offsets_file.read_text())
-        except (OSError, ValueError):
+            return {name: FollowedFile(Path(e["path"]), e["inode"], e["position"]) for name, e in saved.items()}
+        except FileNotFoundError:
             return {}
-        return {name: FollowedFile(Path(e["path"]), e["inode"], e["position"]) for name, e in saved.items()}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error(
+                "event=offsets-unreadable file=%s reason=%s action=every log read again from its start",
+                self.offsets_file,
+                exc,
+            )
+            return {}
 
     def _save_offsets(self) -> None:
-        saved = {n: {"path": str(f.path), "inode": f.inode, "position": f.position} for n, f in self.files.items()}
-        write_atomic(self.offsets_file, json.dumps(saved), 0o600)
+        write_atomic(self.offsets_file, json.dumps(self.acknowledged, sort_keys=True), 0o600)
 
     def collect(self) -> int:
         """Read every log's new lines into the buffer; returns how many."""
@@ -68,12 +82,11 @@ class Shipper:
         for component, source in log_sources(self.paths.log_dir).items():
             tail = self.files.setdefault(component, FollowedFile(source.path))
             stream = stream_name(component)
-            for line in tail.read_lines():
+            self.components[stream] = component
+            for line, resume in tail.read_marked():
                 stamp = line_time(line)
-                self.buffer.add(stream, LogEvent(int(stamp * 1000) if stamp else now_ms, clip(line)))
+                self.buffer.add(stream, LogEvent(int(stamp * 1000) if stamp else now_ms, clip(line), resume))
                 count += 1
-        if count:
-            self._save_offsets()
         if self.buffer.dropped != self.reported_dropped:
             log.warning(
                 "event=buffer-full dropped_total=%d max_bytes=%d action=lines dropped, oldest first",
@@ -82,6 +95,17 @@ class Shipper:
             )
             self.reported_dropped = self.buffer.dropped
         return count
+
+    def _acknowledge(self, stream: str, count: int) -> None:
+        last = self.buffer.acknowledge(stream, count)
+        component = self.components.get(stream)
+        if last is None or component is None or not isinstance(last.mark, Resume):
+            return
+        self.acknowledged[component] = {
+            "path": str(self.files[component].path),
+            "inode": last.mark.inode,
+            "position": last.mark.position,
+        }
 
     def flush(self) -> bool:
         """Send what is buffered through a boto3 child; True when all of it went."""
@@ -110,9 +134,12 @@ class Shipper:
                 error = result.get("error") or (last_words[-1] if last_words else f"exit {child.returncode}")
         except (subprocess.TimeoutExpired, ValueError, OSError) as exc:
             result, error = {}, f"{type(exc).__name__}: {exc}"
-        for stream, count in (result.get("done") or {}).items():
-            self.buffer.acknowledge(stream, int(count))
-            self.sent += int(count)
+        done = {stream: int(count) for stream, count in (result.get("done") or {}).items() if int(count) > 0}
+        for stream, count in done.items():
+            self._acknowledge(stream, count)
+            self.sent += count
+        if done:
+            self._save_offsets()
         self._set_state("failing" if error else "ok", error)
         return error is None
 
@@ -138,7 +165,7 @@ def run(shipper: Shipper, stop: threading.Event) -> None:
             delay = shipper.backoff.next_delay()
         stop.wait(delay)
     shipper.collect()
-    shipper.flush()  # one last try on the way out; what fails stays unsent (the files still hold it)
+    shipper.flush()  # one last try on the way out; what fails is read again on the next start
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -134,6 +134,8 @@ class BulkSection(Strict):
     endpoint_url: str | None = None  # an S3-compatible store (MinIO...) instead of AWS
     upload_timeout_s: float = Field(default=600.0, gt=0)
     multipart_threshold: ByteSize = Field(default=ByteSize(8 * 1024 * 1024), ge=5 * 1024 * 1024)
+    # cap on waiting records plus batch files on disk; beyond it [spool] policy applies (counted, logged)
+    max_bytes: ByteSize = Field(default=ByteSize(1_000_000_000), ge=1024 * 1024)
 
 
 class CloudWatchSection(Strict):

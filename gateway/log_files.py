@@ -7,6 +7,7 @@ It reads; it never writes, truncates or rotates a log.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,14 @@ from pathlib import Path
 
 # our components: 2024-05-01T10:00:00.123Z; mosquitto: 2024-05-01T10:00:00: ; supervisord: 2024-05-01 10:00:00,123
 _STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?Z?")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where to read on from: `position` bytes into the file whose inode is `inode`."""
+
+    inode: int
+    position: int
 
 
 @dataclass(frozen=True)
@@ -72,25 +81,48 @@ class FollowedFile:
         return self
 
     def read_lines(self, limit_bytes: int = 4 * 1024 * 1024) -> list[str]:
-        lines: list[str] = []
+        return [line for line, _ in self.read_marked(limit_bytes)]
+
+    def read_marked(self, limit_bytes: int = 4 * 1024 * 1024) -> list[tuple[str, Resume]]:
+        """New lines, each with where reading resumes once it has been dealt with: persisting the mark
+        of the last line a consumer is done with (not `position`) loses nothing across a restart."""
+        lines: list[tuple[str, Resume]] = []
         try:
             stat = self.path.stat()
         except FileNotFoundError:
             return lines
         if self.inode is not None and stat.st_ino != self.inode:
-            # rotated: finish the old file (now <name>.1) before starting on the new one
-            rotated = self.path.with_name(self.path.name + ".1")
-            if rotated.exists() and rotated.stat().st_ino == self.inode:
-                lines += self._read(rotated, limit_bytes)
+            # rotated, perhaps several times while nobody read: finish the file we were in (now
+            # <name>.N) and every newer generation, oldest first, before starting on the live one
+            for path, inode, size in self._rotated_since(self.inode):
+                if inode != self.inode:
+                    self.inode, self.position = inode, 0
+                lines += self._read(path, limit_bytes)
+                if self.position < size:  # stopped at limit_bytes: carry on in this file next time
+                    return lines
             self.inode, self.position = stat.st_ino, 0
         elif stat.st_size < self.position:  # truncated in place
             self.position = 0
         self.inode = stat.st_ino
         return lines + self._read(self.path, limit_bytes)
 
-    def _read(self, path: Path, limit_bytes: int) -> list[str]:
+    def _rotated_since(self, inode: int) -> list[tuple[Path, int, int]]:
+        """The rotated generations from the one whose inode is `inode` to <name>.1, oldest first, each
+        with its inode and size; empty when that file is gone (rotated out of the backups)."""
+        found = []
+        for path in LogSource("", self.path).generations()[:-1]:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            found.append((path, stat.st_ino, stat.st_size))
+        starts = [i for i, (_, ino, _) in enumerate(found) if ino == inode]
+        return found[starts[0] :] if starts else []
+
+    def _read(self, path: Path, limit_bytes: int) -> list[tuple[str, Resume]]:
         try:
             with path.open("rb") as handle:
+                inode = os.fstat(handle.fileno()).st_ino
                 handle.seek(self.position)
                 data = handle.read(limit_bytes)
         except OSError:
@@ -98,5 +130,15 @@ class FollowedFile:
         end = data.rfind(b"\n")
         if end < 0:
             return []
+        found: list[tuple[str, Resume]] = []
+        start = self.position
+        for raw in data[: end + 1].splitlines(keepends=True):
+            # a byte line may decode to several text lines (a lone \r): all but its last resume at
+            # its start, so stopping half-way through repeats lines rather than skipping them
+            parts = raw.decode("utf-8", errors="replace").splitlines()
+            found += [(part, Resume(inode, start)) for part in parts[:-1]]
+            if parts:
+                found.append((parts[-1], Resume(inode, start + len(raw))))
+            start += len(raw)
         self.position += end + 1
-        return data[: end + 1].decode("utf-8", errors="replace").splitlines()
+        return found

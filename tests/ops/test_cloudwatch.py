@@ -1,11 +1,15 @@
 """CloudWatch Logs shipping: batches under PutLogEvents' limits, a capped buffer, and a real gateway's
-logs arriving in moto's server, including lines logged while it was down.
+logs arriving in moto's server, including lines logged while it was down and lines buffered by a
+logship that was killed before CloudWatch came back.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import boto3
@@ -25,7 +29,9 @@ from gateway.cloudwatch_batch import (
     batches,
     clip,
 )
-from tests.fixtures.gateway import free_port, wait_until
+from gateway.cloudwatch_ship import stream_name
+from gateway.log_files import log_sources
+from tests.fixtures.gateway import RunningGateway, free_port, wait_until
 
 events = st.lists(st.tuples(st.integers(0, 3 * 86_400_000), st.text(min_size=1, max_size=40_000)), max_size=120).map(
     lambda pairs: [LogEvent(t, clip(m)) for t, m in sorted(pairs, key=lambda p: p[0])]
@@ -127,5 +133,58 @@ def test_logs_reach_cloudwatch_and_lines_from_an_outage_follow_when_it_is_back(g
         )
         shipped = gw.cli("logs", "logship").stdout
         assert "event=cloudwatch-unreachable" in shipped and "event=cloudwatch-ok" in shipped
+    finally:
+        server.stop()
+
+
+def _kill_logship(gw: RunningGateway) -> None:
+    """kill -9 the logship process and wait for supervisord to have a new one running."""
+    old = gw.status()["processes"]["logship"]["pid"]
+    os.kill(old, signal.SIGKILL)
+
+    def replaced() -> bool:
+        found = gw.status()["processes"]["logship"]
+        return found["state"] == "RUNNING" and found["pid"] not in (old, 0, None)
+
+    wait_until(replaced, 20, "supervisord to restart logship", interval_s=0.2)
+
+
+def test_lines_buffered_in_an_outage_arrive_exactly_once_after_logship_is_killed(gateway_factory, moto_port) -> None:
+    # CloudWatch is unreachable from the start: nothing listens on moto_port until the end
+    # a group of its own: moto's servers in one test process share their state
+    gateway_toml = GATEWAY.format(port=moto_port).replace('"cw-gw"', '"cw-gw-restarts"')
+    gw = gateway_factory(gateway_toml, expect=("broker", "core", "logship"))
+    group = "/millgate/cw-gw-restarts"
+    marker = gw.paths.log_dir / "system" / "logship.log"
+    wait_until(lambda: "event=cloudwatch-unreachable" in marker.read_text(), 20, "logship to see the outage")
+    logged = gw.paths.log_dir / "system" / "broker.log"
+    for round_ in range(2):
+        ids = [f"outage{round_}-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        for client_id in ids:
+            gw.client("operator", client_id)
+        wait_until(lambda ids=ids: all(i in logged.read_text() for i in ids), 10, "the broker to log the clients")
+        time.sleep(1.5)  # logship reads them into its buffer (flush_interval_s 0.5), then dies with them
+        _kill_logship(gw)
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    server.start()
+    try:
+
+        def shipped_exactly_once() -> bool:
+            for component, source in log_sources(gw.paths.log_dir).items():
+                if component == "logship":
+                    continue  # logship keeps logging about its own flushes; the others hold still
+                lines = Counter(source.path.read_text().splitlines())
+                if Counter(_messages(moto_port, group, stream_name(component))) != lines:
+                    return False
+            return True
+
+        try:
+            wait_until(shipped_exactly_once, 45, "every line once in CloudWatch", interval_s=1.0)
+        except AssertionError:
+            broker = Counter(_messages(moto_port, group, "system/broker"))
+            on_disk = Counter((gw.paths.log_dir / "system" / "broker.log").read_text().splitlines())
+            raise AssertionError(f"missing {on_disk - broker}, extra {broker - on_disk}") from None
+        assert all(f"outage{r}-" in "\n".join(_messages(moto_port, group, "system/broker")) for r in range(2))
     finally:
         server.stop()
