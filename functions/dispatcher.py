@@ -242,8 +242,12 @@ class FunctionPool:
                     answer.get("error"),
                 )
                 await self._reply(invocation, None, "Handled", answer.get("error"), answer.get("payload"))
-                if str(answer.get("error", "")).startswith("MemoryError"):
-                    await worker.kill()  # it exits by itself; make sure it is not reused
+            if answer.get("worker_exiting"):
+                # over its memory limit the worker exits by itself: it must not get the next message
+                log.warning(
+                    "function=%s event=worker-exiting pid=%s reason=MemoryError", self.function.name, worker.pid
+                )
+                await worker.kill()
             self.stats.durations_ms.append((time.monotonic() - started) * 1000)
         except InvocationTimeout as exc:
             self.stats.invocations += 1
@@ -271,6 +275,8 @@ class FunctionPool:
                 if worker.alive:
                     worker.idle_since = time.monotonic()
                     self.idle.append(worker)
+                elif not cancelled:
+                    await worker.kill()  # gone: what it held (its cgroup, its v1 slot) goes with it
             self._slots.release()
             if not cancelled:  # a stop mid-invocation leaves it unacknowledged: the broker redelivers it
                 self._settle(invocation)

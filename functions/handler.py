@@ -72,6 +72,7 @@ class Outcome:
     result: Any = None
     error: str | None = None
     traceback: str | None = None
+    memory_error: bool = False  # by type: str(MemoryError()) is empty
 
 
 def call_handler(
@@ -89,4 +90,9 @@ def call_handler(
     try:
         return Outcome(True, json_safe(handler(decode_event(payload), context)))
     except Exception as exc:
-        return Outcome(False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        return Outcome(
+            False,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            memory_error=isinstance(exc, MemoryError),
+        )

@@ -68,12 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not outcome.ok:
             print(f"handler failed: {outcome.traceback}", file=sys.stderr, flush=True)
-        _send(
-            replies,
-            {"type": "result", "id": request["id"], "ok": outcome.ok, "result": outcome.result, "error": outcome.error},
-        )
-        if outcome.error and outcome.error.startswith("MemoryError"):
-            return 3  # over its memory limit: the dispatcher replaces this worker with a fresh one
+        reply = {"type": "result", "id": request["id"], "ok": outcome.ok, "result": outcome.result}
+        # over its memory limit: this worker exits, and the dispatcher must not hand it another message
+        _send(replies, {**reply, "error": outcome.error, "worker_exiting": outcome.memory_error})
+        if outcome.memory_error:
+            return 3
     return 0
 
 

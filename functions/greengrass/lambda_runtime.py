@@ -106,7 +106,7 @@ def run(code_dir: Path, handler_name: str, side: FunctionSide, long_lived: bool 
             if outcome.error is None:
                 client.post_work_result(side.arn, WorkItem(work.invocation_id, outcome.payload, work.client_context))
             else:
-                client.post_handler_err(side.arn, work.invocation_id, outcome.error)
+                client.post_handler_err(side.arn, work.invocation_id, outcome.error, outcome.memory_error)
         except IPCException as exc:
             log.warning("event=post-result-failed invocation=%s reason=%s", work.invocation_id, exc)
         if outcome.memory_error:

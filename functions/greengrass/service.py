@@ -48,6 +48,7 @@ MAX_RETIRED_REMEMBERED = 10_000  # tokens of stopped workers, told 410 (not coun
 H_INVOCATION_ID = "X-Amz-InvocationId"
 H_CLIENT_CONTEXT = "X-Amz-Client-Context"
 H_FUNCTION_ERROR = "X-Amz-Function-Error"
+H_WORKER_EXITING = "X-Millgate-Worker-Exiting"  # millgate's runtime: this worker exits after this result
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class WorkItem:
 class WorkResult:
     payload: bytes
     function_error: str = ""  # "" | "Handled" | "Unhandled"
+    worker_exiting: bool = False  # the worker leaves after this result (over its memory limit)
 
 
 def failed(kind: str, message: str) -> WorkResult:
@@ -362,7 +364,8 @@ class GreengrassService:
         if request.method == "POST":
             invocation_id = request.headers.get(H_INVOCATION_ID.lower(), "")
             kind = request.headers.get(H_FUNCTION_ERROR.lower(), "")
-            if slot.complete(invocation_id, WorkResult(request.body, kind)):
+            exiting = request.headers.get(H_WORKER_EXITING.lower()) == "true"
+            if slot.complete(invocation_id, WorkResult(request.body, kind, exiting)):
                 return ApiResponse(202)
             return _json(404, {"message": f"no invocation {invocation_id!r} is waiting for this worker"})
         return _json(405, {"message": "use GET or POST"})

@@ -33,6 +33,8 @@ def _answer(result: WorkResult) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         value = result.payload.decode("utf-8", errors="backslashreplace")
     answer: dict[str, Any] = {"payload": base64.b64encode(result.payload).decode()}
+    if result.worker_exiting:
+        answer["worker_exiting"] = True
     if not result.function_error:
         return {**answer, "ok": True, "result": value}
     error = value.get("errorMessage") if isinstance(value, dict) else value

@@ -331,6 +331,27 @@ def function_handler(event, context):
 """
 
 
+HOG = """
+import json, os, threading
+import greengrasssdk
+
+client = greengrasssdk.client("iot-data")
+kept = []
+# a timer thread started at import, as many v1 functions have: it keeps the process up after the runtime
+# gives up on it, so only the core can make sure the next message does not go to this worker
+threading.Timer(3600, lambda: None).start()
+
+def function_handler(event, context):
+    client.publish(topic="gg/hog/out", payload=json.dumps({"tag": event["tag"], "pid": os.getpid()}))
+    if event.get("mode") == "huge":
+        kept.append(bytearray(1 << 40))  # 1 TiB at once: MemoryError, whatever caps the worker
+    elif event.get("mode") == "grow":
+        for _ in range(64):  # 1 GiB in touched 16 MiB blocks, far past the 64 MB limit
+            kept.append(b"x" * (16 << 20))
+    return {"pid": os.getpid()}
+"""
+
+
 class Broker:
     """The operator's view of the local broker: every message on `gg/#` and the shadow topics, by topic."""
 
@@ -394,6 +415,7 @@ FUNCTIONS = [
     V1Function("OldBundle", OLD_BUNDLE, variables={"ECHO_ARN": function_arn("Echo")}, bundled=OLD_CORE_MODULES),
     V1Function("BinaryEcho", BINARY, encoding="binary"),
     V1Function("AwsUser", AWSUSER, timeout=30, memory_kb=262144, run_as=(1102, 1102)),
+    V1Function("Hog", HOG, timeout=30, memory_kb=65536),
 ]
 
 
@@ -416,6 +438,8 @@ def _subscriptions() -> list[tuple[str, str, str]]:
         (tester, "gg/binary/in", function_arn("BinaryEcho")),
         (function_arn("BinaryEcho"), "gg/binary/out", tester),
         (tester, "gg/aws/in", function_arn("AwsUser")),
+        (tester, "gg/hog/in", function_arn("Hog")),
+        (function_arn("Hog"), "gg/hog/out", tester),
         (function_arn("AwsUser"), "gg/aws/out", tester),
         (tester, f"$aws/things/{TESTER}/shadow/update", "GGShadowService"),
         ("GGShadowService", f"$aws/things/{TESTER}/shadow/update/accepted", tester),
@@ -673,6 +697,19 @@ def test_idle_stopped_v1_workers_exit_cleanly_without_refused_requests(broker: B
     time.sleep(1.5)  # what a runtime that missed the retirement would spend retrying /work
     assert core_refused() == before
     assert "event=get-work-failed" not in gw.paths.function_log("Failer").read_text()
+
+
+@pytest.mark.parametrize("mode", ["huge", "grow"])
+def test_v1_worker_past_its_memory_limit_is_replaced_and_the_next_message_succeeds(broker: Broker, mode: str) -> None:
+    """A MemoryError (str() empty) or the kernel's OOM kill ends that worker alone; the message queued
+    right behind it gets a fresh worker instead of failing as 'died' in the dying one (issue 4)."""
+    breach, innocent = uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
+    broker.publish("gg/hog/in", {"mode": mode, "tag": breach})
+    broker.publish("gg/hog/in", {"mode": "hello", "tag": innocent})
+    hog_pid = broker.wait_for("gg/hog/out", lambda d: d["tag"] == breach)["pid"]
+    fresh_pid = broker.wait_for("gg/hog/out", lambda d: d["tag"] == innocent, timeout_s=20)["pid"]
+    assert fresh_pid != hog_pid
+    wait_until(lambda: not Path(f"/proc/{hog_pid}").exists(), 5, f"worker {hog_pid} gone")
 
 
 def test_publish_with_another_functions_source_is_refused(broker: Broker) -> None:

@@ -16,6 +16,8 @@ HEADER_CLIENT_CONTEXT = "X-Amz-Client-Context"
 HEADER_INVOCATION_ID = "X-Amz-InvocationId"
 HEADER_INVOCATION_TYPE = "X-Amz-Invocation-Type"
 HEADER_FUNCTION_ERROR = "X-Amz-Function-Error"
+# millgate's addition (a v1 core ignored unknown headers): this worker exits after this result
+HEADER_WORKER_EXITING = "X-Millgate-Worker-Exiting"
 API_VERSION = "2016-11-01"
 ROUTER_ARN = "arn:aws:lambda:::function:GGRouter"
 
@@ -113,12 +115,14 @@ class IPCClient:
             {HEADER_INVOCATION_ID: work_item.invocation_id},
         )
 
-    def post_handler_err(self, function_arn: str, invocation_id: str, handler_err: str) -> None:
+    def post_handler_err(
+        self, function_arn: str, invocation_id: str, handler_err: str, worker_exiting: bool = False
+    ) -> None:
+        headers = {HEADER_INVOCATION_ID: invocation_id, HEADER_FUNCTION_ERROR: "Handled"}
+        if worker_exiting:
+            headers[HEADER_WORKER_EXITING] = "true"
         self._request(
-            "POST",
-            self._url(function_arn, "/work"),
-            json.dumps({"errorMessage": handler_err}).encode("utf-8"),
-            {HEADER_INVOCATION_ID: invocation_id, HEADER_FUNCTION_ERROR: "Handled"},
+            "POST", self._url(function_arn, "/work"), json.dumps({"errorMessage": handler_err}).encode("utf-8"), headers
         )
 
     def get_workers_health(self) -> bytes:
