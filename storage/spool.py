@@ -8,6 +8,7 @@ It knows nothing of MQTT or of the cloud; one thread owns a Spool (sqlite3 conne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sqlite3
@@ -155,8 +156,11 @@ class DeadLetter:
     dead_at: float
 
 
-def _is_disk_full(exc: sqlite3.OperationalError) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+def is_disk_full(exc: BaseException) -> bool:
+    """An SQLite write or a file write that failed for want of space (SQLITE_FULL, ENOSPC, EDQUOT)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Spool:
@@ -356,7 +360,7 @@ class Spool:
         return result
 
     def _raise_unless_disk_full(self, exc: sqlite3.OperationalError) -> None:
-        if not _is_disk_full(exc):
+        if not is_disk_full(exc):
             raise SpoolUnwritable(f"spool {self.path}: write failed: {exc}") from None
         self._refresh_totals(force=True)  # what the failed transaction counted did not happen
         if self._disk_cap is None:
@@ -569,8 +573,8 @@ class Spool:
 
     # ---- internals --------------------------------------------------------------------------
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._db)
 
     def _bump(self, name: str, by: int = 1) -> None:
         self._db.execute(
@@ -594,8 +598,8 @@ class Spool:
             self._data_version = version
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+class Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (the bulk store uses it too)."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db

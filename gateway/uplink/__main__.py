@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from functools import partial
 
 from gateway.acl import UPLINK
 from gateway.component import ComponentContext, start_component, stop_on_signals
@@ -64,7 +65,15 @@ async def main() -> int:
     try:
         spool = storage.run(open_spool, ctx)
         bulk_store = (
-            storage.run(BulkStore, ctx.paths.state_dir / "bulk.db", ctx.paths.state_dir / "bulk")
+            storage.run(
+                partial(
+                    BulkStore,
+                    ctx.paths.state_dir / "bulk.db",
+                    ctx.paths.state_dir / "bulk",
+                    max_bytes=int(config.bulk.max_bytes),
+                    policy=config.spool.policy,
+                )
+            )
             if config.bulk
             else None
         )

@@ -66,6 +66,7 @@ class BulkUploader:
         self.metrics = metrics
         self.backoff = Backoff(initial_s=5.0, cap_s=600.0)
         self._failing: str | None = None
+        self._cut_blocked: str | None = None
         self.check_interval_s = min(CHECK_INTERVAL_S, config.max_batch_age_s / 4)
 
     def wants(self, topic: str) -> bool:
@@ -75,8 +76,11 @@ class BulkUploader:
         self.metrics.bulk_state = "idle"
         while True:
             await self.storage.call(self.store.cut, int(self.config.max_batch_bytes), self.config.max_batch_age_s)
+            self._set_cut_blocked(self.store.cut_blocked)
             pending = await self.storage.call(self.store.pending)
             waiting, _size, _oldest = await self.storage.call(self.store.waiting)
+            self.metrics.bulk_counters = await self.storage.call(self.store.counters)
+            self.metrics.bulk_bytes = self.store.bytes
             self.metrics.bulk_pending_batches = len(pending)
             self.metrics.bulk_pending_records = waiting + sum(b.records for b in pending)
             delay = self.check_interval_s
@@ -141,6 +145,20 @@ class BulkUploader:
             time.monotonic() - started,
         )
         return None
+
+    def _set_cut_blocked(self, reason: str | None) -> None:
+        if reason == self._cut_blocked:
+            return
+        self._cut_blocked = reason
+        if reason is None:
+            log.info("event=bulk-cutting-again path=%s", self.store.batch_dir)
+        else:
+            log.error(
+                "event=bulk-cut-blocked reason=%s action=records stay in %s and are batched once there is room; "
+                "free disk space",
+                reason,
+                self.store.path,
+            )
 
     def _set_failing(self, reason: str | None) -> None:
         if reason == self._failing:

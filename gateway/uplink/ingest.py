@@ -16,7 +16,7 @@ from gateway.storage_thread import StorageThread
 from gateway.uplink.message_properties import spooled_properties
 from gateway.uplink.metrics import UplinkMetrics
 from storage.bulk import BulkRecord, BulkStore
-from storage.spool import Message, Spool
+from storage.spool import AppendResult, Message, Spool
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class Ingest:
         ]
         if self.bulk is not None and len(spooled) < len(batch):
             records = [BulkRecord(r.topic, r.payload, now) for r in batch if self.is_bulk(r.topic)]
-            await self.storage.call(self.bulk.add, records)
+            added = await self.storage.call(self.bulk.add, records)
+            self._set_bulk_condition(added)
         if spooled:
             result = await self.storage.call(self.spool.append, spooled)
             condition = (
@@ -82,6 +83,28 @@ class Ingest:
                 )
         self.metrics.received.add(len(batch))
         self.metrics.received_bytes.add(sum(len(r.payload) + len(r.topic) for r in batch))
+
+    def _set_bulk_condition(self, added: AppendResult) -> None:
+        """The bulk store's cap or a full disk, logged once per change like the spool's."""
+        assert self.bulk is not None
+        condition = "disk-full" if added.disk_full else "full" if added.dropped_oldest or added.rejected else "ok"
+        previous, self.metrics.bulk_condition = self.metrics.bulk_condition, condition
+        if condition == previous:
+            return
+        if condition == "ok":
+            log.info("event=bulk-accepting path=%s", self.bulk.path)
+            return
+        log.error(
+            "event=bulk-%s path=%s policy=%s detail=%s; %s. Let the batches upload (check [bulk] windows and "
+            "S3), raise [bulk] max_bytes or free disk space",
+            condition,
+            self.bulk.path,
+            self.bulk.policy,
+            "the disk is full" if condition == "disk-full" else f"max_bytes={self.bulk.max_bytes} is reached",
+            f"dropping the oldest batches and records (dropped={added.dropped_oldest})"
+            if self.bulk.policy == "drop-oldest"
+            else f"refusing new records (rejected={added.rejected})",
+        )
 
     def _set_condition(self, condition: str, dropped: int, rejected: int) -> None:
         previous, self.metrics.spool_condition = self.metrics.spool_condition, condition

@@ -46,6 +46,9 @@ class UplinkMetrics:
     bulk_pending_records: int = 0
     bulk_uploaded: int = 0
     bulk_state: str = "disabled"
+    bulk_condition: str = "ok"  # ok | full | disk-full
+    bulk_bytes: int = 0
+    bulk_counters: dict[str, int] = field(default_factory=dict)
     downlinked: int = 0
 
     def sample(self) -> None:
@@ -79,6 +82,9 @@ class UplinkMetrics:
                 "batches_pending": self.bulk_pending_batches,
                 "records_pending": self.bulk_pending_records,
                 "uploaded": self.bulk_uploaded,
+                "condition": self.bulk_condition,
+                "bytes": self.bulk_bytes,
+                "counters": self.bulk_counters,
             },
         }
         if spool is not None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -227,23 +226,6 @@ def test_full_disk_follows_the_reject_new_policy(tmp_path: Path) -> None:
     results = [spool.append([Message("t", b"x" * 2000 + str(i).encode())]) for i in range(200)]
     assert any(r.disk_full and r.rejected == 1 for r in results)
     assert drain_all(spool)[0][1].endswith(b"x0")
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MB filesystem (tmpfs): a full disk fails at COMMIT or in the WAL, not only at INSERT
-    as SQLite's page limit does."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"the kernel refuses a tmpfs mount here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("policy", ["drop-oldest", "reject-new"])
