@@ -2,7 +2,10 @@
 connecting -> session-active (node ids and data types resolved) -> subscriptions-created -> running
 -> lost -> (backoff) -> connecting... Each session is a fresh asyncua client, so nothing stale from
 a dead server survives a reconnect; every monitored item is created again and its first notification
-re-reads the current value, while every node reads bad with the reason in between.
+re-reads the current value, while every node reads bad with the reason in between. A session is lost
+when the connection drops, when a subscription goes quiet past its keep-alive (publish_watch.py: the
+server dropped it while the session lives) and when any read, write or call is answered with a session
+or subscription error (BadSessionIdInvalid, BadSubscriptionIdInvalid, ...).
 
 It hands readings to the sink and performs writes and method calls; it never touches MQTT.
 """
@@ -18,8 +21,6 @@ from typing import Any
 
 from asyncua import Client, ua
 from asyncua.common.events import Event
-from asyncua.crypto import security_policies, uacrypto
-from cryptography.hazmat.primitives import serialization
 
 from adapters.base.commands import WriteRefused
 from adapters.base.device_health import DeviceHealth
@@ -34,8 +35,10 @@ from adapters.opcua.node_map import (
     read_method_inputs,
     resolve_node_ids,
 )
+from adapters.opcua.publish_watch import PublishWatch
 from adapters.opcua.quality import status_reason
-from adapters.opcua.trust import TrustError, TrustStore, Verdict
+from adapters.opcua.secure_channel import ChannelSecurity, ServerNotTrusted
+from adapters.opcua.trust import TrustStore
 from adapters.opcua.variants import bad_reading, reading_of, to_json, to_variant
 from gateway.adapter_config import OpcuaAdapter
 from gateway.backoff import Backoff
@@ -44,11 +47,6 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[Point, TagValue], None]
 EventSink = Callable[[EventBinding, dict[str, Any]], None]
-SECURITY_POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
-    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
-    "Aes128_Sha256_RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
-    "Aes256_Sha256_RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
-}
 SESSION_TIMEOUT_MS = 120_000  # the server drops a session we abandoned after this long
 CLOSE_TIMEOUT_S = 2.0
 MIN_PUBLISHING_MS = 50.0
@@ -68,6 +66,9 @@ SESSION_CODES = frozenset(
         ua.StatusCodes.BadTimeout,
     }
 )
+# a read, write or call answered with one of these: the session itself is gone, not just that request
+# (BadTimeout there is the server's device timing out, not the session)
+SERVICE_SESSION_CODES = SESSION_CODES - {ua.StatusCodes.BadTimeout}
 
 
 class State(StrEnum):
@@ -88,10 +89,6 @@ class CallFailed(Exception):
 
 class WriteFailed(Exception):
     """A write the server did not accept."""
-
-
-class ServerNotTrusted(Exception):
-    """The server's certificate is not in the adapter's trust list (or cannot be checked)."""
 
 
 def describe(exc: BaseException, endpoint: str, timeout_s: float) -> str:
@@ -146,14 +143,12 @@ class OpcuaSession:
         trust: TrustStore | None = None,
     ):
         self.config = config
-        self.trust = trust
-        self._rejected_logged: set[str] = set()  # server certificate thumbprints already logged
+        self.security = ChannelSecurity(config, certificate, trust)
         self.events = list(events)
         self.event_sink = event_sink
         self.nodes = nodes
         self.methods = methods
         self.sink = sink
-        self.certificate = certificate
         self.timeout_s = config.timeout_ms / 1000
         self.health = DeviceHealth(config.name, "server")
         self.backoff = Backoff(initial_s=BACKOFF_INITIAL_S, cap_s=config.backoff_max_ms / 1000)
@@ -170,6 +165,7 @@ class OpcuaSession:
         self._node_problems: dict[str, str] = {}
         self._event_problems: dict[str, str] = {}
         self._events_by_item: dict[int, EventBinding] = {}  # this session's monitored item id -> source
+        self.publish_watch = PublishWatch(config.endpoint, config.keepalive_ms, self.timeout_s)
         self.events_received = 0
 
     @property
@@ -206,7 +202,7 @@ class OpcuaSession:
         try:
             self._enter(State.CONNECTING)
             async with asyncio.timeout(self.timeout_s * 2):
-                await self._secure(client)
+                await self.security.apply(client)
                 await client.connect()
             self.sessions += 1
             self._enter(State.SESSION_ACTIVE)
@@ -221,10 +217,11 @@ class OpcuaSession:
             self.health.set_up()
             self.backoff.reset()
             async with asyncio.TaskGroup() as tasks:
-                pollers = [tasks.create_task(self._poll(client, ms, group)) for ms, group in self._poll_groups()]
+                workers = [tasks.create_task(self._poll(client, ms, group)) for ms, group in self._poll_groups()]
+                workers.append(tasks.create_task(self.publish_watch.run(self.signal_lost)))
                 await self._lost.wait()
-                for poller in pollers:
-                    poller.cancel()
+                for worker in workers:
+                    worker.cancel()
             return self._lost_reason or "session lost"
         except Exception as exc:
             if not isinstance(exc, OSError | TimeoutError | ConnectionError | ua.UaError | ServerNotTrusted):
@@ -233,6 +230,7 @@ class OpcuaSession:
         finally:
             self._client = None
             self._events_by_item = {}
+            self.publish_watch.clear()
             self.generation += 1
             await self._close(client)
 
@@ -252,66 +250,6 @@ class OpcuaSession:
 
         client.connection_lost_callback = lost
         return client
-
-    async def _secure(self, client: Client) -> None:
-        if self.config.security_policy == "None":
-            return
-        assert self.certificate is not None, "a secured adapter is started with its client certificate"
-        policy = SECURITY_POLICIES[self.config.security_policy]
-        mode = getattr(ua.MessageSecurityMode, self.config.security_mode)
-        server_certificate: str | bytes | None = self.config.server_certificate
-        if server_certificate is None:
-            server_certificate = await self._trusted_server_certificate(client, policy.URI, mode)
-        await client.set_security(
-            policy,
-            str(self.certificate.cert_path),
-            str(self.certificate.key_path),
-            server_certificate=server_certificate,
-            mode=mode,
-        )
-
-    async def _trusted_server_certificate(self, client: Client, policy_uri: str, mode: ua.MessageSecurityMode) -> bytes:
-        """The certificate of the endpoint we are about to use (from GetEndpoints over an unsecured
-        channel, as asyncua would fetch it), if the adapter's trust list trusts it; ServerNotTrusted if not."""
-        assert self.trust is not None, "a secured adapter is started with its trust list"
-        endpoints = await client.connect_and_get_server_endpoints()
-        endpoint = Client.find_endpoint(endpoints, mode, policy_uri)
-        cert = uacrypto.x509_from_der(endpoint.ServerCertificate)
-        if cert is None:
-            raise ServerNotTrusted(f"{self.config.endpoint} offers no server certificate for {policy_uri}")
-        der = cert.public_bytes(serialization.Encoding.DER)
-        first_use = self.config.trust == "first-use"
-        try:
-            verdict, seen = await asyncio.to_thread(self.trust.check, der, first_use)
-        except (TrustError, ValueError) as exc:
-            raise ServerNotTrusted(f"server certificate trust list: {exc}") from None
-        if verdict == Verdict.TRUSTED:
-            return der
-        if verdict == Verdict.TRUSTED_FIRST_USE:
-            log.warning(
-                "adapter=%s event=server-certificate-trusted-first-use endpoint=%s subject=%s sha1=%s path=%s",
-                self.config.name,
-                self.config.endpoint,
-                seen.subject,
-                seen.thumbprint,
-                seen.path,
-            )
-            return der
-        command = f"millgate opcua trust accept {self.config.name} {seen.thumbprint}"
-        if seen.thumbprint not in self._rejected_logged:
-            self._rejected_logged.add(seen.thumbprint)
-            log.warning(
-                "adapter=%s event=server-certificate-rejected endpoint=%s subject=%s sha1=%s path=%s hint=%s",
-                self.config.name,
-                self.config.endpoint,
-                seen.subject,
-                seen.thumbprint,
-                seen.path,
-                f"check the thumbprint on the server, then: {command}",
-            )
-        raise ServerNotTrusted(
-            f"server certificate {seen.subject} sha1={seen.thumbprint} is not trusted (accept it: {command})"
-        )
 
     async def _close(self, client: Client) -> None:
         with contextlib.suppress(Exception):
@@ -363,8 +301,7 @@ class OpcuaSession:
                 groups.setdefault(binding.config.sampling_ms, []).append(binding)
         handler = _Notifications(self, self.generation)
         for sampling_ms, group in sorted(groups.items()):
-            async with asyncio.timeout(self.timeout_s):
-                subscription = await client.create_subscription(max(float(sampling_ms), MIN_PUBLISHING_MS), handler)
+            subscription = await self.publish_watch.create(client, max(float(sampling_ms), MIN_PUBLISHING_MS), handler)
             for start in range(0, len(group), BATCH):
                 chunk = group[start : start + BATCH]
                 async with asyncio.timeout(self.timeout_s):
@@ -372,6 +309,12 @@ class OpcuaSession:
                 for binding, result in zip(chunk, results, strict=True):
                     if isinstance(result, ua.StatusCode):
                         binding.problem = status_reason(result.value)
+
+    def _check_session(self, exc: BaseException) -> None:
+        """A read, write or call that failed because the session is gone ends the session, whichever
+        service noticed it first."""
+        if isinstance(exc, ua.UaStatusCodeError) and exc.code in SERVICE_SESSION_CODES:
+            self.signal_lost(describe(exc, self.config.endpoint, self.timeout_s))
 
     async def _subscribe_events(self, client: Client) -> None:
         """One subscription for every event source; a source the server refuses gets a `problem`
@@ -382,8 +325,9 @@ class OpcuaSession:
         usable = [(e, e.node_id) for e in self.events if e.problem is None and e.node_id is not None]
         if not usable:
             return
-        async with asyncio.timeout(self.timeout_s):
-            subscription = await client.create_subscription(EVENTS_PUBLISHING_MS, _Notifications(self, self.generation))
+        subscription = await self.publish_watch.create(
+            client, EVENTS_PUBLISHING_MS, _Notifications(self, self.generation)
+        )
         for events, source in usable:
             try:
                 evfilter = await event_filter(client, events, self.timeout_s)
@@ -510,6 +454,7 @@ class OpcuaSession:
                 await node.write_attribute(ua.AttributeIds.Value, ua.DataValue(variant))
         except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
             self.health.writes_failed += 1
+            self._check_session(exc)
             raise WriteFailed(
                 f"{binding.point.key} ({binding.address}): {describe(exc, self.config.endpoint, self.timeout_s)}"
             ) from None
@@ -528,6 +473,7 @@ class OpcuaSession:
         try:
             inputs = await read_method_inputs(client, method, self.timeout_s)
         except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            self._check_session(exc)
             raise CallFailed(
                 f"method {name}: cannot read its input arguments: {describe(exc, '', timeout_s)}"
             ) from None
@@ -547,8 +493,10 @@ class OpcuaSession:
             async with asyncio.timeout(timeout_s):
                 [result] = await client.uaclient.call([request])
         except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
+            self._check_session(exc)
             raise CallFailed(f"method {name}: {describe(exc, self.config.endpoint, timeout_s)}") from None
         if not result.StatusCode.is_good():
+            self._check_session(ua.UaStatusCodeError(result.StatusCode.value))
             raise CallFailed(f"method {name}: the server answered {status_reason(result.StatusCode.value)}")
         return [to_json(v.Value if isinstance(v, ua.Variant) else v) for v in result.OutputArguments or []]
 

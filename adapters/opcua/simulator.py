@@ -1,7 +1,9 @@
 """A simulated OPC-UA server for the demo, the tests and the benchmark (`python -m adapters.opcua.simulator
 --port 14840`): an asyncua server whose Line2 object has changing variables, writable ones of several
 types and a method, an alarm event (Line2AlarmType, emitted by Line2 every --event-period seconds and
-by its RaiseAlarm method), optionally with Basic256Sha256 endpoints and N extra variables for load.
+by its RaiseAlarm method), optionally with Basic256Sha256 endpoints and N extra variables for load,
+and with --control, test hooks that fail clients from the server side (Simulator.DropSubscriptions,
+Simulator.CloseSubscribedSessions).
 
 It is a stand-in for plant equipment; the adapter never imports it.
 """
@@ -64,7 +66,7 @@ class Simulator:
         self.variables: dict[str, Any] = {}
         self.bench: list[ua.NodeId] = []
 
-    async def setup(self, cert_dir: Path | None = None, secure_only: bool = False) -> None:
+    async def setup(self, cert_dir: Path | None = None, secure_only: bool = False, control: bool = False) -> None:
         server = self.server
         await server.init()
         server.set_endpoint(f"opc.tcp://{self.host}:{self.port}/")
@@ -121,11 +123,54 @@ class Simulator:
             [ua.VariantType.String, ua.VariantType.UInt16],
             [],
         )
+        if control:
+            await self._add_control()
         if self.items:
             bench = await server.nodes.objects.add_object(self._id("Bench"), ua.QualifiedName("Bench", self.ns))
             for index in range(self.items):
                 var = await bench.add_variable(self._id(f"Bench.{index}"), f"{self.ns}:B{index}", 0.0)
                 self.bench.append(var.nodeid)
+
+    async def _add_control(self) -> None:
+        """Test hooks on a Simulator object (ns=2;s=Simulator), to fail a client's session or
+        subscriptions from the server side while its connection stays up."""
+        control = await self.server.nodes.objects.add_object(
+            self._id("Simulator"), ua.QualifiedName("Simulator", self.ns)
+        )
+        await control.add_method(
+            self._id("Simulator.DropSubscriptions"),
+            ua.QualifiedName("DropSubscriptions", self.ns),
+            self._drop_subscriptions,
+            [],
+            [ua.VariantType.UInt32],
+        )
+        await control.add_method(
+            self._id("Simulator.CloseSubscribedSessions"),
+            ua.QualifiedName("CloseSubscribedSessions", self.ns),
+            self._close_subscribed_sessions,
+            [],
+            [ua.VariantType.UInt32],
+        )
+
+    @uamethod
+    async def _drop_subscriptions(self, parent: ua.NodeId) -> int:
+        """Delete every subscription server-side, as a server that restarts its subscription engine or
+        lets one expire does; the sessions stay. Returns how many."""
+        service = self.server.iserver.subscription_service
+        ids = list(service.subscriptions)
+        await service.delete_subscriptions(ids)
+        return len(ids)
+
+    @uamethod
+    async def _close_subscribed_sessions(self, parent: ua.NodeId) -> int:
+        """Close, server-side, every session that owns a subscription (not the caller's, which has
+        none); their connections stay open and every later request gets a session error."""
+        owners = {sub.session_id for sub in self.server.iserver.subscription_service.subscriptions.values()}
+        # asyncua has no public list of sessions; the simulator is a test stand-in, so it reaches in
+        sessions = [s for s in self.server.iserver._external_sessions.values() if s.session_id in owners]
+        for session in sessions:
+            await session.close_session(delete_subs=True)
+        return len(sessions)
 
     def _id(self, name: str) -> ua.NodeId:
         return ua.NodeId(ua.String(name), ua.Int16(self.ns))
@@ -196,13 +241,16 @@ async def main() -> None:
     parser.add_argument("--items", type=int, default=0, help="extra Double variables Bench.0..N-1 (load tests)")
     parser.add_argument("--cert-dir", type=Path, default=None, help="serve Basic256Sha256 too, with a cert made here")
     parser.add_argument("--secure-only", action="store_true", help="with --cert-dir: no unsecured endpoint")
+    parser.add_argument(
+        "--control", action="store_true", help="test hooks: Simulator.DropSubscriptions, CloseSubscribedSessions"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     sim = Simulator(args.port, args.period, args.items, args.host, args.event_period)
     if args.cert_dir is not None:
         args.cert_dir.mkdir(parents=True, exist_ok=True)
-    await sim.setup(args.cert_dir, args.secure_only)
+    await sim.setup(args.cert_dir, args.secure_only, args.control)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
