@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{COMPONENT}: refusing to start on an invalid config:\n{exc}", file=sys.stderr)
         return 2
     config = loaded.gateway
-    setup_logging(COMPONENT, config.logging.level)
+    setup_logging(COMPONENT, config.logging.levels.get(COMPONENT, config.logging.level))
     settings = config.logging.cloudwatch
     if settings is None or not settings.enabled:
         log.info("event=not-started reason=[logging.cloudwatch] is absent or disabled")

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -188,3 +191,26 @@ def test_lines_buffered_in_an_outage_arrive_exactly_once_after_logship_is_killed
         assert all(f"outage{r}-" in "\n".join(_messages(moto_port, group, "system/broker")) for r in range(2))
     finally:
         server.stop()
+
+
+def test_logship_logs_at_its_own_level_from_logging_levels(tmp_path: Path, moto_port) -> None:
+    config = tmp_path / "etc"
+    config.mkdir()
+    (config / "gateway.toml").write_text(
+        GATEWAY.format(port=moto_port) + '\n[logging]\nlevel = "error"\nlevels = { logship = "info" }\n'
+    )
+    argv = [sys.executable, "-m", "gateway.cloudwatch_ship", "--config", str(config), "--state", str(tmp_path / "s")]
+    output = tmp_path / "logship.out"
+    with output.open("wb") as sink:
+        child = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        # event=starting is an info line: shown only if logship's own level, not the global one, applies
+        wait_until(lambda: "event=starting" in output.read_text(), 20, "logship's info line", interval_s=0.1)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    assert "INFO logship" in output.read_text()
