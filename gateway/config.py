@@ -121,10 +121,35 @@ def _window(value: str) -> str:
     return value
 
 
+# what a bulk key prefix may name (gateway/uplink/bulk_upload.object_key fills them), with sample values
+BULK_PREFIX_PLACEHOLDERS = {
+    "thing": "plant-a-gw1",
+    "yyyy": "2024",
+    "mm": "01",
+    "dd": "31",
+    "hh": "23",
+    "date": "2024-01-31",
+}
+
+
+def _bulk_prefix(value: str) -> str:
+    names = " ".join(f"{{{name}}}" for name in BULK_PREFIX_PLACEHOLDERS)
+    try:
+        value.format(**BULK_PREFIX_PLACEHOLDERS)
+    except KeyError as exc:
+        raise ValueError(f"unknown placeholder {{{exc.args[0]}}} in {value!r}; the placeholders are {names}") from None
+    except (ValueError, IndexError, AttributeError) as exc:
+        raise ValueError(
+            f"{value!r} is not a key template ({exc}); the placeholders are {names}, a literal brace is {{{{ or }}}}"
+        ) from None
+    return value
+
+
 class BulkSection(Strict):
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    # placeholders: {thing} {topic} {yyyy} {mm} {dd} {hh} {date}; times are UTC
-    prefix: str = "{thing}/{yyyy}/{mm}/{dd}/"
+    # placeholders: BULK_PREFIX_PLACEHOLDERS, the UTC time of the batch's first record. No {topic}: a
+    # batch mixes every bulk topic
+    prefix: Annotated[str, AfterValidator(_bulk_prefix)] = "{thing}/{yyyy}/{mm}/{dd}/"
     topics: list[TopicFilter] = Field(min_length=1)
     max_batch_bytes: ByteSize = Field(default=ByteSize(8_000_000), ge=1024)
     max_batch_age_s: float = Field(default=300.0, gt=0, le=7 * 86400)

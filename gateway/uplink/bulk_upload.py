@@ -26,18 +26,23 @@ CHECK_INTERVAL_S = 5.0
 
 
 def object_key(prefix: str, thing: str, batch: Batch) -> str:
-    """The S3 key of a batch: `prefix` with {thing} {yyyy} {mm} {dd} {hh} {date} (UTC of its first
-    record), then `<thing>-<first record time>-<batch id>.jsonl.gz`."""
+    """The S3 key of a batch: `prefix` with its placeholders (config.BULK_PREFIX_PLACEHOLDERS: {thing}
+    and the UTC time of the first record), then `<thing>-<first record time>-<batch id>.jsonl.gz`."""
     when = datetime.fromtimestamp(batch.first_ts, UTC)
-    filled = prefix.format(
-        thing=thing,
-        yyyy=f"{when:%Y}",
-        mm=f"{when:%m}",
-        dd=f"{when:%d}",
-        hh=f"{when:%H}",
-        date=f"{when:%Y-%m-%d}",
-    )
+    filled = prefix.format(**prefix_values(thing, when))
     return f"{filled}{thing}-{when:%Y%m%dT%H%M%SZ}-{batch.id:08d}.jsonl.gz"
+
+
+def prefix_values(thing: str, when: datetime) -> dict[str, str]:
+    """What each placeholder of config.BULK_PREFIX_PLACEHOLDERS stands for in one batch's key."""
+    return {
+        "thing": thing,
+        "yyyy": f"{when:%Y}",
+        "mm": f"{when:%m}",
+        "dd": f"{when:%d}",
+        "hh": f"{when:%H}",
+        "date": f"{when:%Y-%m-%d}",
+    }
 
 
 def in_window(windows: list[str], now: datetime) -> bool:

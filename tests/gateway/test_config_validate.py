@@ -330,6 +330,16 @@ CASES = {
         path="subscriptions[0]",
         message="source and target are both 'cloud'",
     ),
+    "bulk-prefix-unknown-placeholder": Broken(
+        gateway=GATEWAY + "[bulk]\nbucket = 'plant-data'\nprefix = '{thing}/{topic}/'\ntopics = ['plant/#']\n",
+        path="bulk.prefix",
+        message="unknown placeholder {topic} in '{thing}/{topic}/'; the placeholders are {thing} {yyyy}",
+    ),
+    "bulk-prefix-unbalanced-brace": Broken(
+        gateway=GATEWAY + "[bulk]\nbucket = 'plant-data'\nprefix = '{thing/{yyyy}/'\ntopics = ['plant/#']\n",
+        path="bulk.prefix",
+        message="'{thing/{yyyy}/' is not a key template",
+    ),
 }
 
 
