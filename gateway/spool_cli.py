@@ -16,18 +16,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.cli_support import load_quietly, paths_for
+from gateway.config import SpoolSection
 from storage.spool import Spool, SpoolError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-def _open(args: argparse.Namespace) -> Spool:
-
-    path = paths_for(args, load_quietly(args)).state_dir / "spool.db"
+def _open(args: argparse.Namespace) -> tuple[Spool, bool]:
+    """The spool with the configured cap and policy; False when the config is invalid and the
+    defaults stand in for them."""
+    loaded = load_quietly(args)
+    path = paths_for(args, loaded).state_dir / "spool.db"
     if not path.exists():
         raise SpoolError(f"no spool at {path} (the uplink has not run with this state directory)")
-    return Spool(path, rules=None)
+    section = loaded.gateway.spool if loaded is not None else SpoolSection()
+    return Spool(path, rules=None, max_bytes=int(section.max_bytes), policy=section.policy), loaded is not None
 
 
 def _payload(payload: bytes) -> dict[str, str]:
@@ -39,7 +43,8 @@ def _payload(payload: bytes) -> dict[str, str]:
 
 def cmd_spool_stats(args: argparse.Namespace) -> int:
     try:
-        with closing(_open(args)) as spool:
+        opened, configured = _open(args)
+        with closing(opened) as spool:
             stats = spool.stats(by_priority=True)
     except SpoolError as exc:
         print(f"millgate spool: {exc}", file=sys.stderr)
@@ -48,7 +53,8 @@ def cmd_spool_stats(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "messages": stats.messages,
         "bytes": stats.bytes,
-        "max_bytes": stats.max_bytes,
+        "max_bytes": stats.max_bytes if configured else None,
+        "policy": spool.policy if configured else None,
         "oldest_age_s": age,
         "dead_letters": stats.dead_letters,
         "by_priority": stats.by_priority,
@@ -58,6 +64,10 @@ def cmd_spool_stats(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     print(f"waiting:      {stats.messages} messages, {stats.bytes} bytes")
+    if configured:
+        print(f"cap:          {stats.max_bytes} bytes, {spool.policy} when full")
+    else:
+        print("cap:          unknown: the config does not validate (`millgate config validate`)")
     print(f"oldest:       {f'{age} s ago' if age is not None else '-'}")
     print(f"dead letters: {stats.dead_letters}")
     for level, count in stats.by_priority.items():
@@ -100,7 +110,7 @@ def _write_export(spool: Spool, out: TextIO, dead: bool) -> int:
 
 def cmd_spool_export(args: argparse.Namespace) -> int:
     try:
-        with closing(_open(args)) as spool:
+        with closing(_open(args)[0]) as spool:
             if args.file == "-":
                 count = _write_export(spool, sys.stdout, args.dead_letters)
             else:
@@ -116,7 +126,7 @@ def cmd_spool_export(args: argparse.Namespace) -> int:
 
 def cmd_spool_purge(args: argparse.Namespace) -> int:
     try:
-        with closing(_open(args)) as spool:
+        with closing(_open(args)[0]) as spool:
             count = spool.purge(args.topic)
     except SpoolError as exc:
         print(f"millgate spool: {exc}", file=sys.stderr)

@@ -73,3 +73,23 @@ def test_stats_without_a_spool_says_where_it_looked(tmp_path: Path, capsys) -> N
     (tmp_path / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
     assert spool_cli(tmp_path, tmp_path / "var", "stats") == 1
     assert str(tmp_path / "var" / "spool.db") in capsys.readouterr().err
+
+
+def test_stats_shows_the_configured_cap_and_policy(filled, capsys) -> None:
+    config, state = filled
+    (config / "gateway.toml").write_text(
+        '[gateway]\nthing_name = "gw"\n[spool]\nmax_bytes = "5MB"\npolicy = "reject-new"\n'
+    )
+    assert spool_cli(config, state, "stats", "--json") == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["max_bytes"] == 5_000_000 and stats["policy"] == "reject-new"
+    assert spool_cli(config, state, "stats") == 0
+    assert "cap:          5000000 bytes, reject-new when full" in capsys.readouterr().out
+
+
+def test_stats_with_an_invalid_config_does_not_invent_a_cap(filled, capsys) -> None:
+    config, state = filled
+    (config / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n[spool]\nmax_bytes = "lots"\n')
+    assert spool_cli(config, state, "stats", "--json") == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["messages"] == 3 and stats["max_bytes"] is None
