@@ -9,6 +9,7 @@ messages and hands them over, in order, through the v1 API.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -32,11 +33,13 @@ from gateway.component import component_arguments, component_credentials, stop_o
 from gateway.credentials import Credentials
 from gateway.function_deploy import read_manifest
 from gateway.logs import setup_logging as setup_component_logging
-from gateway.mqtt import LocalMqtt, Received
+from gateway.mqtt import LocalMqtt, MqttError, Received
 from gateway.paths import GatewayPaths
 from gateway.topics import invoke_topic
 
 log = logging.getLogger("functions.pinned")
+
+REPLY_TIMEOUT_S = 10.0
 
 
 class PinnedFunction:
@@ -52,6 +55,14 @@ class PinnedFunction:
         self.init_state = "loading"
         self.problems: list[str] = []
         self.acknowledge: Callable[[Received], None] = lambda _message: None
+        self.mqtt: LocalMqtt | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, mqtt: LocalMqtt) -> None:
+        """Use `mqtt` (running on the current loop) for acknowledgements and invocation answers."""
+        self.mqtt = mqtt
+        self.loop = asyncio.get_running_loop()
+        self.acknowledge = mqtt.ack
 
     def status(self) -> dict[str, Any]:
         return {
@@ -68,19 +79,22 @@ class PinnedFunction:
 
     async def on_message(self, message: Received) -> None:
         with self.wakeup:
-            if len(self.inbox) >= self.queue_size:
-                self.stats.rejected += 1
-                if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
-                    log.error(
-                        "function=%s event=queue-full rejected=%d queue_size=%d",
-                        self.name,
-                        self.stats.rejected,
-                        self.queue_size,
-                    )
-                self.acknowledge(message)  # rejected for good: not to be delivered again
-                return
-            self.inbox.append(message)
-            self.wakeup.notify()
+            accepted = len(self.inbox) < self.queue_size
+            if accepted:
+                self.inbox.append(message)
+                self.wakeup.notify()
+        if accepted:
+            return
+        self.stats.rejected += 1
+        if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
+            log.error(
+                "function=%s event=queue-full rejected=%d queue_size=%d",
+                self.name,
+                self.stats.rejected,
+                self.queue_size,
+            )
+        await self.reply(message, None, "Unhandled", "input queue full: message rejected")
+        self.acknowledge(message)  # rejected for good: not to be delivered again
 
     def load(self, code_dir: Path, handler: str) -> None:
         """Run in its own thread: the module's init may never return, and that is allowed."""
@@ -110,7 +124,30 @@ class PinnedFunction:
             if not outcome.ok:
                 self.stats.errors += 1
                 log.error("function=%s event=handler-error error=%r\n%s", self.name, outcome.error, outcome.traceback)
+                self.reply_from_thread(message, None, "Handled", outcome.error)
+            else:
+                self.reply_from_thread(message, outcome.result, None, None)
             self.acknowledge(message)
+
+    def reply_from_thread(self, message: Received, result: Any, function_error: str | None, error: Any) -> None:
+        """Answer an SDK `invoke` (a message with a response topic) as the on-demand dispatcher does."""
+        if not message.response_topic or self.loop is None:
+            return
+        sent = asyncio.run_coroutine_threadsafe(self.reply(message, result, function_error, error), self.loop)
+        try:
+            sent.result(REPLY_TIMEOUT_S + 1)
+        except TimeoutError:
+            sent.cancel()
+
+    async def reply(self, message: Received, result: Any, function_error: str | None, error: Any) -> None:
+        # the same answer document as functions/dispatcher.py's, which the SDK's invoke reads
+        if not message.response_topic or self.mqtt is None:
+            return
+        answer = {"result": result, "function_error": function_error, "error": error}
+        try:
+            await self.mqtt.publish(message.response_topic, json.dumps(answer), qos=1, timeout_s=REPLY_TIMEOUT_S)
+        except (MqttError, TimeoutError) as exc:
+            log.warning("function=%s event=reply-not-sent topic=%s reason=%s", self.name, message.response_topic, exc)
 
 
 @dataclass(frozen=True)
@@ -190,7 +227,7 @@ async def main(runner: Runner) -> None:
         manual_ack=True,
         persistent_session=True,
     )
-    pinned.acknowledge = mqtt.ack
+    pinned.bind(mqtt)
     if not pinned.problems:
         limit_address_space(spec.memory_mb)
         threading.Thread(

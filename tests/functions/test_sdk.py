@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.gateway import RunningGateway, start_gateway
+from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
 from tests.functions.test_runtime import invoke
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running functions under other uids needs root")
@@ -175,3 +176,25 @@ def test_sdk_shadow_calls_from_inside_a_function(gw: RunningGateway, name: str |
     other = gw.cli("shadow", "get", thing, *(() if name else ("--name", "recipe")))
     assert other.returncode == 1 and json.loads(other.stdout)["code"] == 404
 
+
+def test_invoke_of_a_long_lived_function_waits_for_its_answer(gw: RunningGateway) -> None:
+    answer = invoke(gw, "answerer", {"direct": True})
+    assert answer["function_error"] is None and answer["result"]["echo"] == {"direct": True}, answer
+    nested = invoke(gw, "caller", {"action": "wait"})
+    assert nested["function_error"] is None, nested
+    assert nested["result"]["echo"] == {"n": 1} and nested["result"]["pid"] == answer["result"]["pid"]
+    # the handler's exception reaches the invoker as Greengrass v1's 'Handled' function error
+    failed = invoke(gw, "caller", {"action": "fail"})
+    assert failed["result"]["kind"] == "Handled" and "asked to fail" in failed["result"]["detail"], failed
+
+
+def test_invoke_of_a_long_lived_function_without_waiting(gw: RunningGateway) -> None:
+    operator = gw.client("operator")
+    seen: list[dict] = []
+    operator.on_message = lambda _c, _u, m: seen.append(json.loads(m.payload))
+    operator.subscribe("results/answerer", qos=1)
+    time.sleep(0.3)
+    reply = invoke(gw, "caller", {"action": "no-wait"})
+    assert reply["function_error"] is None and reply["result"] == {"returned": None}, reply
+    wait_until(lambda: seen, 10, "the long-lived function to get the event invocation")
+    assert seen[0] == {"got": {"n": 2, "publish": True}}
