@@ -1,9 +1,9 @@
 """A simulated OPC-UA server for the demo, the tests and the benchmark (`python -m adapters.opcua.simulator
 --port 14840`): an asyncua server whose Line2 object has changing variables, writable ones of several
 types and a method, an alarm event (Line2AlarmType, emitted by Line2 every --event-period seconds and
-by its RaiseAlarm method), optionally with Basic256Sha256 endpoints and N extra variables for load,
-and with --control, test hooks that fail clients from the server side (Simulator.DropSubscriptions,
-Simulator.CloseSubscribedSessions).
+by its RaiseAlarm method), optionally with secured endpoints (Basic256Sha256, Aes128_Sha256_RsaOaep,
+Aes256_Sha256_RsaPss; Sign and SignAndEncrypt), N extra variables for load, and with --control, test
+hooks that fail clients from the server side (Simulator.DropSubscriptions, CloseSubscribedSessions).
 
 It is a stand-in for plant equipment; the adapter never imports it.
 """
@@ -41,6 +41,13 @@ VARIABLES: dict[str, tuple[ua.VariantType, Any, bool]] = {
 }
 
 
+# with --cert-dir: every policy asyncua's server and client both implement, in both modes
+SECURED_POLICIES = [
+    getattr(ua.SecurityPolicyType, f"{policy}_{mode}")
+    for policy in ("Basic256Sha256", "Aes128Sha256RsaOaep", "Aes256Sha256RsaPss")
+    for mode in ("Sign", "SignAndEncrypt")
+    if hasattr(ua.SecurityPolicyType, f"{policy}_{mode}")
+]
 ALARM_TYPE = "Line2AlarmType"  # ns=2;s=Line2AlarmType, a BaseEventType with a Temperature property
 ALARM_SEVERITIES = (100, 500, 900)  # cycled by the periodic alarm
 
@@ -85,10 +92,7 @@ class Simulator:
             )
             await server.load_certificate(str(cert))
             await server.load_private_key(str(key))
-            policies += [
-                ua.SecurityPolicyType.Basic256Sha256_Sign,
-                ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
-            ]
+            policies += SECURED_POLICIES
         server.set_security_policy(policies)
         self.ns = await server.register_namespace(NAMESPACE)
         line = await server.nodes.objects.add_object(self._id("Line2"), ua.QualifiedName("Line2", self.ns))
@@ -239,7 +243,9 @@ async def main() -> None:
         "--event-period", type=float, default=5.0, help="seconds between Line2AlarmType events (0: only RaiseAlarm)"
     )
     parser.add_argument("--items", type=int, default=0, help="extra Double variables Bench.0..N-1 (load tests)")
-    parser.add_argument("--cert-dir", type=Path, default=None, help="serve Basic256Sha256 too, with a cert made here")
+    parser.add_argument(
+        "--cert-dir", type=Path, default=None, help="serve the secured policies too, with a cert made here"
+    )
     parser.add_argument("--secure-only", action="store_true", help="with --cert-dir: no unsecured endpoint")
     parser.add_argument(
         "--control", action="store_true", help="test hooks: Simulator.DropSubscriptions, CloseSubscribedSessions"

@@ -1,6 +1,8 @@
 """The OPC-UA session against the simulator (a real asyncua server in its own process): subscribed and
 polled values with quality and both timestamps, the server-side deadband, writes in the node's own
-data type, method calls, a server restart, an endpoint that is not there yet, and a secured endpoint."""
+data type, method calls, a server restart, an endpoint that is not there yet, and every security policy
+and mode asyncua implements (Basic256Sha256, Aes128_Sha256_RsaOaep, Aes256_Sha256_RsaPss; Sign and
+SignAndEncrypt)."""
 
 from __future__ import annotations
 
@@ -204,13 +206,36 @@ def test_missing_endpoint_is_reported_and_retried_until_it_appears(opcua_simulat
     asyncio.run(scenario())
 
 
-def test_basic256sha256_sign_and_encrypt_with_a_generated_client_certificate(opcua_simulator, tmp_path: Path) -> None:
+def server_supports(policy: str, mode: str) -> bool:
+    """Does the installed asyncua's server offer this policy and mode (its SecurityPolicyType)?"""
+    return hasattr(ua.SecurityPolicyType, f"{policy.replace('_', '')}_{mode}")
+
+
+SECURED = [
+    pytest.param(
+        policy,
+        mode,
+        id=f"{policy}-{mode}",
+        marks=pytest.mark.skipif(
+            not server_supports(policy, mode), reason=f"asyncua's server has no {policy} {mode} endpoint"
+        ),
+    )
+    for policy in ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+    for mode in ("Sign", "SignAndEncrypt")
+]
+
+
+@pytest.mark.parametrize(("policy", "mode"), SECURED)
+def test_every_security_policy_and_mode_with_a_generated_client_certificate(
+    opcua_simulator, tmp_path: Path, policy: str, mode: str
+) -> None:
+    # the secure-only simulator offers one endpoint per policy and mode: connecting proves that pair is used
     sim = opcua_simulator("--period", "0.1", "--cert-dir", str(tmp_path / "server"), "--secure-only")
     config = adapter_config(
         sim.endpoint,
         [{"name": "temperature", "node_id": "ns=2;s=Line2.Temperature"}],
-        security_policy="Basic256Sha256",
-        security_mode="SignAndEncrypt",
+        security_policy=policy,
+        security_mode=mode,
         trust="first-use",
     )
     cert_path, key_path = tmp_path / "client" / "client-cert.der", tmp_path / "client" / "client-key.pem"
