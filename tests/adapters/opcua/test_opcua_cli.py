@@ -2,7 +2,8 @@
 certificate is made on first use, kept afterwards, and printed with its subject, validity and the
 thumbprints an operator compares on the server; unknown adapters and missing files are reported.
 `millgate opcua trust list|accept|reject` shows and moves server certificates between the adapter's
-trusted/ and rejected/ folders."""
+trusted/ and rejected/ folders. `millgate opcua browse` prints the simulator's address space (a real
+asyncua server in its own process) down to --depth."""
 
 from __future__ import annotations
 
@@ -130,3 +131,28 @@ def test_trust_list_accept_and_reject_move_server_certificates(tmp_path: Path) -
     assert malformed.returncode == 2 and "'12:34' is not a SHA-1 thumbprint" in malformed.stderr
     unknown = run_cli("opcua", "trust", "list", "line9", config=config, state=state)
     assert unknown.returncode == 2 and "no OPC-UA adapter 'line9'" in unknown.stderr
+
+
+def test_browse_prints_the_simulator_address_space_to_the_requested_depth(opcua_simulator) -> None:
+    sim = opcua_simulator("--period", "60")
+    shallow = run_cli("opcua", "browse", sim.endpoint, "--depth", "1")
+    assert shallow.returncode == 0, shallow.stderr
+    lines = shallow.stdout.splitlines()
+    assert lines[0] == f"{sim.endpoint} (Objects, depth 1)"
+    assert "Line2  [Object]  node_id=ns=2;s=Line2  browse_path=2:Line2" in lines
+    assert any(line.startswith("Server  [Object]  node_id=i=2253") for line in lines)
+    assert not any(line.startswith("  ") for line in lines[1:])  # nothing below the first level
+    assert "Temperature" not in shallow.stdout
+
+    deep = run_cli("opcua", "browse", sim.endpoint, "--depth", "2")
+    assert deep.returncode == 0, deep.stderr
+    rows = {line.split()[0]: line for line in deep.stdout.splitlines()[1:] if line.startswith("  ") and "ns=2" in line}
+    assert rows["Temperature"].startswith("  Temperature  [Variable]  node_id=ns=2;s=Line2.Temperature  type=Double")
+    assert rows["Temperature"].endswith("browse_path=2:Line2/2:Temperature")
+    assert "node_id=ns=2;s=Line2.Setpoint  type=Int16  value=100  browse_path=2:Line2/2:Setpoint" in rows["Setpoint"]
+    assert "node_id=ns=2;s=Line2.Mode  type=String  value='auto'" in rows["Mode"]
+    assert rows["SetCounter"].startswith("  SetCounter  [Method]  node_id=ns=2;s=Line2.SetCounter")
+
+    sim.stop()
+    gone = run_cli("opcua", "browse", sim.endpoint, "--timeout", "1")
+    assert gone.returncode == 1 and sim.endpoint in gone.stderr and not gone.stdout
