@@ -1,5 +1,6 @@
-"""Memory limits for a worker process: a cgroup (v2, or v1's memory controller) where this machine lets
-millgate write one, otherwise RLIMIT_AS set by the worker itself before user code loads.
+"""Memory limits for a worker process: a cgroup (v2 with the memory controller enabled for millgate's
+subtree, or v1's memory controller) where this machine lets millgate write one, otherwise RLIMIT_AS set
+by the worker itself before user code loads. It logs which one is in use when that changes.
 """
 
 from __future__ import annotations
@@ -8,52 +9,148 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+GROUP_DIR = "millgate"
 MIB = 1024 * 1024
 THREAD_STACK_BYTES = 1024 * 1024
 RUNTIME_HEADROOM_MB = 64  # the runtime's own MQTT and I/O threads, started after the limit is set
 
+_reported: list[str] = []  # the mechanism last logged, so a change is logged once
+_refusal: list[str] = []  # why the last placement fell back to RLIMIT_AS
+_swept: list[bool] = []
+
 
 def cgroup_kind() -> str:
-    """'v2', 'v1' or 'none': what `place_in_cgroup` would use here."""
-    if (CGROUP_ROOT / "cgroup.controllers").exists() and os.access(CGROUP_ROOT, os.W_OK):
-        return "v2"
+    """'v2', 'v1' or 'none': what `place_in_cgroup` would try here (it only looks)."""
+    controllers = CGROUP_ROOT / "cgroup.controllers"
+    if controllers.exists() and os.access(CGROUP_ROOT, os.W_OK):
+        with contextlib.suppress(OSError):
+            if "memory" in controllers.read_text().split():
+                return "v2"
     if (CGROUP_ROOT / "memory" / "cgroup.procs").exists() and os.access(CGROUP_ROOT / "memory", os.W_OK):
         return "v1"
     return "none"
 
 
-def place_in_cgroup(group: str, pid: int, memory_mb: int) -> str | None:
-    """Put `pid` in cgroup millgate/<group> with a memory cap; the kind used, or None if none could be."""
+def mechanism_description() -> tuple[str, str]:
+    """(mechanism, why) for `millgate check`: 'cgroup v2', 'cgroup v1' or 'RLIMIT_AS'."""
     kind = cgroup_kind()
+    if kind == "v2":
+        enabled = _subtree_controllers(CGROUP_ROOT)
+        how = "enabled" if "memory" in enabled else "available; enabled for millgate's subtree at the first worker"
+        return "cgroup v2", f"memory controller {how} ({CGROUP_ROOT}/{GROUP_DIR}/<worker>/memory.max)"
+    if kind == "v1":
+        return "cgroup v1", f"memory controller writable ({CGROUP_ROOT}/memory/{GROUP_DIR}/<worker>)"
+    if (CGROUP_ROOT / "cgroup.controllers").exists():
+        why = "cgroup v2 without a writable memory controller here (not root, or not delegated)"
+    else:
+        why = "no writable cgroup memory controller"
+    return "RLIMIT_AS", why
+
+
+def _subtree_controllers(directory: Path) -> set[str]:
+    try:
+        return set((directory / "cgroup.subtree_control").read_text().split())
+    except OSError:
+        return set()
+
+
+def _enable_memory(directory: Path) -> None:
+    """Let `directory`'s children have memory.max; raises OSError with the kernel's refusal."""
+    if "memory" not in _subtree_controllers(directory):
+        (directory / "cgroup.subtree_control").write_text("+memory")
+
+
+def fallback_reason() -> str | None:
+    """Why the last worker got RLIMIT_AS instead of a cgroup (the kernel's refusal); None if it did not."""
+    return _refusal[0] if _refusal else None
+
+
+def _report(mechanism: str, reason: str = "") -> None:
+    _refusal[:] = [reason] if reason else []
+    if _reported[-1:] != [mechanism]:
+        _reported[:] = [mechanism]
+        level = logging.INFO if mechanism.startswith("cgroup") else logging.WARNING
+        log.log(level, "event=memory-limit mechanism=%s%s", mechanism, f" reason={reason!r}" if reason else "")
+
+
+def _base(kind: str) -> Path:
+    return CGROUP_ROOT / GROUP_DIR if kind == "v2" else CGROUP_ROOT / "memory" / GROUP_DIR
+
+
+def _sweep(base: Path) -> None:
+    """Groups of workers that are gone (a core killed before it could clean up): <function>-<pid>."""
+    if _swept:
+        return
+    _swept.append(True)
+    for group in base.iterdir() if base.is_dir() else ():
+        pid = group.name.rpartition("-")[2]
+        if group.is_dir() and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(OSError):
+                group.rmdir()
+
+
+def place_in_cgroup(group: str, pid: int, memory_mb: int) -> str | None:
+    """Put `pid` in cgroup millgate/<group> with a memory cap; the kind used, or None (RLIMIT_AS then)."""
+    kind = cgroup_kind()
+    if kind == "none":
+        _report("RLIMIT_AS", mechanism_description()[1])
+        return None
+    base = _base(kind)
+    path = base / group
     try:
         if kind == "v2":
-            path = CGROUP_ROOT / "millgate" / group
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "memory.max").write_text(str(memory_mb * MIB))
-            (path / "memory.swap.max").write_text("0")
-        elif kind == "v1":
-            path = CGROUP_ROOT / "memory" / "millgate" / group
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "memory.limit_in_bytes").write_text(str(memory_mb * MIB))
+            _enable_memory(CGROUP_ROOT)
+            base.mkdir(exist_ok=True)
+            _enable_memory(base)
         else:
-            return None
+            base.mkdir(exist_ok=True)
+        _sweep(base)
+        path.mkdir(exist_ok=True)
+        if kind == "v2":
+            (path / "memory.max").write_text(str(memory_mb * MIB))
+            with contextlib.suppress(FileNotFoundError):  # no swap accounting: nothing to turn off
+                (path / "memory.swap.max").write_text("0")
+        else:
+            (path / "memory.limit_in_bytes").write_text(str(memory_mb * MIB))
         (path / "cgroup.procs").write_text(str(pid))
-        return kind
     except OSError as exc:
-        log.info("event=cgroup-unavailable kind=%s reason=%s fallback=RLIMIT_AS", kind, exc)
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        _report("RLIMIT_AS", f"cgroup {kind} refused: {exc}")
         return None
+    _report(f"cgroup-{kind}")
+    return kind
+
+
+def cgroup_path(group: str) -> Path | None:
+    """Where `group` lives, if it exists (v2 or v1)."""
+    for kind in ("v2", "v1"):
+        if (_base(kind) / group).is_dir():
+            return _base(kind) / group
+    return None
 
 
 def remove_cgroup(group: str) -> None:
-    for base in (CGROUP_ROOT / "millgate", CGROUP_ROOT / "memory" / "millgate"):
-        with contextlib.suppress(OSError):
-            (base / group).rmdir()
+    """Remove the worker's group, ending what its worker left running in it (a group with a process
+    cannot be removed)."""
+    path = cgroup_path(group)
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+    try:
+        path.rmdir()
+    except OSError as exc:
+        log.warning("event=cgroup-not-removed group=%s reason=%s", path, exc)
 
 
 def limit_address_space(memory_mb: int) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from functions.limits import mechanism_description
 from gateway.broker_config import BrokerNotInstalled, mosquitto_binary
 from gateway.paths import UNIX_SOCKET_MAX, GatewayPaths
 from gateway.service_user import SERVICE_USER
@@ -157,16 +158,20 @@ def check_supervisor() -> CheckResult:
     return CheckResult(name, True, True, text, "")
 
 
-def check_cgroup_v2() -> CheckResult:
-    name = "cgroup v2"
-    if CGROUP2_CONTROLLERS.exists():
-        return CheckResult(name, True, False, "unified hierarchy: function memory limits use cgroups", "")
+def check_memory_limits() -> CheckResult:
+    """Which mechanism caps a function worker's memory here (functions.limits decides the same way)."""
+    name = "memory limits"
+    mechanism, why = mechanism_description()
+    if mechanism != "RLIMIT_AS":
+        return CheckResult(name, True, False, f"{mechanism}: {why}", "")
+    if os.geteuid() != 0:
+        fix = "run the gateway as root (it then uses cgroups where the kernel has a memory controller)"
+    elif CGROUP2_CONTROLLERS.exists():
+        fix = "give this cgroup the memory controller (outside a container, or delegate it to the container)"
+    else:
+        fix = "for cgroup memory limits, boot with systemd.unified_cgroup_hierarchy=1 on the kernel command line"
     return CheckResult(
-        name,
-        False,
-        False,
-        f"no {CGROUP2_CONTROLLERS} (cgroup v1 or hybrid): function memory limits fall back to RLIMIT_AS",
-        "for cgroup memory limits, boot with systemd.unified_cgroup_hierarchy=1 on the kernel command line",
+        name, False, False, f"RLIMIT_AS: {why}; a worker's address space is capped instead (a looser limit)", fix
     )
 
 
@@ -274,7 +279,7 @@ MACHINE_CHECKS: tuple[Callable[[], CheckResult], ...] = (
     check_python,
     check_mosquitto,
     check_supervisor,
-    check_cgroup_v2,
+    check_memory_limits,
     check_service_user,
 )
 
