@@ -62,7 +62,8 @@ def function_environment(
     native = worker_environment(function, paths, thing, code_dir)
     if function.runtime != "greengrass-v1":
         return native
-    return v1_environment(native, function, version, thing, group_id(loaded))
+    group_name = loaded.gateway.discovery.group_name
+    return v1_environment(native, function, version, thing, group_id(loaded), group_name)
 
 
 def runner_spec(

@@ -73,6 +73,8 @@ class DiscoverySection(Strict):
     port: int = Field(default=8443, ge=1, le=65535)
     addresses: list[Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]] = []
     group_id: str | None = Field(default=None, min_length=1, max_length=128)  # default: the thing name
+    # the group's name (a Greengrass v1 group's Name): AWS_GREENGRASS_GROUP_NAME of v1 functions; default: group_id
+    group_name: str | None = Field(default=None, min_length=1, max_length=128)
     core_thing_arn: str | None = Field(default=None, min_length=1)  # default: a local arn for the thing
 
 

@@ -65,6 +65,7 @@ class Plan:
 
     thing_name: str = ""
     group_id: str | None = None
+    group_name: str | None = None
     logging: dict[str, Any] = field(default_factory=dict)
     resources: list[dict[str, Any]] = field(default_factory=list)
     functions: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +112,7 @@ def _map_core(export: Export, plan: Plan) -> None:
     if core.SyncShadow:
         plan.shadows.append({"thing": plan.thing_name, "sync": "both"})
     plan.group_id = export.group_id
+    plan.group_name = export.group_name
     if core.CertificateArn:
         plan.note("core", "the core's AWS IoT certificate is not imported: set [cloud] cert_file/key_file to it")
 
@@ -491,8 +493,13 @@ def render_gateway_toml(plan: Plan, source: Path) -> str:
         f"thing_name = {_toml_value(plan.thing_name)}",
         "",
     ]
+    discovery = []
     if plan.group_id:
-        lines += ["[discovery]", f"group_id = {_toml_value(plan.group_id)}  # devices keep discovering this group", ""]
+        discovery.append(f"group_id = {_toml_value(plan.group_id)}  # devices keep discovering this group")
+    if plan.group_name:
+        discovery.append(f"group_name = {_toml_value(plan.group_name)}  # AWS_GREENGRASS_GROUP_NAME")
+    if discovery:
+        lines += ["[discovery]", *discovery, ""]
     if plan.logging:
         lines += ["[logging]", *(f"{k} = {_toml_value(v)}" for k, v in plan.logging.items()), ""]
     for table, items in (

@@ -43,7 +43,9 @@ def my_function_arn(function: Function, version: str) -> str:
     return function_arn_for(function.name, function.arn, version, region_of(function))
 
 
-def v1_environment(base: dict[str, str], function: Function, version: str, thing: str, group_id: str) -> dict[str, str]:
+def v1_environment(
+    base: dict[str, str], function: Function, version: str, thing: str, group_id: str, group_name: str | None = None
+) -> dict[str, str]:
     """The worker environment of a v1 function, without its token (added per worker)."""
     arn = parse_function_arn(my_function_arn(function, version))
     env = {
@@ -61,7 +63,7 @@ def v1_environment(base: dict[str, str], function: Function, version: str, thing
         "AWS_DEFAULT_REGION": arn.region,
         "AWS_IOT_THING_NAME": thing,
         "AWS_IOT_THING_ARN": f"arn:{arn.partition}:iot:{arn.region}:{arn.account or LOCAL_ACCOUNT}:thing/{thing}",
-        "AWS_GREENGRASS_GROUP_NAME": group_id,
+        "AWS_GREENGRASS_GROUP_NAME": group_name or group_id,
         "GROUP_ID": group_id,
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": credential_provider_uri(function.daemon_port),
         # resources are at their host paths (no container), so prefix + DestinationPath finds them

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.config_loader import load_config
 from gateway.greengrass_import import NOTES_FILE, ImportFailed, ImportOptions, add_import_parser, import_group
-from tests.greengrass.v1_group import V1Function, function_arn, thing_arn, write_export
+from tests.greengrass.v1_group import GROUP_ID, GROUP_NAME, V1Function, function_arn, thing_arn, write_export
 
 HANDLER = "def function_handler(event, context):\n    return event\n"
 
@@ -91,6 +91,8 @@ def test_import_writes_a_valid_config_and_lists_what_did_not_map(tmp_path: Path)
     loaded = load_config(tmp_path / "etc")
     config = loaded.gateway
     assert config.gateway.thing_name == "core-thing"
+    # group.json's Id and Name: devices discover the group by id, v1 functions read the name
+    assert (config.discovery.group_id, config.discovery.group_name) == (GROUP_ID, GROUP_NAME)
     functions = {f.name: f for f in config.functions}
     assert set(functions) == {"Collector", "Root", "Reporter"}
     collector = functions["Collector"]

@@ -26,7 +26,16 @@ from moto.server import ThreadedMotoServer
 
 from gateway.greengrass_import import ImportOptions, import_group
 from tests.fixtures.gateway import RunningGateway, free_port, start_gateway, wait_until
-from tests.greengrass.v1_group import REGION, V1Function, function_arn, package, thing_arn, write_export
+from tests.greengrass.v1_group import (
+    GROUP_ID,
+    GROUP_NAME,
+    REGION,
+    V1Function,
+    function_arn,
+    package,
+    thing_arn,
+    write_export,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running functions under other uids needs root")
 
@@ -78,7 +87,8 @@ def function_handler(event, context):
         "env": {k: os.environ.get(k) for k in (
             "MY_FUNCTION_ARN", "AWS_IOT_THING_NAME", "AWS_IOT_THING_ARN", "GG_DAEMON_PORT", "ENCODING_TYPE",
             "GGC_MAX_INTERFACE_VERSION", "AWS_REGION", "AWS_GG_RESOURCE_PREFIX", "ROUTER_FUNCTION_ARN",
-            "SHADOW_FUNCTION_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "LINE")},
+            "SHADOW_FUNCTION_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "LINE", "SECRETS_MANAGER_FUNCTION_ARN",
+            "GGC_VERSION", "AWS_GREENGRASS_GROUP_NAME", "GROUP_ID", "AWS_DEFAULT_REGION")},
         "uid": os.getuid(),
     }))
     return {"echo": event}
@@ -580,6 +590,12 @@ def test_on_demand_echo_sees_the_subject_and_its_v1_context(broker: Broker, impo
     assert env["SHADOW_FUNCTION_ARN"] == "arn:aws:lambda:::function:GGShadowService"
     assert env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == f"http://localhost:{port}/2016-11-01/credentialprovider/"
     assert env["LINE"] == "line-1"
+    # contract section 5
+    assert env["SECRETS_MANAGER_FUNCTION_ARN"] == "arn:aws:lambda:::function:GGSecretManager:1"
+    assert env["GGC_VERSION"] == "1.11.6"
+    assert env["AWS_GREENGRASS_GROUP_NAME"] == GROUP_NAME  # group.json's Name, not its id
+    assert env["GROUP_ID"] == GROUP_ID
+    assert env["AWS_DEFAULT_REGION"] == REGION
 
 
 def test_binary_encoding_hands_the_handler_raw_bytes(broker: Broker) -> None:

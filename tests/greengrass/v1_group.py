@@ -14,6 +14,7 @@ from typing import Any
 REGION = "us-west-2"
 ACCOUNT = "123456789012"
 GROUP_ID = "4e2f1a7c-0b1d-4c1e-9a51-6f3c2a8d7e10"
+GROUP_NAME = "plant-a-line-1"
 
 
 def function_arn(name: str, qualifier: str = "1") -> str:
@@ -111,7 +112,7 @@ def write_export(
             "LastUpdatedTimestamp": "2024-03-01T09:00:00.000Z",
             "LatestVersion": "gv1",
             "LatestVersionArn": f"arn:aws:greengrass:{REGION}:{ACCOUNT}:/greengrass/groups/{GROUP_ID}/versions/gv1",
-            "Name": "plant-a-line-1",
+            "Name": GROUP_NAME,
         },
         "group-version.json": {
             "Arn": f"arn:aws:greengrass:{REGION}:{ACCOUNT}:/greengrass/groups/{GROUP_ID}/versions/gv1",
