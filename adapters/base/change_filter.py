@@ -7,11 +7,21 @@ It keeps only the last published reading per tag; it never publishes anything it
 
 from __future__ import annotations
 
+import math
+
 from adapters.base.tag import Point, Quality, TagValue
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def exceeds_deadband(point: Point, last: object, new: object) -> bool:
@@ -22,6 +32,9 @@ def exceeds_deadband(point: Point, last: object, new: object) -> bool:
     """
     if not (_is_number(last) and _is_number(new)):
         return new != last
+    if not (_finite(last) and _finite(new)):
+        # NaN != NaN and inf - inf is NaN: without this an unchanged NaN would publish on every poll
+        return not (last == new or (_nan(last) and _nan(new)))
     delta = abs(new - last)  # type: ignore[operator]
     if delta == 0:
         return False

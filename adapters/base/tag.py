@@ -73,10 +73,17 @@ class TagValue:
             body["reason"] = self.reason
         if units is not None:
             body["units"] = units
-        return _COMPACT.encode(body).encode()
+        try:
+            return _COMPACT.encode(body).encode()
+        except ValueError:
+            # NaN or an infinity that reached here (JSON has neither): publish what it means, never
+            # invalid JSON; protocol adapters turn these into bad readings with their own reason first
+            body.update(value=None, quality=Quality.BAD.value, reason=f"not a finite number: {self.value!r}")
+            return _COMPACT.encode(body).encode()
 
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps builds one per call
+# one encoder (json.dumps builds one per call); allow_nan=False: `NaN` is not JSON and breaks consumers
+_COMPACT = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def now_ms() -> int:

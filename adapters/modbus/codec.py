@@ -29,6 +29,11 @@ class CodecError(ValueError):
     """A value that cannot be encoded for its tag (wrong type, out of range, too long)."""
 
 
+class NotFinite(ValueError):
+    """Registers that hold NaN or an infinity: no value to publish. PLCs write NaN (0x7FC00000) on
+    purpose to flag a sensor fault, so this is the device's way of saying "bad", not a decode error."""
+
+
 def _float32_shortest(value: float) -> float:
     """The shortest decimal that is the same float32, so 0.1f publishes as 0.1 and not 0.100000001."""
     packed = struct.pack(">f", value)
@@ -96,9 +101,13 @@ class TagCodec:
             (raw,) = struct.unpack(">" + FORMATS[self.type], self._bytes(words))
         if self.type == "float32":
             raw = _float32_shortest(raw)
-        if not self.scaled:
-            return raw
-        return _tidy(raw * self.scale + self.offset)
+        value = _tidy(raw * self.scale + self.offset) if self.scaled else raw
+        if isinstance(value, float) and not math.isfinite(value):
+            raw_text = " ".join(f"{w:04X}" for w in words)
+            what = "NaN" if math.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+            scaled = f" after scale {self.scale} and offset {self.offset}" if self.scaled and math.isfinite(raw) else ""
+            raise NotFinite(f"{self.type} is {what}{scaled} (registers {raw_text}): the device flags no valid value")
+        return value
 
     # ---- value -> registers ---------------------------------------------------------------
 

@@ -36,7 +36,9 @@ NEVER_DISCONNECT = 1 << 30
 class RequestError(Exception):
     def __init__(self, kind: str, reason: str, code: int | None = None):
         super().__init__(reason)
-        self.kind = kind  # connect | timeout | exception | garbage
+        # connect | timeout | exception (the device refused) | garbage (an answer that is not Modbus) |
+        # internal (anything else raised while making the request: that request failed, nothing more)
+        self.kind = kind
         self.reason = reason
         self.code = code
 
@@ -96,28 +98,36 @@ class ModbusLink:
             "coil": self.client.read_coils,
             "discrete": self.client.read_discrete_inputs,
         }[table]
-        response = await self._execute(lambda: call(start, count=count, device_id=unit), timeout_s, unit)
-        data = response.bits if table in ("coil", "discrete") else response.registers
+        response = await self._execute(
+            lambda: call(start, count=count, device_id=unit), timeout_s, unit, f"reading {count} from {table} {start}"
+        )
+        data = getattr(response, "bits" if table in ("coil", "discrete") else "registers", None)
+        if data is None:
+            raise RequestError("garbage", f"unit {unit} answered {type(response).__name__} to a read of {table}")
         if len(data) < count:
             raise RequestError("garbage", f"unit {unit} answered {len(data)} values to a read of {count}")
         return list(data[:count])
 
     async def write_registers(self, address: int, registers: list[int], unit: int, timeout_s: float) -> None:
+        what = f"writing {len(registers)} to holding {address}"
         if len(registers) == 1:
             await self._execute(
-                lambda: self.client.write_register(address, registers[0], device_id=unit), timeout_s, unit
+                lambda: self.client.write_register(address, registers[0], device_id=unit), timeout_s, unit, what
             )
         else:
             await self._execute(
-                lambda: self.client.write_registers(address, registers, device_id=unit), timeout_s, unit
+                lambda: self.client.write_registers(address, registers, device_id=unit), timeout_s, unit, what
             )
 
     async def write_coil(self, address: int, value: bool, unit: int, timeout_s: float) -> None:
-        await self._execute(lambda: self.client.write_coil(address, value, device_id=unit), timeout_s, unit)
+        await self._execute(
+            lambda: self.client.write_coil(address, value, device_id=unit), timeout_s, unit, f"writing coil {address}"
+        )
 
-    async def _execute(self, request: Callable[[], Awaitable[Any]], timeout_s: float, unit: int) -> Any:
+    async def _execute(self, request: Callable[[], Awaitable[Any]], timeout_s: float, unit: int, what: str) -> Any:
         """`request` is called in here: pymodbus raises ConnectionException as soon as it is called on a
-        connection it knows is gone, before there is anything to await."""
+        connection it knows is gone, before there is anything to await. Whatever else one request raises
+        is that request failing (a RequestError naming the unit and address), never the adapter's crash."""
         try:
             async with asyncio.timeout(timeout_s):
                 response = await request()
@@ -132,6 +142,12 @@ class ModbusLink:
             raise RequestError("garbage", f"unit {unit}: invalid answer: {text}") from None
         except ModbusException as exc:
             raise RequestError("garbage", f"unit {unit}: invalid answer: {exc}") from None
+        except OSError as exc:  # the serial adapter unplugged mid-request, a socket error pymodbus let through
+            raise RequestError("connect", f"{self.bus} failed {what} for unit {unit}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            raise RequestError("internal", f"unit {unit}: unexpected {type(exc).__name__}: {exc}") from exc
+        if not hasattr(response, "isError"):
+            raise RequestError("garbage", f"unit {unit}: no usable answer {what}: {response!r}")
         if response.isError():
             code = getattr(response, "exception_code", None)
             name = EXCEPTION_NAMES.get(code or 0, "unknown")

@@ -27,7 +27,7 @@ class ReadBlock:
         return self.start + self.count - 1
 
     def describe(self) -> str:
-        return f"{self.table} {self.start}-{self.end}"
+        return f"{self.table} {self.start}" if self.count == 1 else f"{self.table} {self.start}-{self.end}"
 
 
 def plan_reads(device: ModbusDevice, tags: Iterable[TagBinding]) -> list[ReadBlock]:
@@ -52,3 +52,17 @@ def plan_reads(device: ModbusDevice, tags: Iterable[TagBinding]) -> list[ReadBlo
             current = ReadBlock(table, binding.first, binding.last - binding.first + 1, period_ms / 1000, [binding])
             blocks.append(current)
     return blocks
+
+
+def split_block(block: ReadBlock) -> list[ReadBlock]:
+    """One read per tag (tags on the same addresses, such as bits of one register, share theirs): what
+    a coalesced read falls back to when the device refuses it, so one bad address spoils one tag."""
+    parts: dict[tuple[int, int], ReadBlock] = {}
+    for binding in block.tags:
+        span = (binding.first, binding.last)
+        part = parts.get(span)
+        if part is None:
+            part = ReadBlock(block.table, binding.first, binding.last - binding.first + 1, block.period_s)
+            parts[span] = part
+        part.tags.append(binding)
+    return sorted(parts.values(), key=lambda part: part.start)

@@ -1,7 +1,9 @@
 """The bus scheduler: one per physical bus (a serial port, or a TCP endpoint or gateway), the only
 owner of that bus's connection. It polls its devices' coalesced reads on staggered schedules, sends
 queued writes ahead of polls, serialises everything on the bus (with the RTU inter-frame silence),
-retries, backs a silent device off and probes it, and hands every reading to the sink.
+retries, backs a silent device off and probes it, and hands every reading to the sink. A coalesced
+read the device refuses (illegal data address or value) falls back to one read per tag, so one bad
+address spoils one tag, not its neighbours.
 
 Separate buses run concurrently; tags never do their own I/O. Framing is pymodbus's (via link).
 """
@@ -20,9 +22,9 @@ from typing import Any
 from adapters.base.commands import WriteRefused
 from adapters.base.device_health import DeviceHealth
 from adapters.base.tag import Point, TagValue, now_ms
-from adapters.modbus.codec import CodecError
+from adapters.modbus.codec import CodecError, NotFinite
 from adapters.modbus.link import ModbusLink, RequestError
-from adapters.modbus.read_plan import ReadBlock, plan_reads
+from adapters.modbus.read_plan import ReadBlock, plan_reads, split_block
 from adapters.modbus.register_map import DeviceMap, TagBinding
 from gateway.backoff import Backoff
 
@@ -35,10 +37,22 @@ CONNECT_BACKOFF_INITIAL_S = 0.2
 SERIAL_DRAIN_S = 0.05
 # devices start their schedules spread over this window (or their period, if shorter), not all at once
 STAGGER_WINDOW_S = 1.0
+# exception codes that may mean "this read spans an address the device does not have": split the read
+SPLIT_ON_CODES = (2, 3)  # illegal data address, illegal data value
+# a split read tries its coalesced form again after this long (and whenever the device comes back)
+COALESCED_RETRY_S = 600.0
 
 
 class WriteFailed(Exception):
     """A write the device did not confirm."""
+
+
+@dataclass
+class Split:
+    """The per-tag reads standing in for a coalesced read the device refused."""
+
+    parts: list[ReadBlock]
+    retry_at: float  # loop time: try the coalesced read again from then on
 
 
 @dataclass
@@ -65,7 +79,8 @@ class DeviceRuntime:
         self.phase = phase  # 0..1: where in each period this device's polls fall, so devices do not fire together
         self.due: list[float] = [0.0] * len(self.blocks)
         self.probe_at: float | None = None  # set while the device is down: when to try it again
-        self.block_reason: dict[int, str] = {}
+        self.read_reason: dict[str, str] = {}  # a read's last refusal (by ReadBlock.describe()), logged once
+        self.splits: dict[int, Split] = {}  # block index -> its per-tag reads
 
     def start(self, now: float) -> None:
         self.due = [now + min(block.period_s, STAGGER_WINDOW_S) * self.phase for block in self.blocks]
@@ -78,6 +93,18 @@ class DeviceRuntime:
             self.health.missed_polls += missed
             due += missed * period
         self.due[index] = due
+
+    def split_parts(self, index: int, now: float) -> list[ReadBlock] | None:
+        """The per-tag reads that stand in for block `index`, or None when its coalesced read is due."""
+        split = self.splits.get(index)
+        return split.parts if split is not None and now < split.retry_at else None
+
+    def forget_splits(self) -> None:
+        """Try every coalesced read again (the device or the bus came back; its map may have changed)."""
+        for split in self.splits.values():
+            for part in split.parts:
+                self.read_reason.pop(part.describe(), None)
+        self.splits.clear()
 
 
 class BusScheduler:
@@ -95,6 +122,8 @@ class BusScheduler:
         self.connect_reason: str | None = None
         self.requests = 0
         self._ever_connected = False
+        self._answered_since_connect = False
+        self._reconnect_at = 0.0  # loop time: a bus lost before anything answered waits for this
         self._writes: deque[WriteJob] = deque()
         self._wake = asyncio.Event()
 
@@ -178,6 +207,9 @@ class BusScheduler:
         return best
 
     async def _connect(self) -> None:
+        wait = self._reconnect_at - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
         try:
             await self.link.connect(self.connect_timeout_s)
         except RequestError as exc:
@@ -200,7 +232,13 @@ class BusScheduler:
                 if device.probe_at is not None and self.connect_reason is not None:
                     device.probe_at = now  # it was unreachable only because the bus was: try it at once
         self.connect_reason = None
-        self.connect_backoff.reset()
+        self._answered_since_connect = False  # the backoff is reset by the first answer, not the connect
+
+    def _answered(self) -> None:
+        """A device answered on this connection: the bus works."""
+        if not self._answered_since_connect:
+            self._answered_since_connect = True
+            self.connect_backoff.reset()
 
     def _fail_writes(self, reason: str) -> None:
         while self._writes:
@@ -216,7 +254,30 @@ class BusScheduler:
         loop = asyncio.get_running_loop()
         probing = device.probe_at is not None
         attempts = 1 if probing else device.config.retries + 1
-        error: RequestError | None = None
+        parts = device.split_parts(index, loop.time())
+        coalesced = parts is None
+        if coalesced:
+            result = await self._read(device, block, attempts)
+            if isinstance(result, RequestError) and result.kind == "exception" and result.code in SPLIT_ON_CODES:
+                parts = self._split(device, index, result.reason, loop.time())
+            if parts is None:
+                if not self._settle(device, block, result):
+                    return
+                if index in device.splits and not isinstance(result, RequestError):
+                    self._unsplit(device, index)
+        for number, part in enumerate(parts or ()):
+            if (number or coalesced) and not await self._between_requests():
+                return  # a write in between lost the bus
+            if not self._settle(device, part, await self._read(device, part, attempts)):
+                return
+        if probing or device.health.state != "up":
+            self._device_up(device, index, loop.time())
+        else:
+            device.reschedule(index, loop.time())
+
+    async def _read(self, device: DeviceRuntime, block: ReadBlock, attempts: int) -> list[Any] | RequestError:
+        """The block's values, or the error of its last attempt (timeouts and garbage are retried)."""
+        error = RequestError("timeout", "no attempt")
         for _ in range(attempts):
             started = time.monotonic()
             self.requests += 1
@@ -225,48 +286,103 @@ class BusScheduler:
             except RequestError as exc:
                 device.health.failed(exc.kind)
                 error = exc
-                if exc.kind in ("exception", "connect"):
+                if exc.kind == "exception":
+                    self._answered()
+                if exc.kind in ("exception", "connect", "internal"):
                     break
                 if self.link.serial:
                     await asyncio.sleep(SERIAL_DRAIN_S)
                 continue
             device.health.answered(time.monotonic() - started)
-            self._deliver(device, index, data)
-            if probing or device.health.state != "up":
-                self._device_up(device, index, loop.time())
-            else:
-                device.reschedule(index, loop.time())
-            return
-        assert error is not None
-        if error.kind == "exception":
-            self._block_refused(device, index, error.reason)
-            if device.health.state != "up":
-                self._device_up(device, index, loop.time())
-            else:
-                device.reschedule(index, loop.time())
-        elif error.kind == "connect":
-            self._bus_lost(error.reason)
-        else:
-            self._device_down(device, error.reason)
+            self._answered()
+            return data
+        return error
 
-    def _deliver(self, device: DeviceRuntime, index: int, data: list[Any]) -> None:
+    def _settle(self, device: DeviceRuntime, block: ReadBlock, result: list[Any] | RequestError) -> bool:
+        """Hand out what one read brought; False if the device or the bus is gone (the poll stops)."""
+        if not isinstance(result, RequestError):
+            self._deliver(device, block, result)
+        elif result.kind in ("exception", "internal"):
+            self._read_refused(device, block, result)
+        elif result.kind == "connect":
+            self._bus_lost(result.reason)
+            return False
+        else:
+            self._device_down(device, result.reason)
+            return False
+        return True
+
+    async def _between_requests(self) -> bool:
+        """Between the requests of one poll: the line's silence, and the writes queued meanwhile first.
+        False if the bus is no longer connected."""
+        while True:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
+            if self.frame_gap_s:
+                await asyncio.sleep(self.frame_gap_s)
+            if not self._writes or not self.link.connected:
+                return self.link.connected
+            await self._write(self._writes.popleft())
+
+    def _split(self, device: DeviceRuntime, index: int, reason: str, now: float) -> list[ReadBlock] | None:
+        """Read block `index` tag by tag from now on (until COALESCED_RETRY_S or the device comes back)."""
         block = device.blocks[index]
-        if device.block_reason.pop(index, None) is not None:
+        parts = split_block(block)
+        if len(parts) < 2:
+            return None
+        again = index in device.splits
+        device.splits[index] = Split(parts, now + COALESCED_RETRY_S)
+        (log.debug if again else log.warning)(
+            "adapter=%s device=%s event=read-split block=%s reason=%s reads=%d retry_s=%.0f",
+            self.adapter,
+            device.name,
+            block.describe(),
+            reason,
+            len(parts),
+            COALESCED_RETRY_S,
+        )
+        return parts
+
+    def _unsplit(self, device: DeviceRuntime, index: int) -> None:
+        split = device.splits.pop(index)
+        for part in split.parts:
+            device.read_reason.pop(part.describe(), None)
+        log.info(
+            "adapter=%s device=%s event=read-coalesced block=%s",
+            self.adapter,
+            device.name,
+            device.blocks[index].describe(),
+        )
+
+    def _deliver(self, device: DeviceRuntime, block: ReadBlock, data: list[Any]) -> None:
+        if device.read_reason.pop(block.describe(), None) is not None:
             log.info("adapter=%s device=%s event=read-recovered block=%s", self.adapter, device.name, block.describe())
         ts = now_ms()
         for binding in block.tags:
             try:
                 reading = TagValue.good(binding.codec.decode(data, binding.first - block.start), ts)
+            except NotFinite as exc:  # NaN or an infinity: the device's way of flagging a fault
+                reading = TagValue.bad(str(exc), ts)
             except (ValueError, IndexError) as exc:
                 reading = TagValue.bad(f"cannot decode {binding.tag.type}: {exc}", ts)
             self.sink(binding.point, reading)
 
-    def _block_refused(self, device: DeviceRuntime, index: int, reason: str) -> None:
-        block = device.blocks[index]
-        reason = f"{reason} reading {block.describe()}"
-        if device.block_reason.get(index) != reason:
-            log.warning("adapter=%s device=%s event=read-refused reason=%s", self.adapter, device.name, reason)
-            device.block_reason[index] = reason
+    def _read_refused(self, device: DeviceRuntime, block: ReadBlock, error: RequestError) -> None:
+        """The device refused the read (an exception code), or it failed unexpectedly: its tags are bad."""
+        reason = f"{error.reason} reading {block.describe()}"
+        key = block.describe()
+        if device.read_reason.get(key) != reason:
+            internal = error.kind == "internal"
+            log.warning(
+                "adapter=%s device=%s event=%s reason=%s",
+                self.adapter,
+                device.name,
+                "request-failed" if internal else "read-refused",
+                reason,
+                exc_info=error.__cause__ if internal else None,
+            )
+            device.read_reason[key] = reason
         ts = now_ms()
         for binding in block.tags:
             self.sink(binding.point, TagValue.bad(reason, ts))
@@ -279,6 +395,8 @@ class BusScheduler:
         device.due[index] = now + device.blocks[index].period_s
 
     def _device_down(self, device: DeviceRuntime, reason: str, probe: bool = True) -> None:
+        if device.health.state != "down":
+            device.forget_splits()
         if device.health.set_down(reason):
             ts = now_ms()
             for binding in device.bindings:
@@ -294,6 +412,12 @@ class BusScheduler:
     def _bus_lost(self, reason: str) -> None:
         log.warning("adapter=%s bus=%s event=bus-lost reason=%s", self.adapter, self.bus, reason)
         self.link.close()
+        if not self._answered_since_connect:
+            # lost again before anything answered (a port that opens but fails every request): back off,
+            # or connect, fail and reconnect would spin
+            self._reconnect_at = asyncio.get_running_loop().time() + self.connect_backoff.next_delay()
+        for device in self.devices:
+            device.forget_splits()
 
     async def _write(self, job: WriteJob) -> None:
         device, binding = job.device, job.binding
@@ -320,10 +444,11 @@ class BusScheduler:
             except RequestError as exc:
                 device.health.failed(exc.kind)
                 error = exc
-                if exc.kind in ("exception", "connect"):
+                if exc.kind in ("exception", "connect", "internal"):
                     break
                 continue
             device.health.answered(time.monotonic() - started)
+            self._answered()
             device.health.writes_ok += 1
             if not job.future.done():
                 job.future.set_result(written)
@@ -331,8 +456,19 @@ class BusScheduler:
             return
         assert error is not None
         device.health.writes_failed += 1
+        reason = error.reason
+        if error.kind == "internal":
+            reason += f" writing {tag.table} {tag.address}"
+            log.warning(
+                "adapter=%s device=%s event=request-failed tag=%s reason=%s",
+                self.adapter,
+                device.name,
+                binding.point.key,
+                reason,
+                exc_info=error.__cause__,
+            )
         if not job.future.done():
-            job.future.set_exception(WriteFailed(f"{device.name}: {error.reason}"))
+            job.future.set_exception(WriteFailed(f"{device.name}: {reason}"))
         if error.kind == "connect":
             self._bus_lost(error.reason)
 
@@ -347,7 +483,15 @@ class BusScheduler:
                 device.due[index] = min(device.due[index], now)
 
     def status(self) -> dict[str, Any]:
-        return {d.name: {"bus": self.bus, "unit": d.unit, **d.health.snapshot()} for d in self.devices}
+        return {
+            d.name: {
+                "bus": self.bus,
+                "unit": d.unit,
+                **d.health.snapshot(),
+                "split_reads": sorted(d.blocks[i].describe() for i in d.splits),
+            }
+            for d in self.devices
+        }
 
 
 class Buses:

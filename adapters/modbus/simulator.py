@@ -1,6 +1,7 @@
 """A simulated Modbus device (a pymodbus server) for the demo and the tests: holding and input
-registers, coils and discrete inputs, with a register map that changes over time, a request log,
-and switches that make a unit fall silent or answer garbage.
+registers, coils and discrete inputs, with a register map that changes over time, a request log
+(and when each request and answer crossed the wire), and switches that make a unit fall silent,
+answer garbage, answer slowly, or refuse some addresses with an exception code.
 
     python -m adapters.modbus.simulator --host 127.0.0.1 --port 15020 [--period 0.5]
     python -m adapters.modbus.simulator --serial /dev/pts/3 --baudrate 19200
@@ -13,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import signal
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -81,9 +84,15 @@ class Simulator:
         self.requests: list[Request] = []
         self.muted: set[int] = set()  # units that receive but never answer
         self.garbled: set[int] = set()  # units whose answers are corrupted on the wire
+        # (table, address) -> the exception code any request touching that register is answered with
+        # (holding and input registers): an address a real device does not have, or will not read
+        self.refused: dict[tuple[str, int], int] = {}
+        self.answer_delay_s = 0.0  # every request waits this long before it is answered (a slow device)
+        self.wire: list[tuple[float, str]] = []  # (time.monotonic(), "request" | "answer") as the server saw them
         self.server: ModbusTcpServer | ModbusSerialServer | None = None
         self.steps = 0
         self._last_unit = 0
+        self._direct = False  # the datastore is being set from this side, not over the wire
 
     def _devices(self) -> list[SimDevice]:
         return [
@@ -95,9 +104,31 @@ class Simulator:
                     [SimData(0, count=REGISTERS, values=0, datatype=DataType.REGISTERS)],
                     [SimData(0, count=REGISTERS, values=0, datatype=DataType.REGISTERS)],
                 ),
+                action=self._action,
             )
             for unit in self.units
         ]
+
+    async def _action(
+        self,
+        function: int,
+        _start: int,
+        address: int,
+        count: int,
+        _registers: list[int],
+        _values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """pymodbus calls this for every request it has validated, before answering it."""
+        if self._direct:
+            return None
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
+        table = FUNCTION_TABLE.get(function)
+        if table in ("holding", "input"):
+            for at in range(address, address + count):
+                if (table, at) in self.refused:
+                    return ExcCodes(self.refused[table, at])
+        return None
 
     # ---- serving ------------------------------------------------------------------------------
 
@@ -130,11 +161,14 @@ class Simulator:
             table = FUNCTION_TABLE.get(pdu.function_code, "?")
             count = getattr(pdu, "count", 0) or len(getattr(pdu, "registers", []) or getattr(pdu, "bits", []) or [])
             self.requests.append(Request(pdu.dev_id, table, pdu.function_code, pdu.address, count))
+            self.wire.append((time.monotonic(), "request"))
         return pdu
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         if sending and self._last_unit in self.muted:
             return b""
+        if sending:
+            self.wire.append((time.monotonic(), "answer"))
         if sending and self._last_unit in self.garbled and len(data) > 8:
             # same length, nonsense function code: a TCP frame still parses, an RTU frame fails its CRC
             at = 7 if isinstance(self.server, ModbusTcpServer) else 1
@@ -157,19 +191,31 @@ class Simulator:
 
     # ---- the datastore ------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _from_this_side(self) -> Iterator[None]:
+        """The datastore read or set by the simulator itself: no delay, no refused address."""
+        self._direct = True
+        try:
+            yield
+        finally:
+            self._direct = False
+
     async def get(self, table: str, address: int, count: int = 1, unit: int = 1) -> list[Any]:
         assert self.server is not None
-        return list(await self.server.async_getValues(unit, READ_CODES[table], address, count))
+        with self._from_this_side():
+            return list(await self.server.async_getValues(unit, READ_CODES[table], address, count))
 
     async def set(self, table: str, address: int, values: list[int] | list[bool], unit: int = 1) -> None:
         assert self.server is not None
-        await self.server.async_setValues(unit, WRITE_CODES.get(table, READ_CODES[table]), address, values)
+        with self._from_this_side():
+            await self.server.async_setValues(unit, WRITE_CODES.get(table, READ_CODES[table]), address, values)
 
     async def set_direct(self, table: str, address: int, values: list[int] | list[bool], unit: int = 1) -> None:
         """Set values in any table, discrete inputs and input registers included (the device's own side)."""
         assert self.server is not None
         code = {"coil": 15, "discrete": 2, "holding": 16, "input": 4}[table]
-        await self.server.context.async_setValues(unit, code, address, values)
+        with self._from_this_side():
+            await self.server.context.async_setValues(unit, code, address, values)
 
     # ---- the changing demo map ----------------------------------------------------------------
 

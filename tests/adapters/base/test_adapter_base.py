@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 
 import pytest
 
@@ -42,6 +43,22 @@ def test_quality_changes_always_publish() -> None:
     assert not f.admit(point, TagValue.bad("timeout", 2))
     assert f.admit(point, TagValue.bad("exception 2", 3))
     assert f.admit(point, TagValue.good(1.0, 4))
+
+
+def test_a_non_finite_value_is_never_invalid_json_and_an_unchanged_one_is_not_republished() -> None:
+    """Protocol adapters turn NaN into a bad reading with their own reason; whatever still reaches the
+    base is published as bad with value null, never as the `NaN` JSON does not have."""
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for value in (math.nan, math.inf, -math.inf):
+        body = json.loads(TagValue.good(value, 5).payload("degC"), parse_constant=refuse)
+        assert body["value"] is None and body["quality"] == "bad" and "not a finite number" in body["reason"]
+        assert body["units"] == "degC" and body["ts"] == 5
+    for point in (Point("d", "a", "x/d/a"), Point("d", "b", "x/d/b", deadband=0.5, deadband_percent=5)):
+        values = [1.0, math.nan, math.nan, math.inf, math.inf, -math.inf, 2.0, 2.0]
+        assert readings(ChangeFilter(), point, values) == values[:2] + values[3:4] + values[5:7]
 
 
 class RecordingBroker:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from adapters.base.change_filter import ChangeFilter
 from adapters.base.tag import Point, Quality, TagValue
 from adapters.modbus.register_map import build_register_map
 from adapters.modbus.scheduler import Buses
@@ -138,6 +140,33 @@ class Recorder:
         return latest is not None and latest.quality == Quality.BAD and containing in (latest.reason or "")
 
 
+def strict_json(payload: bytes) -> dict[str, Any]:
+    """A payload parsed as JSON proper: NaN, Infinity and -Infinity are not JSON and fail here."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"{constant} in a published payload is not JSON: {payload!r}")
+
+    return json.loads(payload, parse_constant=refuse)
+
+
+class Publications(Recorder):
+    """A Recorder that also keeps what the adapter publishes: each reading the change filter (the
+    Publisher's own) admits, as its payload parsed strictly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filter = ChangeFilter()
+        self.published: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def __call__(self, point: Point, reading: TagValue) -> None:
+        super().__call__(point, reading)
+        if self.filter.admit(point, reading):
+            self.published[point.key].append(strict_json(reading.payload(point.units)))
+
+    def values(self, key: str) -> list[Any]:
+        return [body["value"] for body in self.published[key]]
+
+
 def adapter_from_toml(text: str) -> ModbusAdapter:
     return ModbusAdapter.model_validate(tomllib.loads(text))
 
@@ -147,7 +176,7 @@ class Harness:
 
     def __init__(self, text: str, adapter_dir: Path = Path("."), sink: Callable[[Point, TagValue], None] | None = None):
         self.config = adapter_from_toml(text)
-        self.recorder = Recorder()
+        self.recorder = sink if isinstance(sink, Recorder) else Recorder()
         device_maps = build_register_map(self.config, adapter_dir)
         self.buses = Buses(self.config.name, device_maps, sink or self.recorder)
         self._task: asyncio.Task[None] | None = None
