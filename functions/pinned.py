@@ -1,6 +1,7 @@
 """A long-lived (pinned) function, one supervised process `fn-<name>`: it drops to the function's uid,
 runs the module's init once in its own thread (it may loop forever, as the periodic-task pattern does)
-and feeds the messages routed to it, in arrival order, to its handler when it has one.
+and, in another, feeds the messages routed to it, in arrival order, to its handler as soon as the
+module has defined one (even while the init still runs); a module with no handler is legal.
 
 A long-lived Greengrass v1 function is instead this process running the v1 runtime: the core takes its
 messages and hands them over, in order, through the v1 API.
@@ -12,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +42,7 @@ from gateway.topics import invoke_topic
 log = logging.getLogger("functions.pinned")
 
 REPLY_TIMEOUT_S = 10.0
+HANDLER_POLL_S = (0.02, 1.0)  # first and longest wait between looks for the handler while init runs
 
 
 class PinnedFunction:
@@ -52,7 +55,8 @@ class PinnedFunction:
         self.wakeup = threading.Condition()
         self.stats = FunctionStats()
         self.handler: Handler | None = None
-        self.init_state = "loading"
+        self.init = "running"  # the module's import: running (perhaps forever), done or failed
+        self.without_handler = False  # the import finished and defined no handler: messages are refused
         self.problems: list[str] = []
         self.acknowledge: Callable[[Received], None] = lambda _message: None
         self.mqtt: LocalMqtt | None = None
@@ -66,8 +70,10 @@ class PinnedFunction:
 
     def status(self) -> dict[str, Any]:
         return {
-            "function_state": "failed" if self.problems else self.init_state,
+            "function_state": self.function_state,
             "problems": self.problems,
+            "init": self.init,
+            "handler": self.handler is not None,
             "lifecycle": "long-lived",
             "queue_depth": len(self.inbox),
             "invocations": self.stats.invocations,
@@ -77,13 +83,24 @@ class PinnedFunction:
             "p99_ms": self.stats.percentile(0.99),
         }
 
+    @property
+    def function_state(self) -> str:
+        if self.problems:
+            return "failed"
+        if self.handler is not None:
+            return "ready"
+        return "running" if self.without_handler else "loading"
+
     async def on_message(self, message: Received) -> None:
         with self.wakeup:
-            accepted = len(self.inbox) < self.queue_size
+            accepted = len(self.inbox) < self.queue_size and not self.without_handler
             if accepted:
                 self.inbox.append(message)
                 self.wakeup.notify()
         if accepted:
+            return
+        if self.without_handler:
+            await self.refuse_without_handler(message)
             return
         self.stats.rejected += 1
         if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
@@ -96,20 +113,67 @@ class PinnedFunction:
         await self.reply(message, None, "Unhandled", "input queue full: message rejected")
         self.acknowledge(message)  # rejected for good: not to be delivered again
 
-    def load(self, code_dir: Path, handler: str) -> None:
-        """Run in its own thread: the module's init may never return, and that is allowed."""
-        try:
-            self.handler = load_handler(code_dir, handler)
-            self.init_state = "ready"
-        except BaseException as exc:
-            self.init_state = "init-failed"
-            self.problems.append(f"handler could not load: {type(exc).__name__}: {exc}")
-            log.exception("function=%s event=init-failed", self.name)
-            return
-        self.serve()
+    def start(self, code_dir: Path, handler: str) -> None:
+        """Import the module in one thread and serve messages in another: the init may never return."""
+        module, _, attribute = handler.rpartition(".")
+        threading.Thread(
+            target=self._import, args=(code_dir, handler), daemon=True, name=f"fn-{self.name}-init"
+        ).start()
+        threading.Thread(target=self._serve, args=(module, attribute), daemon=True, name=f"fn-{self.name}").start()
 
-    def serve(self) -> None:
-        assert self.handler is not None
+    def _import(self, code_dir: Path, handler: str) -> None:
+        module = handler.rpartition(".")[0]
+        try:
+            load_handler(code_dir, handler)
+        except BaseException as exc:
+            # Python drops a module whose init raised from sys.modules; one still there ran to its end
+            # without defining the handler, which a long-lived function may do
+            imported = module in sys.modules
+            with self.wakeup:
+                if imported:
+                    self.init = "done"
+                else:
+                    self.init = "failed"
+                    self.problems.append(f"handler could not load: {type(exc).__name__}: {exc}")
+                self.wakeup.notify_all()
+            if imported:
+                log.info("function=%s event=init-done handler=none (messages routed to it are refused)", self.name)
+            else:
+                log.exception("function=%s event=init-failed", self.name)
+            return
+        with self.wakeup:
+            self.init = "done"
+            self.wakeup.notify_all()
+        log.info("function=%s event=init-done", self.name)
+
+    def _resolve(self, module: str, attribute: str) -> Handler | None:
+        """The handler once the module (possibly still running its init) has defined it."""
+        found = getattr(sys.modules.get(module), attribute, None)
+        return found if callable(found) else None
+
+    def _serve(self, module: str, attribute: str) -> None:
+        delay, longest = HANDLER_POLL_S
+        while True:
+            with self.wakeup:
+                init = self.init
+            handler = self._resolve(module, attribute)
+            if handler is not None:
+                break
+            if init == "failed":
+                return
+            if init == "done":
+                with self.wakeup:
+                    self.without_handler = True
+                    waiting = list(self.inbox)
+                    self.inbox.clear()
+                for message in waiting:
+                    self.refuse_from_thread(message)
+                return
+            with self.wakeup:
+                self.wakeup.wait(delay)  # woken early when the import ends
+            delay = min(delay * 2, longest)
+        self.handler = handler
+        log.info("function=%s event=serving init=%s", self.name, self.init)
         while True:
             with self.wakeup:
                 while not self.inbox:
@@ -117,7 +181,7 @@ class PinnedFunction:
                 message = self.inbox.popleft()
             started = time.monotonic()
             outcome = call_handler(
-                self.handler, self.identity, uuid.uuid4().hex, message.topic, message.payload, self.timeout_s
+                handler, self.identity, uuid.uuid4().hex, message.topic, message.payload, self.timeout_s
             )
             self.stats.invocations += 1
             self.stats.durations_ms.append((time.monotonic() - started) * 1000)
@@ -128,6 +192,21 @@ class PinnedFunction:
             else:
                 self.reply_from_thread(message, outcome.result, None, None)
             self.acknowledge(message)
+
+    async def refuse_without_handler(self, message: Received) -> None:
+        self.stats.rejected += 1
+        if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
+            log.error(
+                "function=%s event=no-handler rejected=%d topic=%s", self.name, self.stats.rejected, message.topic
+            )
+        await self.reply(message, None, "Unhandled", f"long-lived function {self.name} has no handler")
+        self.acknowledge(message)
+
+    def refuse_from_thread(self, message: Received) -> None:
+        if self.loop is not None:
+            asyncio.run_coroutine_threadsafe(self.refuse_without_handler(message), self.loop).result(
+                REPLY_TIMEOUT_S + 1
+            )
 
     def reply_from_thread(self, message: Received, result: Any, function_error: str | None, error: Any) -> None:
         """Answer an SDK `invoke` (a message with a response topic) as the on-demand dispatcher does."""
@@ -230,9 +309,7 @@ async def main(runner: Runner) -> None:
     pinned.bind(mqtt)
     if not pinned.problems:
         limit_address_space(spec.memory_mb)
-        threading.Thread(
-            target=pinned.load, args=(Path(deployed.path), spec.handler), daemon=True, name=f"fn-{spec.name}"
-        ).start()
+        pinned.start(Path(deployed.path), spec.handler)
     else:
         log.error("function=%s event=not-started problems=%r", spec.name, pinned.problems)
     await mqtt.run(stop)

@@ -1,0 +1,149 @@
+"""The long-lived function runner on a real gateway (issue 4 item 3): a module whose init loops forever
+(the seminar's periodic-task pattern) still has its handler answer; a module without a handler is a
+healthy long-lived function that refuses the messages routed to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
+from tests.functions.test_runtime import function_status, invoke
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running functions under other uids needs root")
+
+TICKER = """
+import os, time
+from functions import sdk
+
+calls = []
+
+def function_handler(event, context):
+    calls.append(event)
+    return {"ticks": ticks, "calls": len(calls), "pid": os.getpid()}
+
+ticks = 0
+while True:  # the periodic task: this module never finishes importing
+    ticks += 1
+    sdk.publish("ticks/ticker", {"tick": ticks}, qos=1)
+    time.sleep(0.1)
+"""
+
+HEADLESS = """
+from functions import sdk
+
+sdk.publish("ticks/headless", {"hello": "once"}, qos=1)
+"""
+
+GATEWAY = """
+[gateway]
+thing_name = "pinned-test"
+status_interval_s = 0.5
+
+[[functions]]
+name = "ticker"
+code = "functions/ticker"
+handler = "ticker.function_handler"
+lifecycle = "long-lived"
+run_as = "1021:1021"
+
+[[functions]]
+name = "headless"
+code = "functions/headless"
+handler = "headless.function_handler"
+lifecycle = "long-lived"
+run_as = "1022:1022"
+
+[[subscriptions]]
+source = "function:ticker"
+target = "device:tester"
+topic = "ticks/ticker"
+
+[[subscriptions]]
+source = "function:headless"
+target = "device:tester"
+topic = "ticks/headless"
+
+[[subscriptions]]
+source = "device:tester"
+target = "function:ticker"
+topic = "ticker/in"
+"""
+
+CODE = {"ticker": TICKER, "headless": HEADLESS}
+
+
+@pytest.fixture(scope="module")
+def gw() -> Iterator[RunningGateway]:
+    base = Path("/tmp") / f"mgpin{uuid.uuid4().hex[:6]}"
+    base.mkdir(mode=0o755)
+    config = base / "etc"
+    for name, code in CODE.items():
+        (config / "functions" / name).mkdir(parents=True)
+        (config / "functions" / name / f"{name}.py").write_text(code)
+    (config / "gateway.toml").write_text(GATEWAY)
+    running = start_gateway(config, base / "s", expect=("broker", "core", "fn-ticker", "fn-headless"))
+    yield running
+    running.stop()
+    running.kill_leftovers()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+class Ticks:
+    """The operator's view of what the long-lived functions publish."""
+
+    def __init__(self, gw: RunningGateway):
+        self.seen: dict[str, list[dict]] = {}
+        self.lock = threading.Lock()
+        client = gw.client("operator")
+        subscribed = threading.Event()
+        client.on_subscribe = lambda *_: subscribed.set()
+        client.on_message = self._add
+        client.subscribe("ticks/#", qos=1)
+        assert subscribed.wait(5)
+
+    def _add(self, _c: object, _u: object, message) -> None:
+        with self.lock:
+            self.seen.setdefault(message.topic, []).append(json.loads(message.payload))
+
+    def count(self, topic: str) -> int:
+        with self.lock:
+            return len(self.seen.get(topic, []))
+
+
+def test_module_that_loops_forever_still_has_its_handler_answer(gw: RunningGateway) -> None:
+    ticks = Ticks(gw)
+    wait_until(lambda: ticks.count("ticks/ticker") >= 3, 10, "the module's periodic publishes")
+    first = invoke(gw, "ticker", {"ask": 1})
+    assert first["function_error"] is None, first
+    assert first["result"]["ticks"] > 0 and first["result"]["calls"] == 1
+    # a message routed by the subscription table reaches the same handler, in order
+    publisher = gw.client("operator")
+    publisher.publish("ticker/in", json.dumps({"ask": 2}), qos=1).wait_for_publish(5)
+    second = invoke(gw, "ticker", {"ask": 3})
+    assert second["result"]["calls"] == 3 and second["result"]["pid"] == first["result"]["pid"]
+    assert second["result"]["ticks"] >= first["result"]["ticks"]
+    # the init loop keeps running beside the handler
+    before = ticks.count("ticks/ticker")
+    wait_until(lambda: ticks.count("ticks/ticker") > before + 2, 10, "more periodic publishes")
+    status = function_status(gw, "ticker")
+    assert (status["function_state"], status["init"], status["handler"]) == ("ready", "running", True), status
+    assert status["problems"] == [] and status["invocations"] == 3
+
+
+def test_module_without_a_handler_is_healthy_and_refuses_messages(gw: RunningGateway) -> None:
+    wait_until(lambda: function_status(gw, "headless").get("init") == "done", 10, "the headless init")
+    status = function_status(gw, "headless")
+    assert (status["function_state"], status["handler"], status["problems"]) == ("running", False, []), status
+    answer = invoke(gw, "headless", {"x": 1})
+    assert answer["function_error"] == "Unhandled" and "has no handler" in answer["error"], answer
+    wait_until(lambda: function_status(gw, "headless")["rejected"] == 1, 5, "the refusal counted")
+    assert gw.status()["processes"]["fn-headless"]["state"] == "RUNNING"
