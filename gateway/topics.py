@@ -62,6 +62,23 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(filter_levels) == len(topic_levels)
 
 
+def filters_overlap(first: str, second: str) -> bool:
+    """Whether some topic matches both filters (as `topic_matches` decides)."""
+    if (first[:1] in ("+", "#") and second.startswith("$")) or (second[:1] in ("+", "#") and first.startswith("$")):
+        return False
+    a, b = first.split("/"), second.split("/")
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == "#" or y == "#":
+            return True  # '#' also matches its parent level
+        if x is None or y is None:
+            return False
+        if x != y and "+" not in (x, y):
+            return False
+    return True
+
+
 def status_topic(component: str) -> str:
     """Where a component publishes its heartbeat (retained)."""
     return f"millgate/{component}/status"

@@ -8,10 +8,13 @@ import logging
 import sys
 from functools import partial
 
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
 from gateway.acl import UPLINK
 from gateway.component import ComponentContext, start_component, stop_on_signals
 from gateway.mqtt import LocalMqtt, Received
 from gateway.storage_thread import StorageThread
+from gateway.topics import filters_overlap
 from gateway.uplink.bulk_upload import BulkUploader
 from gateway.uplink.cloud_link import CloudLink, CloudMessage, LinkConfigError
 from gateway.uplink.downlink import Downlink
@@ -39,6 +42,19 @@ def open_spool(ctx: ComponentContext) -> Spool:
         rules=[Rule(r.prefix, r.priority, r.ttl_s) for r in config.spool.topics],
         max_payload_bytes=int(config.cloud.max_payload_bytes) if config.cloud else DEFAULT_MAX_PAYLOAD,
     )
+
+
+def warn_about_echoes(to_cloud: list[str], from_cloud: list[str]) -> None:
+    """MQTT 3.1.1 has no noLocal: the cloud sends the uplink's own publishes on overlapping filters
+    back, and the downlink republishes them locally once (never up again: the local side has noLocal)."""
+    pairs = [f"{up}~{down}" for up in to_cloud for down in from_cloud if filters_overlap(up, down)]
+    if pairs:
+        log.warning(
+            "event=cloud-echo-possible protocol=3.1.1 overlapping=%s detail=the cloud sends what the uplink publishes "
+            'on these topics back and it is republished locally once; use [cloud] protocol = "5" (noLocal) or '
+            "disjoint to-cloud and from-cloud topics",
+            ",".join(pairs),
+        )
 
 
 async def sample(
@@ -124,7 +140,8 @@ async def main() -> int:
         ctx.creds,
         UPLINK,
         status_interval_s=config.gateway.status_interval_s,
-        subscriptions=[(topic, 1) for topic in to_cloud]
+        # noLocal: what the downlink republishes from the cloud is never spooled to go back up
+        subscriptions=[(topic, SubscribeOptions(qos=1, noLocal=True)) for topic in to_cloud]
         + ([ShadowRelay.local_subscription()] if shadow_filters else []),
         on_message=on_local_message,
         status_fields=status_fields,
@@ -167,6 +184,8 @@ async def main() -> int:
             window=config.cloud.inflight_window,
             dead_after=config.cloud.dead_letter_after,
         )
+    if config.cloud is not None and config.cloud.protocol == "3.1.1":
+        warn_about_echoes(to_cloud, from_cloud)
     count, size = spool.depth
     log.info(
         "event=starting spool=%s messages=%d bytes=%d max_bytes=%d policy=%s cloud=%s to_cloud=%s from_cloud=%s "

@@ -281,7 +281,14 @@ class CloudLink:
         for start in range(0, len(self.subscriptions), SUBSCRIBE_BATCH):
             batch = self.subscriptions[start : start + SUBSCRIBE_BATCH]
             self._suback = suback = loop.create_future()
-            result, _mid = client.subscribe([(f, SubscribeOptions(qos=1)) for f in batch])
+            # noLocal: the cloud does not send back what the uplink itself published. MQTT 3.1.1 has no
+            # subscription options (paho refuses them there: "Invalid QoS level"), only the QoS
+            options: list[tuple[str, Any]] = (
+                [(f, SubscribeOptions(qos=1, noLocal=True)) for f in batch]
+                if self.cloud.protocol == "5"
+                else [(f, 1) for f in batch]
+            )
+            result, _mid = client.subscribe(options)
             if result != paho.MQTT_ERR_SUCCESS:
                 raise LinkDown(f"subscribe: {paho.error_string(result)}")
             try:

@@ -15,6 +15,7 @@ from gateway.topics import (
     STATUS_FILTER,
     TopicError,
     component_prefix,
+    filters_overlap,
     status_topic,
     topic_matches,
     validate_topic_filter,
@@ -217,3 +218,46 @@ def test_component_topics_are_valid_and_covered_by_the_status_filter() -> None:
     assert topic_matches(STATUS_FILTER, topic)
     assert topic_matches(component_prefix("adapter-line1"), topic)
     assert not topic_matches(component_prefix("adapter-line2"), topic)
+
+
+def witness(first: str, second: str) -> str:
+    """A topic both filters would match if they overlap: the literal level where there is one, 'x'
+    for '+', and the other filter's rest after a '#'."""
+    a, b = first.split("/"), second.split("/")
+    out = []
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else "#"
+        y = b[index] if index < len(b) else "#"
+        if x == "#" and y == "#":
+            break
+        level = y if x in ("+", "#") else x
+        out.append("x" if level in ("+", "#") else level)
+    return join(out) or "x"
+
+
+@given(st.data(), topics())
+def test_filters_overlap_exactly_when_some_topic_matches_both(data: st.DataObject, topic: str) -> None:
+    first = data.draw(filter_near(topic) | filters())
+    second = data.draw(filter_near(topic) | filters())
+    if topic_matches(first, topic) and topic_matches(second, topic):
+        assert filters_overlap(first, second)
+    if filters_overlap(first, second):
+        both = witness(first, second)
+        assert topic_matches(first, both) and topic_matches(second, both), both
+    assert filters_overlap(first, second) == filters_overlap(second, first)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("line1/#", "line1/+/+/set", True),
+        ("line1/#", "line1", True),
+        ("line1/+", "line1", False),
+        ("line1/+/temp", "line1/press/+", True),
+        ("line1/+/temp", "line2/#", False),
+        ("#", "$aws/things/x/shadow/update", False),
+        ("$aws/#", "$aws/+/x", True),
+    ],
+)
+def test_filters_overlap_examples(first: str, second: str, expected: bool) -> None:
+    assert filters_overlap(first, second) is expected
