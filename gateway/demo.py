@@ -36,6 +36,7 @@ SIMULATORS = {
 }
 SIMULATOR_START_S = 15.0
 CLOUD_PORT = 18885
+COMMAND_TOPICS = ("/set", "/set/result", "/call", "/call/result")  # not plant data (line2/setpoint is)
 
 
 class Watch:
@@ -145,22 +146,34 @@ def _uplink(paths: GatewayPaths) -> dict[str, Any]:
 def _show_plant_data(watch: Watch, loaded: LoadedConfig) -> None:
     time.sleep(3)
     for name in loaded.adapters:
-        for topic, value in watch.matching(f"{name}/").items():
-            if "/set" not in topic:
-                print(f"  {topic:<42} {json.dumps(value)}")
+        values = {t: v for t, v in watch.matching(f"{name}/").items() if not t.endswith(COMMAND_TOPICS)}
+        for topic, value in values.items():
+            print(f"  {topic:<42} {json.dumps(value)}")
+        updates = sum(watch.counts.get(topic, 0) for topic in values)
+        print(f"  {name}: {updates} messages on {len(values)} topics in the first 3 s")
 
 
-def _write_round_trip(watch: Watch) -> None:
-    topic = "line1/press-01/speed_setpoint/set"
-    print(f'  operator publishes {{"value": 1500}} on {topic}')
-    watch.client.publish(topic, json.dumps({"value": 1500}), qos=1)
+def _write_round_trip(watch: Watch, topic: str, value: int, log_hint: str) -> None:
+    print(f'  operator publishes {{"value": {value}}} on {topic}')
+    watch.client.publish(topic, json.dumps({"value": value}), qos=1)
     for _ in range(50):
         result = watch.matching(f"{topic}/result")
         if result:
             print(f"  {topic}/result -> {json.dumps(next(iter(result.values())))}")
             return
         time.sleep(0.1)
-    print("  no /set/result within 5 s (see log/system/adapter-line1.log)")
+    print(f"  no /set/result within 5 s (see {log_hint})")
+
+
+def _opcua_write_lands(watch: Watch, node_topic: str, value: int) -> None:
+    """The node's own publication, from the server's data-change notification, shows the written value."""
+    for _ in range(50):
+        published = watch.matching(node_topic).get(node_topic)
+        if isinstance(published, dict) and published.get("value") == value:
+            print(f"  {node_topic} now -> {json.dumps(published)}  (the server's notification of the write)")
+            return
+        time.sleep(0.1)
+    print(f"  {node_topic} did not show {value} within 5 s (see log/system/adapter-line2.log)")
 
 
 def _offline_then_drain(paths: GatewayPaths, line: LineProxy, counter: CloudCounter) -> None:
@@ -213,8 +226,10 @@ def _run_scenes(
     try:
         scene("2. Plant data: tags published as {value, quality, ts}")
         _show_plant_data(watch, loaded)
-        scene("3. A command to the press, and its result")
-        _write_round_trip(watch)
+        scene("3. Commands to the press (Modbus) and to line 2 (OPC-UA), and their results")
+        _write_round_trip(watch, "line1/press-01/speed_setpoint/set", 1500, "log/system/adapter-line1.log")
+        _write_round_trip(watch, "line2/setpoint/set", 120, "log/system/adapter-line2.log")
+        _opcua_write_lands(watch, "line2/setpoint", 120)
         scene("4. A device over mutual TLS, and an impostor refused")
         from gateway.demo_devices import show_device_tls
 

@@ -1,4 +1,5 @@
-"""`make demo` stays true: the demo runs on a machine with no plant equipment and shows every scene."""
+"""`make demo` stays true: the demo runs on a machine with no plant equipment and shows every scene,
+including values flowing from the simulated OPC-UA server and a `<topic>/set` write landing on it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def test_demo_shows_the_whole_product_and_stops_cleanly(short_tmp) -> None:
     assert result.returncode == 0, out + result.stderr
     assert re.search(r"line1/press-01/temperature\s+\{\"value\": [\d.]+, \"quality\": \"good\"", out), out
     assert '/set/result -> {"ok": true, "value": 1500' in out, out
+    # the OPC-UA line: values from the simulated server flow, and a write lands on it
+    assert re.search(r"line2/temperature\s+\{\"value\": [\d.]+, \"quality\": \"good\"", out), out
+    updates = re.search(r"line2: (\d+) messages on (\d+) topics", out)
+    assert updates and int(updates[1]) > int(updates[2]), out  # more than one value per node: they change
+    assert 'line2/setpoint/set/result -> {"ok": true, "value": 120' in out, out
+    assert re.search(r'line2/setpoint now -> \{"value": 120, "quality": "good"', out), out
     assert "demo-sensor connects on port 18883 over mutual TLS: connected" in out, out
     assert "'impostor' tries the same: refused" in out, out
     spooled = [int(n) for n in re.findall(r"cloud disconnected spooled\s+(\d+) messages", out)]
