@@ -7,6 +7,7 @@ code, its granted groups and its log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from functions.dispatcher import FunctionPool, Worker
 from functions.greengrass.environment import v1_environment
 from functions.greengrass.service import GreengrassService
-from functions.greengrass.workers import PinnedV1Worker, V1WorkerProcess
+from functions.greengrass.workers import PinnedV1Worker, V1WorkerProcess, restart_program
 from functions.runner_spec import RunnerSpec, write_spec
 from functions.user_log import UserLog
 from functions.worker_process import WorkerSpec
@@ -126,7 +127,7 @@ def build_pool(
     new_worker = None
     if function.runtime == "greengrass-v1":
         assert greengrass is not None, "v1 functions need the Greengrass service"
-        new_worker = _v1_workers(function, spec, user_log, greengrass)
+        new_worker = _v1_workers(function, spec, user_log, greengrass, paths)
     pool = FunctionPool(function, spec, user_log, list(deployed.problems), new_worker)
     subscriptions = [(f, 1) for f in routed_filters(loaded, function.name)] + [(invoke_topic(function.name), 1)]
     pool.mqtt = LocalMqtt(
@@ -147,10 +148,11 @@ def build_pool(
 
 
 def _v1_workers(
-    function: Function, spec: WorkerSpec, user_log: UserLog, greengrass: GreengrassService
+    function: Function, spec: WorkerSpec, user_log: UserLog, greengrass: GreengrassService, paths: GatewayPaths
 ) -> Callable[[], Worker]:
     if function.lifecycle == "long-lived":
-        pinned = PinnedV1Worker(next(s for s in greengrass.slots.values() if s.function == function.name))
+        slot = next(s for s in greengrass.slots.values() if s.function == function.name)
+        pinned = PinnedV1Worker(slot, functools.partial(restart_program, paths, function_component(function.name)))
         return lambda: pinned
     return lambda: V1WorkerProcess(spec, user_log, greengrass, function.timeout_s)
 

@@ -378,8 +378,8 @@ class GreengrassService:
             success, response = bool(report.get("Success")), str(report.get("Response", ""))
         except (ValueError, AttributeError):
             return _json(400, {"message": 'the body must be {"Success": bool, "Response": str}'})
-        # millgate's runtime adds its pid: supervisord, not the core, starts a long-lived worker
-        if slot.pid is None and isinstance(report.get("ProcessId"), int):
+        # millgate's runtime adds its pid: supervisord, not the core, starts (and restarts) a long-lived worker
+        if isinstance(report.get("ProcessId"), int):
             slot.pid = report["ProcessId"]
         slot.mark_initialized(success, response)
         return ApiResponse(202)

@@ -10,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 import sys
+import xmlrpc.client
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from functions.greengrass.service import GreengrassService, WorkerSlot, WorkItem, WorkResult
 from functions.user_log import UserLog
 from functions.worker_process import INIT_TIMEOUT_S, InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
+from gateway.paths import GatewayPaths
+from gateway.status import supervisor_proxy
+
+log = logging.getLogger(__name__)
 
 
 def _client_context(topic: str, given: str | None) -> str:
@@ -156,13 +163,39 @@ class V1WorkerProcess(WorkerProcess):
             self._exited.cancel()
 
 
+async def restart_program(paths: GatewayPaths, program: str) -> None:
+    """Stop and start a supervisord program (the core runs as root, like supervisord's socket)."""
+
+    def restart() -> None:
+        proxy = supervisor_proxy(paths)
+        try:
+            proxy.supervisor.stopProcess(program, True)
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode != NOT_RUNNING:
+                raise
+        proxy.supervisor.startProcess(program, False)
+
+    try:
+        await asyncio.to_thread(restart)
+    except (OSError, xmlrpc.client.Fault) as exc:
+        log.error("event=restart-failed program=%s reason=%s", program, exc)
+        return
+    log.warning("event=restarted program=%s reason=invocation-timeout", program)
+
+
+NOT_RUNNING = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
+
+
 class PinnedV1Worker:
     """The single worker of a long-lived v1 function: supervisord runs it (`fn-<name>`), it proves
-    itself with the token derived for it, and it is never killed or replaced by the dispatcher."""
+    itself with the token derived for it, and the dispatcher never kills it itself: past its timeout
+    `restart` has supervisord replace it (its handler would run on otherwise, and take no more work)."""
 
-    def __init__(self, slot: WorkerSlot):
+    def __init__(self, slot: WorkerSlot, restart: Callable[[], Coroutine[Any, Any, None]] | None = None):
         self.slot = slot
         self.idle_since = 0.0
+        self._restart = restart
+        self._restarting: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -182,9 +215,17 @@ class PinnedV1Worker:
         try:
             result = await _hand_over(self.slot, item, timeout_s, None)
         except TimeoutError:
+            self._replace()
             raise InvocationTimeout(f"Task timed out after {timeout_s:.2f} seconds") from None
         assert result is not None
         return _answer(result)
+
+    def _replace(self) -> None:
+        """Restart the worker in the background: the caller hears of the timeout now, and work handed
+        to the slot meanwhile waits there for the new worker."""
+        if self._restart is None or (self._restarting is not None and not self._restarting.done()):
+            return
+        self._restarting = asyncio.create_task(self._restart())
 
     async def kill(self) -> None:
         return None

@@ -44,7 +44,7 @@ TESTER = "tester"
 GATEWAY_KEY = "AKIDMILLGATEGATEWAY1"
 
 HEARTBEAT = """
-import json, logging, os, threading
+import json, logging, os, threading, time
 import greengrasssdk
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def publish_forever():
 publish_forever()
 
 def function_handler(event, context):
+    time.sleep(event.get("sleep", 0))
     client.publish(topic="gg/heartbeat/handled", payload=json.dumps(
         {"event": event, "subject": context.client_context.custom["subject"], "pid": os.getpid()}))
 """
@@ -407,7 +408,7 @@ class Broker:
 
 
 FUNCTIONS = [
-    V1Function("Heartbeat", HEARTBEAT, pinned=True),
+    V1Function("Heartbeat", HEARTBEAT, pinned=True, timeout=2),
     V1Function("Echo", ECHO, variables={"LINE": "line-1"}, resources=[("vol-recipes", "ro")]),
     V1Function("ShadowClient", SHADOWS),
     V1Function(
@@ -835,3 +836,20 @@ def test_health_api_lists_workers_as_v1_did_without_a_token(broker: Broker, impo
         status, answer = _health(port, malformed)
         assert status == 400
         assert "Invalid request" in answer["message"]
+
+
+def test_long_lived_handler_past_its_timeout_gets_its_worker_restarted(broker: Broker, gw: RunningGateway) -> None:
+    """Runs last: it replaces the Heartbeat worker the tests above expect to stay the same."""
+    stuck_pid = broker.wait_for("gg/heartbeat")["pid"]
+    broker.publish("gg/heartbeat/in", {"sleep": 300})  # far past its Timeout of 2 s
+    # supervisord stopped the stuck worker (through the core, over XML-RPC) instead of leaving its handler
+    # running with no more work coming to it, and started a new one: its import-time loop runs again
+    wait_until(lambda: not Path(f"/proc/{stuck_pid}").exists(), 30, f"stuck worker {stuck_pid} stopped")
+    fresh_pid = broker.wait_for("gg/heartbeat", lambda d: d["pid"] != stuck_pid, timeout_s=30)["pid"]
+    assert gw.status()["processes"]["fn-Heartbeat"]["pid"] == fresh_pid
+    broker.publish("gg/heartbeat/in", {"n": "after-restart"})
+    handled = broker.wait_for("gg/heartbeat/handled", lambda d: d["event"] == {"n": "after-restart"}, timeout_s=30)
+    assert handled["pid"] == fresh_pid
+    log = gw.paths.component_log("core").read_text()
+    assert "function=Heartbeat event=timeout" in log
+    assert "event=restarted program=fn-Heartbeat reason=invocation-timeout" in log
