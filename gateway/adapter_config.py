@@ -11,15 +11,17 @@ import io
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gateway.config import Name, Strict
-from gateway.topics import TopicError, validate_topic_name
+from gateway.topics import TopicError, adapter_tag_topic, validate_topic_name
 
 REGISTER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "float32", "float64", "string", "bool")
 REGISTER_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "int64": 4, "float32": 2, "float64": 4}
 MAX_READ_REGISTERS = 125  # Modbus application protocol 6.3: quantity of registers 1-125
 MAX_READ_BITS = 2000  # 6.1: quantity of coils 1-2000
+MAX_WRITE_REGISTERS = 123  # 6.12: write multiple registers, quantity 1-123
+MAX_RTU_UNIT = 247  # Modbus over serial line 2.2: 0 is broadcast, 1-247 slaves, 248-255 reserved
 
 
 def _topic_name(value: str) -> str:
@@ -76,6 +78,11 @@ class ModbusTag(Strict):
             raise ValueError(f"a deadband needs a number; a {self.type or 'bool'} tag publishes on every change")
         if self.writable and self.table in ("discrete", "input"):
             raise ValueError(f"a {self.table} is read-only in Modbus: it cannot be writable")
+        if self.writable and self.register_count > MAX_WRITE_REGISTERS:
+            raise ValueError(
+                f"a writable {self.type} of {self.register_count} registers cannot be written: one Modbus write "
+                f"(function 16) carries at most {MAX_WRITE_REGISTERS}; shorten 'length' or drop 'writable'"
+            )
         last = self.address + self.register_count - 1
         if last > 65535:
             raise ValueError(f"address {self.address} + {self.register_count} registers runs past 65535")
@@ -104,7 +111,7 @@ class ModbusDevice(Strict):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    unit: int = Field(default=1, ge=0, le=247)
+    unit: int = Field(default=1, ge=0, le=255)  # tcp: 0-255 (255 and 0 are common); rtu: 1-247
     poll_ms: int = Field(default=1000, ge=10, le=86_400_000)
     timeout_ms: int = Field(default=1000, ge=10, le=60_000)
     retries: int = Field(default=3, ge=0, le=10)
@@ -118,6 +125,18 @@ class ModbusDevice(Strict):
     byte_order: Order = "big"
     tags_csv: str | None = None  # a register map CSV, relative to the adapter file's directory
     tags: list[ModbusTag] = Field(default_factory=list)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_fits_transport(cls, unit: int, info: ValidationInfo) -> int:
+        if info.data.get("transport") == "rtu":
+            if unit == 0:
+                raise ValueError(
+                    f"unit 0 is the broadcast address on a serial line: no device answers it (use 1-{MAX_RTU_UNIT})"
+                )
+            if unit > MAX_RTU_UNIT:
+                raise ValueError(f"unit {unit} is reserved on a serial line: RTU units are 1-{MAX_RTU_UNIT}")
+        return unit
 
     @property
     def bus(self) -> str:
@@ -157,6 +176,11 @@ class ModbusAdapter(Strict):
     qos: Literal[0, 1] = 1  # of tag value publications
     retain: bool = False  # keep each tag's last value on the broker for late subscribers
     devices: list[ModbusDevice] = Field(min_length=1)
+
+
+def modbus_tag_topic(adapter: str, device: ModbusDevice, tag: ModbusTag) -> str:
+    """Where a tag's value is published (its writes arrive on this plus `/set`)."""
+    return tag.topic or adapter_tag_topic(adapter, device.name, tag.name)
 
 
 class RegisterMapError(ValueError):

@@ -7,6 +7,7 @@ duplicates). It never starts anything.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Iterable, Sequence
@@ -25,6 +26,7 @@ from gateway.adapter_config import (
     OpcuaAdapter,
     RegisterMapError,
     device_tags,
+    modbus_tag_topic,
     overlap_conflict,
     register_map_path,
 )
@@ -220,6 +222,41 @@ def _duplicates(names: Sequence[str]) -> list[tuple[int, int]]:
     return found
 
 
+class _TopicClaims:
+    """Every topic one adapter publishes or listens on, with the key path that claimed it first, so
+    two uses of one topic are caught: a value, its `/set` and `/set/result`, a method call, events."""
+
+    def __init__(self) -> None:
+        self._owner: dict[str, str] = {}
+
+    def reserve(self, owner: str, topics: Iterable[str]) -> None:
+        for topic in topics:
+            self._owner.setdefault(topic, owner)
+
+    def taken(self, owner: str, topics: Iterable[str]) -> tuple[str, str] | None:
+        """The first of `topics` that another owner claimed, and that owner."""
+        for topic in topics:
+            other = self._owner.get(topic, owner)
+            if other != owner:
+                return topic, other
+        return None
+
+    def values(self, points: Sequence[tuple[str, str]], reported: set[str], shown: str) -> list[Problem]:
+        """Claim the topics of value points (key path, topic) that take writes on `<topic>/set`, then one
+        problem per point whose topic another point uses too (as its topic, `/set` or `/set/result`);
+        points in `reported` (a duplicate name, already a problem) are not reported again."""
+        for owner, topic in points:
+            self.reserve(owner, (topic, f"{topic}/set", f"{topic}/set/result"))
+        problems = []
+        for owner, topic in points:
+            clash = self.taken(owner, (topic, f"{topic}/set", f"{topic}/set/result"))
+            if clash is not None and owner not in reported:
+                used, other = clash
+                what = f"topic {used!r}" if used == topic else f"topic {topic!r}: its {used!r}"
+                problems.append(Problem(shown, f"{owner}.topic", f"{what} is also used by {other}"))
+        return problems
+
+
 def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_dir: Path, shown: str) -> list[Problem]:
     problems: list[Problem] = []
 
@@ -344,6 +381,9 @@ def _modbus_cross_checks(adapter: ModbusAdapter, adapter_dir: Path, shown: str) 
                     f"devices[{first}] ({', '.join(differs)})",
                 )
             )
+    points: list[tuple[str, str]] = []  # (key path, topic) of every tag
+    reported: set[str] = set()  # tags whose name (or device name) is already reported as a duplicate
+    duplicate_devices = {index for index, _ in _duplicates([d.name for d in adapter.devices])}
     for d_index, device in enumerate(adapter.devices):
         csv_path = register_map_path(device, adapter_dir)
         try:
@@ -354,6 +394,45 @@ def _modbus_cross_checks(adapter: ModbusAdapter, adapter_dir: Path, shown: str) 
         paths = [f"devices[{d_index}].tags[{i}]" for i in range(len(device.tags))]
         paths += [f"devices[{d_index}].tags_csv ({csv_path}) row {i + 2}" for i in range(len(tags) - len(paths))]
         problems += _modbus_tag_checks(device, d_index, tags, paths, shown)
+        points += [(path, modbus_tag_topic(adapter.name, device, tag)) for path, tag in zip(paths, tags, strict=True)]
+        if d_index in duplicate_devices:
+            reported.update(paths)
+        reported.update(paths[index] for index, _ in _duplicates([t.name for t in tags]))
+    problems += _TopicClaims().values(points, reported, shown)
+    return problems
+
+
+def _serial_line_checks(adapter: ModbusAdapter, shown: str, lines: dict[str, tuple[str, int, str]]) -> list[Problem]:
+    """One scheduler serialises a serial line, so a line belongs to one adapter file and one spelling:
+    the same port in two files, or spelled two ways in one (a /dev/serial/by-id/ link and the device it
+    points to), would put two masters on one RS-485 line. `lines`: real path -> (file, device index,
+    port) of its first user in the files checked so far."""
+    problems: list[Problem] = []
+    for index, device in enumerate(adapter.devices):
+        if device.transport != "rtu":
+            continue
+        port = str(device.port)
+        line = os.path.realpath(port)
+        first_file, first_index, first_port = lines.setdefault(line, (shown, index, port))
+        resolved = f", both {line}" if port != first_port else ""
+        if first_file != shown:
+            problems.append(
+                Problem(
+                    shown,
+                    f"devices[{index}].port",
+                    f"serial port {port!r} is also used by {first_file} devices[{first_index}].port "
+                    f"{first_port!r}{resolved}: one serial line belongs to one adapter; put its devices in one file",
+                )
+            )
+        elif port != first_port:
+            problems.append(
+                Problem(
+                    shown,
+                    f"devices[{index}].port",
+                    f"{port!r} is the serial line of devices[{first_index}].port {first_port!r}{resolved}: "
+                    "spell it the same way so its devices share one bus",
+                )
+            )
     return problems
 
 
@@ -384,26 +463,17 @@ def _opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
                 f"duplicate method name {adapter.methods[index].name!r} (also methods[{first}])",
             )
         )
-    # every topic the adapter publishes or listens on, so two uses of one topic are caught
-    claimed: dict[str, str] = {}
-    for index, node in enumerate(adapter.nodes):
-        topic = adapter.node_topic(node)
-        for used in (topic, topic + "/set", topic + "/set/result"):
-            claimed.setdefault(used, f"nodes[{index}]")
-    duplicate_names = {index for index, _ in _duplicates([n.name for n in adapter.nodes])}
-    for index, node in enumerate(adapter.nodes):
-        topic = adapter.node_topic(node)
-        owner = claimed.get(topic)
-        if owner != f"nodes[{index}]" and index not in duplicate_names:  # a duplicate name is reported once
-            problems.append(Problem(shown, f"nodes[{index}].topic", f"topic {topic!r} is also used by {owner}"))
+    claims = _TopicClaims()
+    duplicate_names = {f"nodes[{index}]" for index, _ in _duplicates([n.name for n in adapter.nodes])}
+    nodes = [(f"nodes[{index}]", adapter.node_topic(node)) for index, node in enumerate(adapter.nodes)]
+    problems += claims.values(nodes, duplicate_names, shown)
     for index, method in enumerate(adapter.methods):
         topic = adapter.method_topic(method)
         for used in (topic, topic + "/result"):
-            if used in claimed:
-                problems.append(
-                    Problem(shown, f"methods[{index}].topic", f"topic {used!r} is also used by {claimed[used]}")
-                )
-            claimed.setdefault(used, f"methods[{index}]")
+            clash = claims.taken(f"methods[{index}]", [used])
+            if clash is not None:
+                problems.append(Problem(shown, f"methods[{index}].topic", f"topic {used!r} is also used by {clash[1]}"))
+        claims.reserve(f"methods[{index}]", (topic, topic + "/result"))
     for index, first in _duplicates([e.name for e in adapter.events]):
         problems.append(
             Problem(
@@ -415,11 +485,10 @@ def _opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
     duplicate_events = {index for index, _ in _duplicates([e.name for e in adapter.events])}
     for index, events in enumerate(adapter.events):
         topic = adapter.events_topic(events)
-        if topic in claimed and index not in duplicate_events:
-            problems.append(
-                Problem(shown, f"events[{index}].topic", f"topic {topic!r} is also used by {claimed[topic]}")
-            )
-        claimed.setdefault(topic, f"events[{index}]")
+        clash = claims.taken(f"events[{index}]", [topic])
+        if clash is not None and index not in duplicate_events:
+            problems.append(Problem(shown, f"events[{index}].topic", f"topic {topic!r} is also used by {clash[1]}"))
+        claims.reserve(f"events[{index}]", [topic])
     return problems
 
 
@@ -434,10 +503,13 @@ def load_config(config_dir: Path) -> LoadedConfig:
     problems: list[Problem] = []
     adapters: dict[str, AdapterFile] = {}
     adapter_names: dict[str, str] = {}
+    serial_lines: dict[str, tuple[str, int, str]] = {}
     for path in sorted((config_dir / ADAPTERS_DIR).glob("*.toml")):
         shown = str(path)
         adapter, name, found = _load_adapter(path, shown)
         problems += found
+        if isinstance(adapter, ModbusAdapter):
+            problems += _serial_line_checks(adapter, shown, serial_lines)
         if name in adapter_names:
             problems.append(Problem(shown, "name", f"adapter name {name!r} is also used by {adapter_names[name]}"))
             if adapter is not None:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from adapters.base.tag import Point
 from adapters.modbus.codec import TagCodec
-from gateway.adapter_config import ModbusAdapter, ModbusDevice, ModbusTag, device_tags
-from gateway.topics import adapter_tag_topic
+from gateway.adapter_config import ModbusAdapter, ModbusDevice, ModbusTag, device_tags, modbus_tag_topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,7 @@ def bind_tag(adapter: str, device: ModbusDevice, tag: ModbusTag) -> TagBinding:
     point = Point(
         device=device.name,
         name=tag.name,
-        topic=tag.topic or adapter_tag_topic(adapter, device.name, tag.name),
+        topic=modbus_tag_topic(adapter, device, tag),
         writable=tag.writable,
         deadband=tag.deadband,
         deadband_percent=tag.deadband_percent,

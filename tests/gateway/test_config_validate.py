@@ -50,6 +50,23 @@ address = 100
 type = "float32"
 """
 
+RTU = """
+name = "{name}"
+protocol = "modbus"
+
+[[devices]]
+name = "drive"
+transport = "rtu"
+port = "/dev/ttyMILLGATE0"
+unit = {unit}
+
+[[devices.tags]]
+name = "speed"
+table = "holding"
+address = 0
+type = "uint16"
+"""
+
 OPCUA = """
 name = "line2"
 protocol = "opcua"
@@ -256,6 +273,56 @@ CASES = {
         file="adapters/line1.toml",
         path="devices[0].port",
         message="input should be a valid integer or a valid string (got 502.5)",
+    ),
+    "modbus-writable-string-longer-than-one-write": Broken(
+        adapters={"line1": MODBUS.replace('type = "float32"', 'type = "string"\nlength = 124\nwritable = true')},
+        file="adapters/line1.toml",
+        path="devices[0].tags[0]",
+        message="a writable string of 124 registers cannot be written: one Modbus write (function 16) carries at most",
+    ),
+    "modbus-serial-port-in-two-adapter-files": Broken(
+        adapters={"a-line": RTU.format(name="a-line", unit=1), "b-line": RTU.format(name="b-line", unit=2)},
+        file="adapters/b-line.toml",
+        path="devices[0].port",
+        message="serial port '/dev/ttyMILLGATE0' is also used by ",  # ... <config>/adapters/a-line.toml devices[0]
+    ),
+    "modbus-duplicate-tag-topic": Broken(
+        adapters={
+            "line1": MODBUS
+            + "\n[[devices.tags]]\nname = 'pressure'\ntable = 'holding'\naddress = 0\ntype = 'int16'\n"
+            + "topic = 'line1/press-01/temperature'\n"
+        },
+        file="adapters/line1.toml",
+        path="devices[0].tags[1].topic",
+        message="topic 'line1/press-01/temperature' is also used by devices[0].tags[0]",
+    ),
+    "modbus-tag-topic-is-another-tags-set-topic": Broken(
+        adapters={
+            "line1": MODBUS
+            + "\n[[devices.tags]]\nname = 'pressure'\ntable = 'holding'\naddress = 0\ntype = 'int16'\n"
+            + "topic = 'line1/press-01/temperature/set'\n"
+        },
+        file="adapters/line1.toml",
+        path="devices[0].tags[1].topic",
+        message="topic 'line1/press-01/temperature/set' is also used by devices[0].tags[0]",
+    ),
+    "modbus-rtu-unit-0-is-broadcast": Broken(
+        adapters={"line1": RTU.format(name="line1", unit=0)},
+        file="adapters/line1.toml",
+        path="devices[0].unit",
+        message="unit 0 is the broadcast address on a serial line: no device answers it (use 1-247)",
+    ),
+    "modbus-rtu-unit-above-247": Broken(
+        adapters={"line1": RTU.format(name="line1", unit=248)},
+        file="adapters/line1.toml",
+        path="devices[0].unit",
+        message="unit 248 is reserved on a serial line: RTU units are 1-247",
+    ),
+    "modbus-tcp-unit-above-255": Broken(
+        adapters={"line1": MODBUS.replace("port = 502", "port = 502\nunit = 256")},
+        file="adapters/line1.toml",
+        path="devices[0].unit",
+        message="less than or equal to 255 (got 256)",
     ),
     "grant-unknown-resource": Broken(
         gateway=GATEWAY + FUNCTION + 'resources = [{ name = "serial-line9", access = "rw" }]\n',

@@ -85,3 +85,69 @@ def test_csv_tags_that_overlap_toml_tags_inconsistently_are_refused(short_tmp: P
     csv_text = "name,table,address,type\nwide,holding,0,int32\n"
     found = problems(short_tmp, HEAD + 'tags_csv = "map.csv"\n' + tag("narrow", 1, "int16"), {"map.csv": csv_text})
     assert any("tags_csv" in p and "row 2" in p and "overlaps" in p for p in found), found
+
+
+def rtu(name: str, port: str, unit: int = 1, device: str = "drive") -> str:
+    return f"""
+name = "{name}"
+protocol = "modbus"
+
+[[devices]]
+name = "{device}"
+transport = "rtu"
+port = "{port}"
+unit = {unit}
+""" + tag("speed", 0, "uint16")
+
+
+def test_unit_ids_modbus_tcp_devices_use_load_and_rtu_keeps_to_1_to_247(short_tmp: Path) -> None:
+    for unit in (0, 1, 247, 255):
+        assert problems(short_tmp, HEAD + f"unit = {unit}\n" + tag("a", 0, "int16")) == [], unit
+    assert problems(short_tmp, rtu("line1", "/dev/ttyMILLGATE0", 247)) == []
+    for unit, message in ((0, "broadcast address"), (248, "reserved on a serial line"), (255, "reserved")):
+        found = problems(short_tmp, rtu("line1", "/dev/ttyMILLGATE0", unit))
+        assert any("line1.toml: devices[0].unit: " in p and message in p for p in found), found
+
+
+def test_a_writable_string_may_take_one_write_of_123_registers_not_more(short_tmp: Path) -> None:
+    assert problems(short_tmp, HEAD + tag("s", 0, "string", "length = 123\nwritable = true")) == []
+    assert problems(short_tmp, HEAD + tag("s", 0, "string", "length = 125")) == []  # read-only: one read
+    found = problems(short_tmp, HEAD + tag("s", 0, "string", "length = 124\nwritable = true"))
+    assert any("devices[0].tags[0]: " in p and "at most 123" in p for p in found), found
+
+
+def test_one_serial_line_in_two_adapter_files_is_refused_naming_both_even_through_a_symlink(short_tmp: Path) -> None:
+    tty = short_tmp / "ttyUSB0"
+    tty.touch()
+    (short_tmp / "by-id").mkdir()
+    link = short_tmp / "by-id" / "usb-FTDI_RS485-if00"
+    link.symlink_to(tty)
+    # line1.toml (the first file) names the link, line2.toml the device it points to
+    found = problems(short_tmp, rtu("line1", str(link)), {"line2.toml": rtu("line2", str(tty), unit=2)})
+    [problem] = found
+    assert problem.startswith(f"{short_tmp}/adapters/line2.toml: devices[0].port: serial port '{tty}' ")
+    assert f"is also used by {short_tmp}/adapters/line1.toml devices[0].port '{link}', both {tty}" in problem
+    (short_tmp / "adapters" / "line2.toml").unlink()
+    # two spellings of one line in one file would make two buses (two masters) on it
+    two = rtu("line1", str(link)) + rtu("x", str(tty), unit=2, device="drive2").split("\n", 4)[4]
+    [problem] = problems(short_tmp, two)
+    assert f"line1.toml: devices[1].port: '{tty}' is the serial line of devices[0].port '{link}'" in problem
+    # different lines, and one line shared by the devices of one file, are fine
+    other = short_tmp / "ttyUSB1"
+    assert problems(short_tmp, rtu("line1", str(tty)), {"line2.toml": rtu("line2", str(other))}) == []
+    (short_tmp / "adapters" / "line2.toml").unlink()
+    assert problems(short_tmp, rtu("line1", str(tty)) + rtu("x", str(tty), 2, "drive2").split("\n", 4)[4]) == []
+
+
+def test_two_tags_publishing_on_one_topic_are_refused_across_devices_and_csv_rows(short_tmp: Path) -> None:
+    second = HEAD.split("\n", 4)[4].replace("press", "press2")
+    adapter = HEAD + tag("t", 0, "int16") + second + tag("u", 0, "int16", 'topic = "line1/press/t"')
+    found = problems(short_tmp, adapter)
+    assert any("devices[1].tags[0].topic: topic 'line1/press/t' is also used by devices[0].tags[0]" in p for p in found)
+    csv_text = "name,table,address,type,topic\nfrom_csv,holding,5,int16,plant/t\n"
+    adapter = HEAD + 'tags_csv = "map.csv"\n' + tag("t", 0, "int16", 'topic = "plant/t"')
+    found = problems(short_tmp, adapter, {"map.csv": csv_text})
+    assert any("row 2.topic: topic 'plant/t' is also used by devices[0].tags[0]" in p for p in found), found
+    # a duplicate name is one problem, not also a duplicate topic
+    found = problems(short_tmp, HEAD + tag("t", 0, "int16") + tag("t", 2, "int16"))
+    assert len(found) == 1 and "duplicate tag name" in found[0], found

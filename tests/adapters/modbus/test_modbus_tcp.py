@@ -469,3 +469,36 @@ def test_a_request_on_a_connection_pymodbus_knows_is_gone_is_a_connect_error_not
 
     error = asyncio.run(scenario())
     assert error.kind == "connect"
+
+
+def test_unit_ids_255_and_0_that_modbus_tcp_devices_commonly_use_are_polled(simulator, harness) -> None:
+    sim = simulator((0, 255))  # 0: the server's default device, answering unit 0 (and any other)
+    port = sim.start_tcp()
+    sim.set("holding", 0, [255], unit=255)
+    sim.set("holding", 0, [7], unit=0)
+    devices = "".join(
+        f"""
+[[devices]]
+name = "u{unit}"
+transport = "tcp"
+host = "127.0.0.1"
+port = {port}
+unit = {unit}
+poll_ms = 100
+
+[[devices.tags]]
+name = "value"
+table = "holding"
+address = 0
+type = "uint16"
+"""
+        for unit in (255, 0)
+    )
+
+    async def scenario() -> None:
+        async with harness(f'name = "line1"\nprotocol = "modbus"\n{devices}') as h:
+            await eventually(lambda: h.recorder.good("u255/value", "u0/value"), what="both units read")
+            assert (h.recorder.value("u255/value"), h.recorder.value("u0/value")) == (255, 7)
+
+    asyncio.run(scenario())
+    assert sim.sim.request_count(unit=255) >= 1 and sim.sim.request_count(unit=0) >= 1
