@@ -1,7 +1,9 @@
 """A long-lived (pinned) function, one supervised process `fn-<name>`: it drops to the function's uid,
 runs the module's init once in its own thread (it may loop forever, as the periodic-task pattern does)
 and, in another, feeds the messages routed to it, in arrival order, to its handler as soon as the
-module has defined one (even while the init still runs); a module with no handler is legal.
+module has defined one (even while the init still runs); a module with no handler is legal. A handler
+call that outlives the function's timeout is answered for, counted, and ends the process: a thread stuck
+in user code cannot be stopped from inside, so supervisord restarts the function.
 
 A long-lived Greengrass v1 function is instead this process running the v1 runtime: the core takes its
 messages and hands them over, in order, through the v1 API.
@@ -31,6 +33,7 @@ from functions.handler import FunctionIdentity, Handler, call_handler, load_hand
 from functions.limits import limit_address_space
 from functions.privileges import drop_privileges
 from functions.runner_spec import RunnerSpec, read_spec
+from gateway.backoff import sleep_or_stop
 from gateway.component import component_arguments, component_credentials, stop_on_signals
 from gateway.credentials import Credentials
 from gateway.function_deploy import read_manifest
@@ -43,6 +46,37 @@ log = logging.getLogger("functions.pinned")
 
 REPLY_TIMEOUT_S = 10.0
 HANDLER_POLL_S = (0.02, 1.0)  # first and longest wait between looks for the handler while init runs
+EXIT_TIMEOUT = 4  # a handler call timed out: not in the program's exitcodes, so supervisord restarts it
+
+
+class TimeoutCount:
+    """Handler timeouts since supervisord started: each one restarts this process, so the count lives in
+    a file in the run dir, opened before the privilege drop and tagged with supervisord's pid."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tag = str(os.getppid())
+        self.fd: int | None = None
+        self.value = 0
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            recorded = os.pread(self.fd, 64, 0).decode(errors="replace").split()
+        except OSError as exc:
+            log.warning("event=timeout-count-unavailable path=%s reason=%s (counted per process only)", path, exc)
+            return
+        if len(recorded) == 2 and recorded[0] == self.tag and recorded[1].isdigit():
+            self.value = int(recorded[1])
+
+    def add(self) -> int:
+        self.value += 1
+        if self.fd is not None:
+            try:
+                os.ftruncate(self.fd, 0)
+                os.pwrite(self.fd, f"{self.tag} {self.value}\n".encode(), 0)
+                os.fsync(self.fd)
+            except OSError as exc:
+                log.warning("event=timeout-count-not-saved path=%s reason=%s", self.path, exc)
+        return self.value
 
 
 class PinnedFunction:
@@ -61,6 +95,9 @@ class PinnedFunction:
         self.acknowledge: Callable[[Received], None] = lambda _message: None
         self.mqtt: LocalMqtt | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.running: tuple[Received, str, float] | None = None  # message, request id, monotonic start
+        self.timed_out = False
+        self.timeout_count: TimeoutCount | None = None
 
     def bind(self, mqtt: LocalMqtt) -> None:
         """Use `mqtt` (running on the current loop) for acknowledgements and invocation answers."""
@@ -78,6 +115,7 @@ class PinnedFunction:
             "queue_depth": len(self.inbox),
             "invocations": self.stats.invocations,
             "errors": self.stats.errors,
+            "timeouts": self.timeout_count.value if self.timeout_count else self.stats.timeouts,
             "rejected": self.stats.rejected,
             "p50_ms": self.stats.percentile(0.5),
             "p99_ms": self.stats.percentile(0.99),
@@ -179,10 +217,14 @@ class PinnedFunction:
                 while not self.inbox:
                     self.wakeup.wait()
                 message = self.inbox.popleft()
-            started = time.monotonic()
-            outcome = call_handler(
-                handler, self.identity, uuid.uuid4().hex, message.topic, message.payload, self.timeout_s
-            )
+            request_id, started = uuid.uuid4().hex, time.monotonic()
+            with self.wakeup:
+                self.running = (message, request_id, started)
+            outcome = call_handler(handler, self.identity, request_id, message.topic, message.payload, self.timeout_s)
+            with self.wakeup:
+                self.running = None
+                if self.timed_out:
+                    return  # answered for by watch_timeouts; the process is on its way out
             self.stats.invocations += 1
             self.stats.durations_ms.append((time.monotonic() - started) * 1000)
             if not outcome.ok:
@@ -192,6 +234,37 @@ class PinnedFunction:
             else:
                 self.reply_from_thread(message, outcome.result, None, None)
             self.acknowledge(message)
+
+    async def watch_timeouts(self, stop: asyncio.Event) -> int:
+        """Until `stop`: when a handler call outlives timeout_s, answer the caller as the dispatcher does,
+        acknowledge the message (redelivered, it would only time out again), count it, set `stop` and
+        return EXIT_TIMEOUT; 0 on a normal stop."""
+        interval = min(max(self.timeout_s / 10, 0.05), 1.0)
+        while not stop.is_set():
+            await sleep_or_stop(stop, interval)
+            with self.wakeup:
+                running = self.running
+                if running is None or time.monotonic() - running[2] <= self.timeout_s:
+                    continue
+                self.timed_out = True
+            message, request_id, _ = running
+            self.stats.invocations += 1
+            self.stats.timeouts += 1
+            total = self.timeout_count.add() if self.timeout_count else self.stats.timeouts
+            log.error(
+                "function=%s event=timeout request=%s topic=%s timeout_s=%g timeouts=%d action=exiting for "
+                "supervisord to restart the function",
+                self.name,
+                request_id,
+                message.topic,
+                self.timeout_s,
+                total,
+            )
+            await self.reply(message, None, "Unhandled", f"Task timed out after {self.timeout_s:g} seconds")
+            self.acknowledge(message)
+            stop.set()
+            return EXIT_TIMEOUT
+        return 0
 
     async def refuse_without_handler(self, message: Received) -> None:
         self.stats.rejected += 1
@@ -275,10 +348,13 @@ def entry() -> None:
     runner = start_runner()
     if runner.spec.runtime == "greengrass-v1":
         raise SystemExit(run_greengrass_v1(runner))
-    asyncio.run(main(runner))
+    status = asyncio.run(main(runner))
+    if status:
+        logging.shutdown()
+        os._exit(status)  # the handler's thread is stuck in user code: do not wait for it
 
 
-async def main(runner: Runner) -> None:
+async def main(runner: Runner) -> int:
     spec = runner.spec
     deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
     pinned = PinnedFunction(
@@ -288,6 +364,7 @@ async def main(runner: Runner) -> None:
         spec.timeout_s,
     )
     pinned.problems.extend(deployed.problems)
+    pinned.timeout_count = TimeoutCount(runner.paths.run_dir / f"{runner.component}.timeouts")
     drop_privileges(spec.uid, spec.gid, deployed.extra_groups)
     os.environ.update(spec.environment)
     if deployed.path:
@@ -312,7 +389,9 @@ async def main(runner: Runner) -> None:
         pinned.start(Path(deployed.path), spec.handler)
     else:
         log.error("function=%s event=not-started problems=%r", spec.name, pinned.problems)
+    watchdog = asyncio.create_task(pinned.watch_timeouts(stop))
     await mqtt.run(stop)
+    return await watchdog
 
 
 if __name__ == "__main__":

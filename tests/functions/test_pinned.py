@@ -1,6 +1,7 @@
-"""The long-lived function runner on a real gateway (issue 4 item 3): a module whose init loops forever
-(the seminar's periodic-task pattern) still has its handler answer; a module without a handler is a
-healthy long-lived function that refuses the messages routed to it.
+"""The long-lived function runner on a real gateway (issue 4 items 3 and 5): a module whose init loops
+forever (the seminar's periodic-task pattern) still has its handler answer; a module without a handler
+is a healthy long-lived function that refuses the messages routed to it; a handler call past the
+function's timeout is answered for, counted, and the function restarted by supervisord.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,14 @@ handler = "headless.function_handler"
 lifecycle = "long-lived"
 run_as = "1022:1022"
 
+[[functions]]
+name = "sleeper"
+code = "functions/sleeper"
+handler = "sleeper.function_handler"
+lifecycle = "long-lived"
+run_as = "1023:1023"
+timeout_s = 1
+
 [[subscriptions]]
 source = "function:ticker"
 target = "device:tester"
@@ -78,7 +88,15 @@ target = "function:ticker"
 topic = "ticker/in"
 """
 
-CODE = {"ticker": TICKER, "headless": HEADLESS}
+SLEEPER = """
+import os, time
+
+def function_handler(event, context):
+    time.sleep(event.get("s", 0))
+    return {"pid": os.getpid(), "slept": event.get("s", 0)}
+"""
+
+CODE = {"ticker": TICKER, "headless": HEADLESS, "sleeper": SLEEPER}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +108,7 @@ def gw() -> Iterator[RunningGateway]:
         (config / "functions" / name).mkdir(parents=True)
         (config / "functions" / name / f"{name}.py").write_text(code)
     (config / "gateway.toml").write_text(GATEWAY)
-    running = start_gateway(config, base / "s", expect=("broker", "core", "fn-ticker", "fn-headless"))
+    running = start_gateway(config, base / "s", expect=("broker", "core", "fn-ticker", "fn-headless", "fn-sleeper"))
     yield running
     running.stop()
     running.kill_leftovers()
@@ -147,3 +165,28 @@ def test_module_without_a_handler_is_healthy_and_refuses_messages(gw: RunningGat
     assert answer["function_error"] == "Unhandled" and "has no handler" in answer["error"], answer
     wait_until(lambda: function_status(gw, "headless")["rejected"] == 1, 5, "the refusal counted")
     assert gw.status()["processes"]["fn-headless"]["state"] == "RUNNING"
+
+
+def test_handler_past_its_timeout_is_answered_counted_and_the_function_restarted(gw: RunningGateway) -> None:
+    quick = invoke(gw, "sleeper", {"s": 0})
+    assert quick["function_error"] is None, quick
+    old_pid = quick["result"]["pid"]
+    # as an on-demand timeout: the caller is told at once rather than after the handler's 30 s
+    hung = invoke(gw, "sleeper", {"s": 30}, timeout_s=10)
+    assert hung == {"result": None, "function_error": "Unhandled", "error": "Task timed out after 1 seconds"}
+
+    def restarted() -> bool:
+        process = gw.status()["processes"]["fn-sleeper"]
+        beat = gw.status()["components"].get("fn-sleeper", {})
+        return process["state"] == "RUNNING" and process["pid"] != old_pid and beat.get("pid") == process["pid"]
+
+    wait_until(restarted, 20, "supervisord to restart fn-sleeper", interval_s=0.2)
+    after = invoke(gw, "sleeper", {"s": 0})
+    assert after["function_error"] is None and after["result"]["pid"] != old_pid, after
+    # the timed-out message was acknowledged, not delivered again to time out once more
+    time.sleep(2)
+    status = function_status(gw, "sleeper")
+    assert status["timeouts"] == 1 and status["function_state"] == "ready", status
+    assert gw.status()["processes"]["fn-sleeper"]["pid"] == after["result"]["pid"]
+    log = gw.paths.function_log("sleeper").read_text()
+    assert "event=timeout" in log and "timeout_s=1" in log
