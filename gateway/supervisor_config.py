@@ -1,5 +1,5 @@
 """Renders supervisord.conf: the broker, the core and every other component as supervised programs,
-with restart on crash, a stop deadline that keeps a whole shutdown under 10 s, and each program's
+with restart on crash, stop bands and deadlines that keep a whole shutdown under 10 s, and each program's
 stdout captured into log_dir/system/<program>.log under a size cap.
 """
 
@@ -20,8 +20,19 @@ from gateway.service_user import ServiceUser
 FINGERPRINT_ENV = "MILLGATE_CONFIG_FINGERPRINT"
 LOGSHIP = "logship"  # ships logs to CloudWatch; no broker identity, no heartbeat
 LOG_BACKUPS = 4
-# supervisord stops programs one priority band at a time; two bands at 4 s each stay under 10 s.
-STOP_WAIT_S = 4
+# Shutdown: supervisord stops one process group at a time and every program is a group of its own
+# (a deployment adds, removes and restarts each alone), so gateway/stop_bands.py regroups the stop
+# into bands by priority floor, each band's programs stopped together: producers (functions,
+# adapters, logship) first so the uplink still takes their last messages, then uplink and core, then
+# the broker, which saves its persistence file once every client has left. supervisord SIGKILLs what
+# outlives a band's stop deadline (it checks about once a second), so a band takes at most
+# deadline + 1 s and a whole gateway at most SHUTDOWN_WORST_S, under 10 s (systemd allows 20).
+STOP_BANDS: tuple[tuple[int, int], ...] = ((40, 2), (20, 2), (0, 2))  # (priority floor, stopwaitsecs)
+SHUTDOWN_WORST_S = sum(wait + 1 for _, wait in STOP_BANDS)
+
+
+def stop_wait_s(priority: int) -> int:
+    return next(wait for floor, wait in STOP_BANDS if priority >= floor)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,10 @@ def supervisord_conf_text(
         "[rpcinterface:preload]",
         "supervisor.rpcinterface_factory = gateway.preload:install",
         "",
+        "[rpcinterface:stopbands]",
+        "supervisor.rpcinterface_factory = gateway.stop_bands:install",
+        "floors = " + ",".join(str(floor) for floor, _ in STOP_BANDS if floor > 0),
+        "",
         "[supervisorctl]",
         f"serverurl=unix://{_escape(str(paths.supervisor_socket))}",
         "",
@@ -136,7 +151,7 @@ def supervisord_conf_text(
             "startsecs=1",
             "startretries=10",
             "stopsignal=TERM",
-            f"stopwaitsecs={STOP_WAIT_S}",
+            f"stopwaitsecs={stop_wait_s(program.priority)}",
             "stopasgroup=true",
             "killasgroup=true",
             "redirect_stderr=true",

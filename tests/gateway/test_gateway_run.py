@@ -20,6 +20,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.credentials import Credentials
 from gateway.mqtt import ConnectRefused, connect_blocking, paho_client
 from gateway.operator_client import OperatorError, publish_lines
+from gateway.supervisor_config import SHUTDOWN_WORST_S, STOP_BANDS
 from tests.fixtures.gateway import REPO, run_cli, wait_until
 
 TWO_FUNCTIONS = """
@@ -130,6 +131,48 @@ def test_sigterm_stops_every_child_within_10_seconds(gateway_factory) -> None:
     status = gw.cli("status", "--json")
     assert status.returncode == 1
     assert json.loads(status.stdout)["supervisor"]["reachable"] is False
+
+
+SLOW_FUNCTIONS = 5
+# a long-lived function that runs its own loop in a non-daemon thread: its process does not exit on
+# SIGTERM, so supervisord has to wait out its stop deadline and SIGKILL it
+SLOW_TO_STOP = """import threading
+import time
+
+threading.Thread(target=time.sleep, args=(3600,), name="forever", daemon=False).start()
+
+
+def function_handler(event, context):
+    return event
+"""
+
+
+def test_sigterm_stops_a_gateway_of_slow_to_stop_programs_within_10_seconds(gateway_factory) -> None:
+    gateway_toml = '[gateway]\nthing_name = "slow-gw"\nstatus_interval_s = 0.5\n'
+    for i in range(SLOW_FUNCTIONS):
+        gateway_toml += (
+            f'\n[[functions]]\nname = "slow{i}"\ncode = "functions/slow"\nhandler = "main.function_handler"\n'
+            f'lifecycle = "long-lived"\nrun_as = "{1001 + i}:{1001 + i}"\n'
+        )
+    programs = tuple(f"fn-slow{i}" for i in range(SLOW_FUNCTIONS))
+    gw = gateway_factory(
+        gateway_toml, files={"functions/slow/main.py": SLOW_TO_STOP}, expect=("broker", "core", *programs)
+    )
+    # supervisord stops one group at a time and each program is one: one after another these would
+    # take SLOW_FUNCTIONS stop deadlines; stopped as a band they take one
+    took = gw.stop()
+    assert took < 10, f"shutdown took {took:.1f} s"
+    assert gw.process.returncode == 0
+    assert gw.descendants() == []
+    supervisord = gw.paths.component_log("supervisord").read_text()
+    for name in programs:
+        assert f"stopped: {name} (terminated by SIGKILL)" in supervisord, f"{name} was not slow to stop"
+
+
+def test_stop_bands_keep_the_worst_shutdown_under_10_seconds() -> None:
+    # every program's stop deadline runs out, band after band, each noticed up to 1 s late
+    assert SHUTDOWN_WORST_S < 10
+    assert STOP_BANDS[-1][0] == 0, "the lowest band must take every priority left"
 
 
 def test_killed_core_is_back_with_a_new_pid_and_heartbeat_within_2_seconds(gateway_factory) -> None:
