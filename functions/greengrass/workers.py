@@ -17,7 +17,8 @@ import xmlrpc.client
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from functions.greengrass.service import GreengrassService, WorkerSlot, WorkItem, WorkResult
+from functions.greengrass.service import GreengrassService
+from functions.greengrass.slot import WorkerSlot, WorkItem, WorkResult
 from functions.user_log import UserLog
 from functions.worker_process import INIT_TIMEOUT_S, InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
 from gateway.paths import GatewayPaths
