@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from functions.runtime import write_runner_specs
-from gateway.acl import OPERATOR, acl_file_text, compile_grants, component_identities, function_identity
+from gateway.acl import CORE, OPERATOR, acl_file_text, compile_grants, component_identities, function_identity
 from gateway.atomic_file import write_atomic
 from gateway.broker_config import mosquitto_binary, mosquitto_conf_text
 from gateway.ca import load_ca
@@ -112,12 +112,8 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     user = service_user()
     ensure_state_dirs(paths, user)
     config = loaded.gateway
-    identities = sorted(set(component_identities(config, loaded.adapters).values()) | {OPERATOR})
-    # the operator identity stays with whoever owns the state dir (root under systemd); a function's
-    # secret belongs to the function's uid, so no other function can read it
-    owners = {function_identity(f.name): (f.uid, user.gid) for f in config.functions} if as_root() else {}
-    owners[OPERATOR] = (os.geteuid(), os.getegid())
-    creds = [ensure_credentials(paths.credentials_dir, i, owners.get(i, user.owner)) for i in identities]
+    owners = credential_owners(loaded, user, as_root())
+    creds = [ensure_credentials(paths.credentials_dir, i, owner) for i, owner in sorted(owners.items())]
     owner = user.owner if os.geteuid() == 0 else None
     write_atomic(paths.password_file, password_file_text(creds), 0o640, owner)
     mosquitto = mosquitto_binary()
@@ -131,6 +127,21 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     conf = supervisord_conf_text(config, paths, user, program_list)
     write_atomic(paths.supervisord_conf, conf, 0o640, owner)
     return paths.supervisord_conf
+
+
+def credential_owners(loaded: LoadedConfig, user: ServiceUser, root: bool) -> dict[str, tuple[int, int]]:
+    """Every broker identity -> the (uid, gid) its secret file belongs to (mode 0600): the uid that
+    runs the component. Under root: the core runs as root, so its secret is root's and no component
+    can log in as the core; a function's secret is its own uid's, so no other function can read it;
+    uplink, adapters (and logship, which has none) all run as the service user and so share it (see
+    docs/security.md). The operator identity stays with whoever owns the state dir."""
+    identities = set(component_identities(loaded.gateway, loaded.adapters).values())
+    owners = dict.fromkeys(identities, user.owner)
+    if root:
+        owners[CORE] = (0, 0)
+        owners.update({function_identity(f.name): (f.uid, user.gid) for f in loaded.gateway.functions})
+    owners[OPERATOR] = (os.geteuid(), os.getegid())
+    return owners
 
 
 def prepare_ca(loaded: LoadedConfig, paths: GatewayPaths, user: ServiceUser) -> None:

@@ -17,9 +17,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.credentials import Credentials
+from gateway.config_loader import load_config
+from gateway.credentials import Credentials, credential_path, ensure_credentials
+from gateway.launch import credential_owners
 from gateway.mqtt import ConnectRefused, connect_blocking, paho_client
 from gateway.operator_client import OperatorError, publish_lines
+from gateway.service_user import ServiceUser
 from gateway.supervisor_config import SHUTDOWN_WORST_S, STOP_BANDS
 from tests.fixtures.gateway import REPO, run_cli, wait_until
 
@@ -300,6 +303,45 @@ def test_generated_files_are_private_and_credentials_unreadable_by_others(gatewa
     assert "topic write millgate/fn-producer/#" in blocks["user function.producer"]
     assert "topic read line1/+/temperature" in blocks["user function.consumer"]
     assert "topic write line1/+/temperature" not in blocks["user function.consumer"]
+
+
+def _readable_by(uid: int, path: Path) -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; open(sys.argv[1]).read()", str(path)],
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership by other uids needs root")
+def test_the_service_user_cannot_read_the_core_secret_nor_a_function_secret(short_tmp: Path) -> None:
+    # issue 3 item 5: a component's broker secret is readable by no other component's user. The core
+    # runs as root; uplink and adapters share the service user (README: Identities and the whitelist)
+    config = short_tmp / "etc"
+    (config / "adapters").mkdir(parents=True)
+    (config / "gateway.toml").write_text(
+        TWO_FUNCTIONS + '\n[[subscriptions]]\nsource = "function:producer"\ntarget = "cloud"\ntopic = "up/x"\n'
+    )
+    for relative, text in FUNCTION_FILES.items():
+        (config / relative).parent.mkdir(parents=True, exist_ok=True)
+        (config / relative).write_text(text)
+    service = ServiceUser("svc", 1500, 1500)  # an uid of its own, standing in for the millgate user
+    owners = credential_owners(load_config(config), service, root=True)
+    credentials = short_tmp / "credentials"
+    credentials.mkdir(mode=0o711)
+    for identity, owner in owners.items():
+        ensure_credentials(credentials, identity, owner)
+    secret = {identity: credential_path(credentials, identity) for identity in owners}
+    assert secret["core"].stat().st_uid == 0 and secret["core"].stat().st_mode & 0o777 == 0o600
+    assert not _readable_by(service.uid, secret["core"])
+    assert not _readable_by(service.uid, secret["function.producer"])
+    assert _readable_by(service.uid, secret["uplink"])  # its own (shared with the adapters)
+    assert not _readable_by(1001, secret["core"]) and not _readable_by(1001, secret["uplink"])
+    assert not _readable_by(1001, secret["function.consumer"]) and _readable_by(1001, secret["function.producer"])
 
 
 def test_log_level_can_be_set_per_component(gateway_factory) -> None:
