@@ -21,16 +21,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from storage.disk_reserve import DiskReserve
-from storage.spool import (
-    DISK_CAP_FRACTION,
+from storage.spool import DISK_CAP_FRACTION
+from storage.spool_file import Transaction, is_disk_full
+from storage.spool_records import (
     DROPPED_DISK_FULL,
     REJECTED_DISK_FULL,
     AppendResult,
     Policy,
     SpoolCorrupt,
     SpoolUnwritable,
-    Transaction,
-    is_disk_full,
 )
 
 SCHEMA = """

@@ -8,159 +8,73 @@ It knows nothing of MQTT or of the cloud; one thread owns a Spool (sqlite3 conne
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TypeVar
 
 from storage.disk_reserve import DiskReserve
+from storage.spool_file import SCHEMA, Transaction, is_disk_full, upgrade_message_ids
+from storage.spool_records import (
+    DEAD_LINK_DROPPED,
+    DEAD_REFUSED,
+    DEAD_TOO_LARGE,
+    DROPPED_DISK_FULL,
+    DROPPED_FULL,
+    EXPIRED,
+    MESSAGE_DEADLINE,
+    PURGED,
+    REJECTED_DISK_FULL,
+    REJECTED_FULL,
+    AppendResult,
+    DeadLetter,
+    Message,
+    Policy,
+    Rule,
+    SpoolCorrupt,
+    SpoolError,
+    SpoolStats,
+    SpoolUnwritable,
+    Stored,
+)
+
+# what the rest of millgate imports from here (the records and the file layout live in their own modules)
+__all__ = [
+    "DEAD_LINK_DROPPED",
+    "DEAD_REFUSED",
+    "DEAD_TOO_LARGE",
+    "DISK_CAP_FRACTION",
+    "DROPPED_DISK_FULL",
+    "DROPPED_FULL",
+    "EXPIRED",
+    "MESSAGE_DEADLINE",
+    "PURGED",
+    "REJECTED_DISK_FULL",
+    "REJECTED_FULL",
+    "AppendResult",
+    "DeadLetter",
+    "Message",
+    "Policy",
+    "Rule",
+    "Spool",
+    "SpoolCorrupt",
+    "SpoolError",
+    "SpoolStats",
+    "SpoolUnwritable",
+    "Stored",
+]
 
 log = logging.getLogger(__name__)
 
-Policy = Literal["drop-oldest", "reject-new"]
-
-# AUTOINCREMENT: ids must never be reused. The drain hands messages out by "id greater than the last one
-# sent"; a plain INTEGER PRIMARY KEY restarts at max(id)+1 once the tail is deleted, and a new message
-# would land behind the drain's cursor and wait there until the next reconnect.
-MESSAGES_TABLE = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    properties TEXT,
-    priority INTEGER NOT NULL DEFAULT 0,
-    expires_at REAL,
-    tries INTEGER NOT NULL DEFAULT 0,
-    size INTEGER NOT NULL
-);
-"""
-SCHEMA = (
-    MESSAGES_TABLE
-    + """
-CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority, id);
-CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    qos INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    properties TEXT,
-    tries INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    dead_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-)
-
-# counter names, persisted so they survive restarts: `millgate spool stats` shows them
-DROPPED_FULL = "dropped.spool-full"  # drop-oldest: an old message made room for a new one
-REJECTED_FULL = "rejected.spool-full"  # reject-new: a new message was refused
-DROPPED_DISK_FULL = "dropped.disk-full"
 # kept free next to the spool for the deletions a full disk needs room for (storage/disk_reserve.py)
 DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
 # on a full disk the spool keeps to this share of what it held when the disk filled: its file's pages
 DISK_CAP_FRACTION = 0.98
 T = TypeVar("T")
-REJECTED_DISK_FULL = "rejected.disk-full"
-EXPIRED = "expired.ttl"
-DEAD_TOO_LARGE = "dead.payload-too-large"
-DEAD_REFUSED = "dead.refused"
-DEAD_LINK_DROPPED = "dead.link-dropped"  # the cloud hung up on it each time it was sent (no reason code)
-PURGED = "purged.operator"
-# a message's own absolute deadline in its properties (MQTT 5 message expiry, made absolute when it
-# arrived): the spool expires the message at the earlier of this and its prefix's TTL
-MESSAGE_DEADLINE = "message_expiry_at"
-
 _PER_ROW_OVERHEAD = 32  # what SQLite spends per row beyond topic, payload and properties, roughly
-
-
-class SpoolError(Exception):
-    """The spool file cannot be used; the message names the file and what to do."""
-
-
-class SpoolCorrupt(SpoolError):
-    pass
-
-
-class SpoolUnwritable(SpoolError):
-    pass
-
-
-@dataclass(frozen=True)
-class Rule:
-    prefix: str
-    priority: int = 0
-    ttl_s: float | None = None
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    ts: float = field(default_factory=time.time)
-    properties: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Stored:
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    ts: float
-    properties: dict[str, Any] | None
-    priority: int
-    tries: int
-
-
-@dataclass
-class AppendResult:
-    stored: int = 0
-    dropped_oldest: int = 0
-    rejected: int = 0
-    dead: int = 0
-    disk_full: bool = False
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    messages: int
-    bytes: int
-    max_bytes: int
-    oldest_ts: float | None
-    dead_letters: int
-    counters: dict[str, int]
-    by_priority: dict[int, int]
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    ts: float
-    tries: int
-    reason: str
-    dead_at: float
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """An SQLite write or a file write that failed for want of space (SQLITE_FULL, ENOSPC, EDQUOT)."""
-    if isinstance(exc, sqlite3.OperationalError):
-        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class Spool:
@@ -229,7 +143,7 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: the WAL is fsynced at every commit, so an acknowledged message survives power loss
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-            _upgrade_message_ids(db)
+            upgrade_message_ids(db)
             db.executescript(SCHEMA)
         except sqlite3.OperationalError as exc:
             db.close()
@@ -598,47 +512,6 @@ class Spool:
             self._data_version = version
 
 
-class Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (the bulk store uses it too)."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, exc: object, tb: object) -> None:
-        if kind is None:
-            try:
-                self.db.execute("COMMIT")
-                return
-            except sqlite3.Error:
-                # on SQLITE_FULL (and I/O errors) SQLite may have rolled the transaction back itself:
-                # a second ROLLBACK would fail and hide the disk-full error the caller handles
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-        if self.db.in_transaction:
-            self.db.execute("ROLLBACK")
-
-
 def _earliest(*deadlines: float | None) -> float | None:
     present = [d for d in deadlines if d is not None]
     return min(present) if present else None
-
-
-def _upgrade_message_ids(db: sqlite3.Connection) -> None:
-    """A spool made before ids were AUTOINCREMENT gets its table rebuilt in place, in one transaction."""
-    row = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='messages'").fetchone()
-    if row is None or "AUTOINCREMENT" in row[0].upper():
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute("ALTER TABLE messages RENAME TO messages_before_autoincrement")
-        db.execute(MESSAGES_TABLE)
-        db.execute("INSERT INTO messages SELECT * FROM messages_before_autoincrement")
-        db.execute("DROP TABLE messages_before_autoincrement")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
