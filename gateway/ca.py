@@ -438,6 +438,7 @@ def record_device(paths: GatewayPaths, issued: IssuedDevice, ca: GroupCa, owner:
                 issued.cert.not_valid_before_utc,
                 issued.cert.not_valid_after_utc,
                 ca.serial,
+                from_csr=issued.key_pem is None,
             )
         )
         device_registry.save_records(paths.device_registry, records, owner)

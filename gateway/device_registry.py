@@ -30,6 +30,9 @@ class DeviceCert:
     not_after: datetime
     ca_serial: int
     revoked_at: datetime | None = None
+    # signed from the device's own CSR: the device keeps its key, so only it can ask for a new one
+    # (registries written before this was recorded read as generated keys)
+    from_csr: bool = False
 
     def state(self, ca_serial: int, now: datetime) -> str:
         """valid | revoked | expired | not-yet-valid | old-ca (issued by a CA rotated away)."""
@@ -61,6 +64,7 @@ class DeviceCert:
             not_after=datetime.fromisoformat(str(data["not_after"])),
             ca_serial=int(str(data["ca_serial"]), 16),
             revoked_at=datetime.fromisoformat(str(revoked)) if revoked else None,
+            from_csr=data.get("from_csr") is True,
         )
 
 
@@ -102,6 +106,13 @@ def revoke(records: list[DeviceCert], thing: str, ca_serial: int, now: datetime)
             count += 1
         updated.append(record)
     return updated, count
+
+
+def latest_unrevoked(records: list[DeviceCert]) -> list[DeviceCert]:
+    """Each thing's most recent certificate (the registry appends), for the things whose most recent
+    one is not revoked: the devices still enrolled, whatever CA issued them."""
+    latest = {record.thing: record for record in records}
+    return [record for record in latest.values() if record.revoked_at is None]
 
 
 @contextlib.contextmanager

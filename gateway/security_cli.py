@@ -33,6 +33,7 @@ from gateway.ca import (
 )
 from gateway.cli_support import EXIT_FAILED, EXIT_INVALID, EXIT_OK, load_or_exit, paths_for
 from gateway.device_registry import RegistryCorrupt
+from gateway.device_reissue import Reissued, prepare_out_dir, reissue_devices
 from gateway.launch import write_acl
 
 NOT_RUNNING = "the gateway is not running; it uses the new files when it starts"
@@ -113,15 +114,42 @@ def cmd_ca_show(args: argparse.Namespace) -> int:
 def cmd_ca_rotate(args: argparse.Namespace) -> int:
     loaded = load_or_exit(args)
     paths = paths_for(args, loaded)
+    out: Path | None = args.reissue_devices
+    reissued = None
     try:
+        if out is not None:
+            prepare_out_dir(out)
         ca = rotate_ca(paths, loaded.gateway, file_owner())
+        if out is not None:
+            days = args.days or loaded.gateway.broker.device_cert_days
+            reissued = reissue_devices(paths, out, days, file_owner())
         restarted = restart_broker(paths)
-    except (CaError, OSError, BrokerReloadFailed) as exc:
+    except (CaError, RegistryCorrupt, OSError, BrokerReloadFailed) as exc:
         return _fail("ca rotate", exc)
     print(f"new group CA: {ca.cert.subject.rfc4514_string()}")
-    print("every device certificate from the previous CA is now refused; re-issue them with `millgate device add`")
+    if reissued is None:
+        print(
+            "every device certificate from the previous CA is now refused; re-issue them with "
+            "`millgate device add` (or rotate with --reissue-devices DIR)"
+        )
+    else:
+        _print_reissued(reissued)
     print("broker restarted: connections made under the old CA are closed" if restarted else NOT_RUNNING)
-    return EXIT_OK
+    return EXIT_FAILED if reissued is not None and reissued.failed else EXIT_OK
+
+
+def _print_reissued(reissued: Reissued) -> None:
+    for thing, written in sorted(reissued.issued.items()):
+        print(f"re-issued {thing}: {' '.join(str(p) for p in written)}")
+    if not reissued.issued:
+        print("no device to re-issue with a generated key")
+    if reissued.need_csr:
+        print(
+            f"not re-issued, enrolled with their own CSR: {', '.join(sorted(reissued.need_csr))}; each needs "
+            "a new CSR from the device: `millgate device add THING --csr FILE`"
+        )
+    for thing, why in sorted(reissued.failed.items()):
+        print(f"millgate ca rotate: {thing}: not re-issued: {why}", file=sys.stderr)
 
 
 def cmd_device_add(args: argparse.Namespace) -> int:
@@ -220,6 +248,13 @@ def add_security_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     rotate = ca_verbs.add_parser(
         "rotate", help="replace the CA; old device certificates stop working", parents=[common]
     )
+    rotate.add_argument(
+        "--reissue-devices",
+        type=Path,
+        metavar="DIR",
+        help="give every enrolled device (not revoked, not from a CSR) a new key and certificate in DIR/THING/",
+    )
+    rotate.add_argument("--days", type=_days, metavar="N", help="their lifetime (default: broker.device_cert_days)")
     rotate.set_defaults(handler=cmd_ca_rotate)
 
     device = verbs.add_parser("device", help="device certificates", parents=[common])

@@ -260,6 +260,47 @@ def test_ca_rotation_refuses_old_device_certificates_and_reissues_the_server(gat
     wait_until(lambda: gw.status()["components"].get("core", {}).get("state") == "online", 10, "the core")
 
 
+def _csr_file(thing: str, directory: Path) -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, thing)]))
+        .sign(key, hashes.SHA256())
+    )
+    path = directory / f"{thing}.csr"
+    path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_ca_rotation_reissues_every_enrolled_device_and_names_those_that_need_a_csr(gateway_factory, short_tmp) -> None:
+    port = free_port()
+    gw = gateway_factory(gateway_toml(port), files=FILES)
+    old = {thing: cli_enrol(gw, thing, short_tmp / "old" / thing) for thing in ("press-01", "press-02", "press-03")}
+    cli_enrol(gw, "press-csr", short_tmp / "old" / "press-csr", "--csr", str(_csr_file("press-csr", short_tmp)))
+    assert gw.cli("device", "revoke", "press-03").returncode == 0
+
+    out = short_tmp / "reissued"
+    result = gw.cli("ca", "rotate", "--reissue-devices", str(out), "--days", "5")
+    assert result.returncode == 0, result.stderr
+    assert "re-issued press-01" in result.stdout and "re-issued press-02" in result.stdout
+    assert "enrolled with their own CSR: press-csr" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["press-01", "press-02"]  # not the revoked one
+    new = {
+        t: DeviceFiles(t, out / t / f"{t}.cert.pem", out / t / f"{t}.key.pem", out / t / "group-ca.pem") for t in old
+    }
+    assert new["press-01"].key.stat().st_mode & 0o777 == 0o600
+    assert new["press-01"].ca.read_bytes() == gw.paths.ca_cert.read_bytes()
+
+    wait_until(lambda: tls_outcome(port, new["press-01"], new["press-01"].ca) != "connection refused", 10, "broker")
+    for thing in ("press-01", "press-02"):
+        assert tls_outcome(port, new[thing], new[thing].ca) == "accepted", thing
+        old_cert_new_trust = DeviceFiles(thing, old[thing].cert, old[thing].key, gw.paths.ca_cert)
+        assert "unknown ca" in tls_outcome(port, old_cert_new_trust, gw.paths.ca_cert), thing
+    states = {(row["thing"], row["state"]) for row in json.loads(gw.cli("device", "list", "--json").stdout)}
+    assert ("press-01", "valid") in states and ("press-02", "valid") in states
+    assert ("press-03", "valid") not in states and ("press-csr", "valid") not in states
+
+
 def test_server_certificate_is_renewed_and_reloaded_without_dropping_clients(gateway_factory, short_tmp) -> None:
     port = free_port()
     gw = gateway_factory(gateway_toml(port, extra="server_cert_check_s = 0.2"), files=FILES)
