@@ -291,7 +291,7 @@ class BusScheduler:
                 if exc.kind in ("exception", "connect", "internal"):
                     break
                 if self.link.serial:
-                    await asyncio.sleep(SERIAL_DRAIN_S)
+                    await asyncio.sleep(max(SERIAL_DRAIN_S, self.frame_gap_s))
                 continue
             device.health.answered(time.monotonic() - started)
             self._answered()
@@ -435,6 +435,8 @@ class BusScheduler:
                 elif job.registers is None:
                     [register] = await self.link.read("holding", tag.address, 1, device.unit, device.timeout_s)
                     updated = binding.codec.encode_bit(job.value, register)
+                    if self.frame_gap_s:  # two frames: the line's silence between them too
+                        await asyncio.sleep(self.frame_gap_s)
                     await self.link.write_registers(tag.address, [updated], device.unit, device.timeout_s)
                     written = binding.codec.decode([updated], 0)
                 else:
@@ -444,8 +446,12 @@ class BusScheduler:
             except RequestError as exc:
                 device.health.failed(exc.kind)
                 error = exc
+                if exc.kind == "exception":
+                    self._answered()
                 if exc.kind in ("exception", "connect", "internal"):
                     break
+                if self.link.serial:
+                    await asyncio.sleep(max(SERIAL_DRAIN_S, self.frame_gap_s))
                 continue
             device.health.answered(time.monotonic() - started)
             self._answered()

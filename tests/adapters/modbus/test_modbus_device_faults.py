@@ -233,3 +233,26 @@ def test_an_unexpected_error_in_one_request_fails_that_request_not_the_adapter(s
     lost = [r.message for r in caplog.records if "event=bus-lost" in r.message]
     assert 1 <= len(lost) <= 3, lost
     assert "failed reading 1 from holding 0 for unit 1: Input/output error" in lost[0]
+
+
+def test_a_write_is_not_held_behind_the_per_tag_reads_of_a_split(simulator, harness) -> None:
+    """20 tags in one coalesced read, refused for a gap register: the poll becomes 20 reads of a slow
+    device (30 ms each); a write arriving meanwhile goes between two of them, not after all 20."""
+    sim = simulator()
+    port = sim.start_tcp()
+    sim.sim.refused[("holding", 1)] = 2
+    sim.sim.answer_delay_s = 0.03
+    tags = "".join(tag(f"r{i}", 2 * i, "uint16") for i in range(20)) + tag("setpoint", 100, "uint16", "writable = true")
+
+    async def scenario() -> None:
+        async with harness(tcp_device(port, tags, poll_ms=60000)) as h:
+            await eventually(lambda: h.buses.status()["plc"]["split_reads"], what="the read split")
+            await eventually(lambda: reads(sim, 2, 1) == 1, what="the per-tag reads under way")
+            before = len(sim.sim.requests)
+            assert await h.write("plc/setpoint", 9) == 9
+            await eventually(lambda: h.recorder.good(*(f"plc/r{i}" for i in range(20))), what="all 20 read")
+            functions = [r.function for r in sim.sim.requests[before:]]
+            assert functions.index(6) <= 2 and functions[functions.index(6) :].count(3) >= 10, functions
+
+    asyncio.run(scenario())
+    assert sim.get("holding", 100) == [9]

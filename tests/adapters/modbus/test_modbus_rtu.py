@@ -141,3 +141,62 @@ def test_missing_serial_port_is_reported_and_the_other_line_keeps_running(simula
             assert h.buses.status()["ghost"]["state"] == "down"
 
     asyncio.run(scenario())
+
+
+def busy_line(port: str) -> str:
+    """Two units polled every 20 ms, three reads each, with a 10 ms silence between frames."""
+    devices = ""
+    for unit in (1, 2):
+        devices += f"""
+[[devices]]
+name = "drive-{unit}"
+transport = "rtu"
+port = "{port}"
+baudrate = 115200
+unit = {unit}
+poll_ms = 20
+timeout_ms = 500
+inter_frame_ms = 10
+max_gap = 0
+"""
+        for name, address, extra in (("a", 0, ""), ("b", 10, ""), ("c", 20, "")):
+            devices += f'\n[[devices.tags]]\nname = "{name}"\ntable = "holding"\naddress = {address}\ntype = "uint16"\n'
+            devices += f"writable = true\n{extra}"
+        devices += '\n[[devices.tags]]\nname = "flag"\ntable = "holding"\naddress = 30\ntype = "bool"\nbit = 3\n'
+        devices += "writable = true\n"
+    return f'name = "line2"\nprotocol = "modbus"\n{devices}'
+
+
+def test_requests_never_overlap_on_one_serial_line_and_keep_the_inter_frame_silence(
+    simulator, harness, pty_pair
+) -> None:
+    """Polls of two units and writes from concurrent commands (a bit-in-register write is a read and
+    a write) share one RS-485 line: the server must see request, answer, request, answer... and at
+    least inter_frame_ms of silence between an answer and the next request."""
+    server_end, adapter_end = pty_pair
+    sim = simulator((1, 2))
+    sim.start_serial(server_end, baudrate=115200)
+
+    async def scenario() -> None:
+        async with harness(busy_line(adapter_end)) as h:
+            await eventually(lambda: h.recorder.good("drive-1/a", "drive-2/c"), what="both units read")
+
+            async def commands(unit: int) -> None:
+                for n in range(8):
+                    await h.write(f"drive-{unit}/{'abc'[n % 3]}", n)
+                    await h.write(f"drive-{unit}/flag", n % 2 == 0)
+
+            await asyncio.gather(commands(1), commands(2))
+            await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    wire = list(sim.sim.wire)
+    kinds = [kind for _, kind in wire]
+    assert len(kinds) > 100, len(kinds)
+    overlaps = [i for i in range(1, len(kinds)) if kinds[i] == kinds[i - 1]]
+    assert kinds[0] == "request" and not overlaps, f"two {kinds[overlaps[0]]}s in a row at {overlaps[0]}"
+    silences = [wire[i + 1][0] - wire[i][0] for i in range(1, len(wire) - 1, 2)]  # answer -> next request
+    assert min(silences) >= 0.0095, f"{min(silences) * 1000:.2f} ms between an answer and the next request"
+    writes = [r for r in sim.sim.requests if r.function in (5, 6, 15, 16)]
+    assert len(writes) == 32  # 16 per unit, each flag write preceded by its read
+    assert sim.get("holding", 30, unit=1)[0] & 0b1000 == 0  # the last flag written was False (n = 7)
