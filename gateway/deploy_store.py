@@ -167,9 +167,11 @@ class DeploymentStore:
         return [HistoryEntry(**entry) for entry in raw]
 
     def record(self, entry: HistoryEntry) -> None:
-        """Add `entry`, or replace the last entry with the same number and `by` (a result update)."""
+        """Add `entry`, or replace the last entry with the same number and `by` (a result update). A
+        refusal is final and numbered 0, so the next refusal is added after it, never over it."""
         entries = self.history()
-        if entries and entries[-1].number == entry.number and entries[-1].by == entry.by:
+        last = entries[-1] if entries else None
+        if last is not None and (last.number, last.by) == (entry.number, entry.by) and last.result != "refused":
             entries[-1] = entry
         else:
             entries.append(entry)

@@ -135,7 +135,13 @@ def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tupl
         incoming.unlink(missing_ok=True)
         return "refused", str(exc)
     previous = kept_package(state_dir)
-    problem = _install_and_restart(incoming, paths, settings)
+    failed = _run("install", _command(settings.ota_install_command, incoming))
+    if failed is not None:
+        incoming.unlink(missing_ok=True)
+        reason = _after_failed_install(failed, previous, directory, settings)
+        log.error("event=ota-install-failed version=%s reason=%s", request.version, reason)
+        return "failed", reason
+    problem = wait_restarted(paths, settings)
     if problem is None:
         _keep(state_dir, incoming, request)
         return "ok", f"package {request.version} installed; the restarted gateway is healthy"
@@ -147,6 +153,22 @@ def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tupl
     if rollback is not None:
         return "rollback-failed", f"{problem}; rolling back to package {previous.version} failed: {rollback}"
     return "rolled-back", f"{problem}; rolled back to package {previous.version}"
+
+
+def _after_failed_install(failed: str, previous: Kept | None, directory: Path, settings: DeploymentSection) -> str:
+    """Why a failed install changed nothing that runs. The service was not restarted, so the old package
+    still runs; a dpkg that stopped half-way may have unpacked new files, so the kept package's files
+    are installed again (without a restart) when there is one."""
+    if previous is None:
+        return (
+            f"{failed}; nothing was restarted, the installed package still runs (no previous package kept "
+            f"under {directory} to reinstall its files: `dpkg --audit` shows a half-installed one)"
+        )
+    unchanged = f"{failed}; nothing was restarted, package {previous.version} still runs"
+    again = _run("reinstall", _command(settings.ota_install_command, previous.deb))
+    if again is not None:
+        return f"{unchanged}; reinstalling its files failed: {again}"
+    return f"{unchanged} and its files were reinstalled"
 
 
 def keep_installed(state_dir: Path, deb: Path, version: str) -> None:

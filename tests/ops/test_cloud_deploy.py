@@ -5,8 +5,10 @@ verifies and deploys (or installs) and reports the outcome in the reported state
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import tarfile
@@ -220,6 +222,70 @@ def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp
     ]
     kept = kept_package(state)
     assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == FAKE_DEB + b"old"
+
+
+def _push_unchecked(s3_url: str, config_dir: Path, key: str) -> dict:
+    """A bundle of `config_dir` as it is (`bundle build` refuses an invalid config), uploaded; its request."""
+    members = []
+    for path in sorted(p for p in config_dir.rglob("*") if p.is_file()):
+        members.append((tarfile.TarInfo(path.relative_to(config_dir).as_posix()), path.read_bytes()))
+    body = _tar(members)
+    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").put_object(Bucket=BUCKET, Key=key, Body=body)
+    return {"bucket": BUCKET, "key": key, "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_cloud_bundle_with_an_invalid_config_or_missing_code_is_refused_and_nothing_changes(
+    gateway_factory, short_tmp: Path, s3_url: str
+) -> None:
+    # issue 10, bad input: refused with the reason in the shadow and the log, the running config untouched
+    gw = _start(gateway_factory, short_tmp, s3_url)
+    invalid = short_tmp / "invalid"
+    shutil.copytree(gw.config_dir, invalid)
+    (invalid / "gateway.toml").write_text((invalid / "gateway.toml").read_text() + "\n[spool]\nbogus = 1\n")
+    no_code = short_tmp / "no-code"
+    shutil.copytree(gw.config_dir, no_code)
+    shutil.rmtree(no_code / "functions" / "other")
+    current = (gw.state_dir / "deployments" / "current").resolve()
+    before = _pids(gw)
+
+    cases = [
+        ("v-invalid", invalid, "gateway.toml: spool.bogus: unknown key"),
+        ("v-no-code", no_code, "functions[0].code: 'functions/other' does not exist"),
+    ]
+    for version, config, reason in cases:
+        _desire(gw, "deployment", {"version": version, **_push_unchecked(s3_url, config, f"gw/{version}.tar.gz")})
+        refused = _wait_reported(gw, "deployment", version)
+        assert refused["result"] == "refused" and reason in refused["reason"], refused
+        assert (gw.state_dir / "deployments" / "current").resolve() == current
+        assert _pids(gw) == before
+    history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
+    assert [(e["version"], e["result"]) for e in history][-2:] == [("v-invalid", "refused"), ("v-no-code", "refused")]
+    core_log = gw.cli("logs", "core").stdout
+    assert "spool.bogus: unknown key" in core_log and "functions[0].code" in core_log
+
+
+def test_ota_whose_install_fails_restarts_nothing_and_says_why(gateway_factory, short_tmp: Path, s3_url: str) -> None:
+    socket = short_tmp / "s0" / "run" / "supervisor.sock"
+    toml = _gateway_toml(s3_url, short_tmp, socket)
+    toml = re.sub(r"ota_install_command = .*", 'ota_install_command = "false"', toml)
+    gw = gateway_factory(toml, files={"functions/other/main.py": OTHER.format(version=1)}, expect=_PROGRAMS)
+    installed = short_tmp / "millgate_1.0_amd64.deb"
+    installed.write_bytes(FAKE_DEB + b"old")
+    keep_installed(gw.state_dir, installed, "1.0")
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
+    s3.put_object(Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=FAKE_DEB + b"new")
+    before = _pids(gw)
+
+    sha256 = hashlib.sha256(FAKE_DEB + b"new").hexdigest()
+    _desire(gw, "package", {"version": "2.0", "bucket": BUCKET, "key": "millgate_2.0_amd64.deb", "sha256": sha256})
+    failed = _wait_reported(gw, "package", "2.0")
+    assert failed["result"] == "failed", failed
+    assert "install (false) exited 1" in failed["reason"], failed
+    assert "nothing was restarted, package 1.0 still runs" in failed["reason"], failed
+    assert _pids(gw) == before  # the core was never restarted
+    kept = kept_package(gw.state_dir)
+    assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == FAKE_DEB + b"old"
+    assert not (gw.state_dir / "packages" / "incoming.deb").exists()
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
