@@ -21,7 +21,7 @@ FINGERPRINT_ENV = "MILLGATE_CONFIG_FINGERPRINT"
 LOGSHIP = "logship"  # ships logs to CloudWatch; no broker identity, no heartbeat
 LOG_BACKUPS = 4
 # Shutdown: supervisord stops one process group at a time and every program is a group of its own
-# (a deployment adds, removes and restarts each alone), so gateway/stop_bands.py regroups the stop
+# (a deployment adds, removes and restarts each alone), so gateway/supervisor_stop.py regroups the stop
 # into bands by priority floor, each band's programs stopped together: producers (functions,
 # adapters, logship) first so the uplink still takes their last messages, then uplink and core, then
 # the broker, which saves its persistence file once every client has left. supervisord SIGKILLs what
@@ -130,7 +130,7 @@ def supervisord_conf_text(
         "supervisor.rpcinterface_factory = gateway.preload:install",
         "",
         "[rpcinterface:stopbands]",
-        "supervisor.rpcinterface_factory = gateway.stop_bands:install",
+        "supervisor.rpcinterface_factory = gateway.supervisor_stop:install",
         "floors = " + ",".join(str(floor) for floor, _ in STOP_BANDS if floor > 0),
         "",
         "[supervisorctl]",

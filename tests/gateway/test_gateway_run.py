@@ -138,7 +138,7 @@ def test_sigterm_stops_every_child_within_10_seconds(gateway_factory) -> None:
 
 SLOW_FUNCTIONS = 5
 # a long-lived function that runs its own loop in a non-daemon thread: its process does not exit on
-# SIGTERM, so supervisord has to wait out its stop deadline and SIGKILL it
+# SIGTERM, so supervisord has to wait out its stop deadline and SIGKILL it (its whole process group)
 SLOW_TO_STOP = """import threading
 import time
 
@@ -148,28 +148,46 @@ threading.Thread(target=time.sleep, args=(3600,), name="forever", daemon=False).
 def function_handler(event, context):
     return event
 """
+# one that exits on SIGTERM at once but has started a helper process that ignores SIGTERM (named after
+# its working directory, in the state dir, so that the test sees it)
+LEAVES_A_HELPER = """import os
+import subprocess
+
+subprocess.Popen(["sh", "-c", "trap '' TERM; while :; do sleep 1; done", os.getcwd()])
+
+
+def function_handler(event, context):
+    return event
+"""
 
 
 def test_sigterm_stops_a_gateway_of_slow_to_stop_programs_within_10_seconds(gateway_factory) -> None:
     gateway_toml = '[gateway]\nthing_name = "slow-gw"\nstatus_interval_s = 0.5\n'
-    for i in range(SLOW_FUNCTIONS):
+    names = [f"slow{i}" for i in range(SLOW_FUNCTIONS)] + ["helper"]
+    for i, name in enumerate(names):
+        code = "functions/helper" if name == "helper" else "functions/slow"
         gateway_toml += (
-            f'\n[[functions]]\nname = "slow{i}"\ncode = "functions/slow"\nhandler = "main.function_handler"\n'
+            f'\n[[functions]]\nname = "{name}"\ncode = "{code}"\nhandler = "main.function_handler"\n'
             f'lifecycle = "long-lived"\nrun_as = "{1001 + i}:{1001 + i}"\n'
         )
-    programs = tuple(f"fn-slow{i}" for i in range(SLOW_FUNCTIONS))
-    gw = gateway_factory(
-        gateway_toml, files={"functions/slow/main.py": SLOW_TO_STOP}, expect=("broker", "core", *programs)
+    programs = tuple(f"fn-{name}" for name in names)
+    files = {"functions/slow/main.py": SLOW_TO_STOP, "functions/helper/main.py": LEAVES_A_HELPER}
+    gw = gateway_factory(gateway_toml, files=files, expect=("broker", "core", *programs))
+    wait_until(
+        lambda: any(b"trap" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in gw.descendants()),
+        10,
+        "the helper process",
     )
     # supervisord stops one group at a time and each program is one: one after another these would
     # take SLOW_FUNCTIONS stop deadlines; stopped as a band they take one
     took = gw.stop()
     assert took < 10, f"shutdown took {took:.1f} s"
     assert gw.process.returncode == 0
-    assert gw.descendants() == []
+    assert gw.descendants() == []  # the helper too, though it ignores SIGTERM and its function is gone
     supervisord = gw.paths.component_log("supervisord").read_text()
-    for name in programs:
+    for name in programs[:-1]:
         assert f"stopped: {name} (terminated by SIGKILL)" in supervisord, f"{name} was not slow to stop"
+    assert "killed what was left of fn-helper's process group" in supervisord
 
 
 def test_stop_bands_keep_the_worst_shutdown_under_10_seconds() -> None:
