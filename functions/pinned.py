@@ -30,7 +30,7 @@ from functions.greengrass.environment import pinned_token
 from functions.greengrass.lambda_runtime import function_side, setup_logging
 from functions.greengrass.lambda_runtime import run as run_v1
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
-from functions.limits import limit_address_space
+from functions.limits import MIB, RUNTIME_HEADROOM_MB, limit_address_space
 from functions.privileges import drop_privileges
 from functions.runner_spec import RunnerSpec, read_spec
 from gateway.backoff import sleep_or_stop
@@ -46,6 +46,12 @@ log = logging.getLogger("functions.pinned")
 
 REPLY_TIMEOUT_S = 10.0
 HANDLER_POLL_S = (0.02, 1.0)  # first and longest wait between looks for the handler while init runs
+# The broker does not hold QoS 1 messages back at this client's Receive Maximum once acknowledgements
+# interleave (mosquitto 2.0.11, Debian 12's: 18,000 unacknowledged against a window of 50, measured),
+# so this runner's queue is what bounds them, inside the runtime's headroom of the address-space limit.
+# A queued message costs about 7 KB (mostly paho's MQTT 5 properties object; 10,000 took 70 MB).
+QUEUED_MESSAGE_BYTES = 8 * 1024
+MAX_QUEUED = RUNTIME_HEADROOM_MB * MIB // 2 // QUEUED_MESSAGE_BYTES
 EXIT_TIMEOUT = 4  # a handler call timed out: not in the program's exitcodes, so supervisord restarts it
 
 
@@ -113,6 +119,7 @@ class PinnedFunction:
             "handler": self.handler is not None,
             "lifecycle": "long-lived",
             "queue_depth": len(self.inbox),
+            "queue_size": self.queue_size,
             "invocations": self.stats.invocations,
             "errors": self.stats.errors,
             "timeouts": self.timeout_count.value if self.timeout_count else self.stats.timeouts,
@@ -357,9 +364,19 @@ def entry() -> None:
 async def main(runner: Runner) -> int:
     spec = runner.spec
     deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
+    queue_size = min(spec.queue_size, MAX_QUEUED)
+    if queue_size < spec.queue_size:
+        log.warning(
+            "function=%s event=queue-size-capped queue_size=%d effective=%d reason=the runner's queue must fit its "
+            "memory headroom (about %d KB a message); a full queue rejects new messages, counted",
+            spec.name,
+            spec.queue_size,
+            queue_size,
+            QUEUED_MESSAGE_BYTES // 1024,
+        )
     pinned = PinnedFunction(
         spec.name,
-        spec.queue_size,
+        queue_size,
         FunctionIdentity(spec.name, deployed.version, spec.thing_name, spec.memory_mb),
         spec.timeout_s,
     )

@@ -1,7 +1,8 @@
 """The long-lived function runner on a real gateway (issue 4 items 3 and 5): a module whose init loops
 forever (the seminar's periodic-task pattern) still has its handler answer; a module without a handler
 is a healthy long-lived function that refuses the messages routed to it; a handler call past the
-function's timeout is answered for, counted, and the function restarted by supervisord.
+function's timeout is answered for, counted, and the function restarted by supervisord; a queue_size
+the runner's memory could not hold is capped, and says so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from functions.pinned import MAX_QUEUED
 from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
 from tests.functions.test_runtime import function_status, invoke
 
@@ -71,6 +73,7 @@ handler = "sleeper.function_handler"
 lifecycle = "long-lived"
 run_as = "1023:1023"
 timeout_s = 1
+queue_size = 1000000
 
 [[subscriptions]]
 source = "function:ticker"
@@ -190,3 +193,12 @@ def test_handler_past_its_timeout_is_answered_counted_and_the_function_restarted
     assert gw.status()["processes"]["fn-sleeper"]["pid"] == after["result"]["pid"]
     log = gw.paths.function_log("sleeper").read_text()
     assert "event=timeout" in log and "timeout_s=1" in log
+
+
+def test_a_queue_larger_than_the_runner_can_hold_is_capped_and_logged(gw: RunningGateway) -> None:
+    # mosquitto 2.0.11 sends past the runner's Receive Maximum, so the runner's queue is the bound: a
+    # million queued messages (about 7 KB each) would take the function past its memory limit
+    wait_until(lambda: "queue_size" in function_status(gw, "sleeper"), 10, "the sleeper's status")
+    assert function_status(gw, "sleeper")["queue_size"] == MAX_QUEUED == 4096
+    log = gw.paths.function_log("sleeper").read_text()
+    assert "event=queue-size-capped queue_size=1000000 effective=4096" in log
