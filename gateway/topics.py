@@ -67,15 +67,18 @@ def filters_overlap(first: str, second: str) -> bool:
     if (first[:1] in ("+", "#") and second.startswith("$")) or (second[:1] in ("+", "#") and first.startswith("$")):
         return False
     a, b = first.split("/"), second.split("/")
+    common: list[str] = []  # the levels a topic matching both has so far ('+' against '+': any)
     for index in range(max(len(a), len(b))):
         x = a[index] if index < len(a) else None
         y = b[index] if index < len(b) else None
         if x == "#" or y == "#":
-            return True  # '#' also matches its parent level
+            # '#' also matches its parent level, unless that parent is the empty topic, which is no topic
+            return (x is not None and y is not None) or "/".join(common) != ""
         if x is None or y is None:
             return False
         if x != y and "+" not in (x, y):
             return False
+        common.append(y if x == "+" else x)
     return True
 
 

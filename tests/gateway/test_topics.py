@@ -222,17 +222,19 @@ def test_component_topics_are_valid_and_covered_by_the_status_filter() -> None:
 
 def witness(first: str, second: str) -> str:
     """A topic both filters would match if they overlap: the literal level where there is one, 'x'
-    for '+', and the other filter's rest after a '#'."""
+    for '+', and after a '#' the other filter's rest ('x' for its wildcards)."""
     a, b = first.split("/"), second.split("/")
-    out = []
+    out: list[str] = []
     for index in range(max(len(a), len(b))):
-        x = a[index] if index < len(a) else "#"
-        y = b[index] if index < len(b) else "#"
-        if x == "#" and y == "#":
-            break
-        level = y if x in ("+", "#") else x
-        out.append("x" if level in ("+", "#") else level)
-    return join(out) or "x"
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == "#" or y == "#":
+            rest = b[index:] if x == "#" else a[index:]
+            return join(out + ["x" if level in ("+", "#") else level for level in rest]) or "x"
+        assert x is not None and y is not None, "filters of different lengths without '#' do not overlap"
+        level = y if x == "+" else x
+        out.append("x" if level == "+" else level)
+    return join(out)
 
 
 @given(st.data(), topics())
