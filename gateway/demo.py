@@ -70,10 +70,15 @@ class Watch:
 
 
 class CloudCounter:
-    """A subscriber on the demo cloud: how many messages arrived there, by first topic level."""
+    """A subscriber on the demo cloud: how many messages arrived there, in all and by first topic level,
+    and the latest one on each topic."""
 
     def __init__(self, cloud: DemoCloud):
         self.total = 0
+        self.by_level: dict[str, int] = {}
+        self.with_value: dict[str, int] = {}  # by first topic level: JSON objects with a "value" key
+        self.latest: dict[str, Any] = {}
+        self.lock = threading.Lock()
         self.subscribed = threading.Event()
         self.client = paho.Client(
             paho.CallbackAPIVersion.VERSION2, client_id="demo-cloud-watcher", protocol=paho.MQTTv5
@@ -88,8 +93,22 @@ class CloudCounter:
         self.client.reconnect_delay_set(1, 2)
         self.client.loop_start()
 
-    def _on_message(self, _c: Any, _u: Any, _m: paho.MQTTMessage) -> None:
-        self.total += 1
+    def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        try:
+            value: Any = json.loads(message.payload)
+        except ValueError:
+            value = message.payload.decode(errors="replace")
+        level = message.topic.split("/", 1)[0]
+        with self.lock:
+            self.total += 1
+            self.by_level[level] = self.by_level.get(level, 0) + 1
+            if isinstance(value, dict) and "value" in value:
+                self.with_value[level] = self.with_value.get(level, 0) + 1
+            self.latest[message.topic] = value
+
+    def matching(self, prefix: str) -> dict[str, Any]:
+        with self.lock:
+            return {t: v for t, v in sorted(self.latest.items()) if t.startswith(prefix)}
 
     def close(self) -> None:
         self.client.disconnect()
@@ -200,11 +219,33 @@ def _offline_then_drain(paths: GatewayPaths, line: LineProxy, counter: CloudCoun
             break
 
 
-def _show_function(paths: GatewayPaths, watch: Watch) -> None:
+FUNCTION_FIGURES = ("function_state", "workers", "invocations", "errors", "p50_ms", "p99_ms")
+
+
+def _function_figures(paths: GatewayPaths, name: str) -> str:
     components, _ = read_component_status(paths)
-    anomaly = components.get("fn-anomaly", {})
-    keys = ("function_state", "workers", "invocations", "errors", "p50_ms", "p99_ms")
-    print("  fn-anomaly " + " ".join(f"{k}={anomaly.get(k)}" for k in keys))
+    figures = components.get(f"fn-{name}", {})
+    return f"fn-{name} " + " ".join(f"{k}={figures.get(k)}" for k in FUNCTION_FIGURES)
+
+
+def _show_masking(paths: GatewayPaths, counter: CloudCounter) -> None:
+    """What the cloud got from press-01: the mask's metadata, none of it with a value, and no raw reading."""
+    print("  " + _function_figures(paths, "mask"))
+    meta = counter.matching("meta/")
+    with counter.lock:
+        arrived, with_value = counter.by_level.get("meta", 0), counter.with_value.get("meta", 0)
+        raw = counter.by_level.get("line1", 0)
+    print(
+        f"  at the cloud: {arrived} metadata messages on {len(meta)} meta/ topics, {with_value} of them "
+        f"with a value; {raw} raw line1/ messages"
+    )
+    topic = "meta/press-01/temperature"
+    if topic in meta:
+        print(f"  latest at the cloud: {topic} {json.dumps(meta[topic])}")
+
+
+def _show_function(paths: GatewayPaths, watch: Watch) -> None:
+    print("  " + _function_figures(paths, "anomaly"))
     alerts = watch.matching("alerts/")
     print(
         f"  alerts seen on the broker: {sum(watch.counts.get(t, 0) for t in alerts)}"
@@ -236,7 +277,9 @@ def _run_scenes(
         show_device_tls(paths, loaded.gateway.broker.tls_port)
         scene("5. The line to the cloud is down: cloud-bound data waits in the spool on disk")
         _offline_then_drain(paths, line, counter)
-        scene("7. The on-demand function watching the temperature")
+        scene("7. The masking example (etc/examples/masking, as shipped): only metadata leaves the plant")
+        _show_masking(paths, counter)
+        scene("8. The on-demand function watching the temperature")
         _show_function(paths, watch)
         scene("The gateway keeps running" + ("; Ctrl-C stops it" if deadline is None else ""))
         while deadline is None or time.monotonic() < deadline:

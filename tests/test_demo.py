@@ -1,8 +1,10 @@
 """`make demo` stays true: the demo runs on a machine with no plant equipment and shows every scene,
-including values flowing from the simulated OPC-UA server and a `<topic>/set` write landing on it."""
+including values flowing from the simulated OPC-UA server, a `<topic>/set` write landing on it, and the
+masking example (etc/examples/masking) sending only metadata of the press to the cloud."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -36,5 +38,18 @@ def test_demo_shows_the_whole_product_and_stops_cleanly(short_tmp) -> None:
     assert spooled and spooled[-1] > spooled[0] > 0, out
     drained = re.findall(r"drained\s+(\d+)\s+arrived at the cloud\s+(\d+)", out)
     assert drained and int(drained[-1][1]) >= spooled[-1], out
+    # the masking example (etc/examples/masking) ran as shipped: its metadata reached the cloud, none of
+    # it with a value, and no raw reading of the press did
+    masked = re.search(r"fn-mask function_state=ready workers=\d+ invocations=(\d+)", out)
+    assert masked and int(masked[1]) > 0, out
+    cloud = re.search(
+        r"at the cloud: (\d+) metadata messages on \d+ meta/ topics, (\d+) of them with a value; (\d+) raw", out
+    )
+    assert cloud and int(cloud[1]) > 0 and (cloud[2], cloud[3]) == ("0", "0"), out
+    latest = re.search(r"latest at the cloud: meta/press-01/temperature (\{.*\})", out)
+    assert latest, out
+    meta = json.loads(latest[1])
+    assert meta["device"] == "press-01" and meta["tag"] == "temperature" and meta["quality"] == "good", out
+    assert meta["has_value"] is True and meta["in_band"] is True and "value" not in meta, out
     assert "fn-anomaly function_state=ready" in out, out
     assert "demo: stopped cleanly (gateway exit 0)" in out

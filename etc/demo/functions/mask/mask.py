@@ -1,0 +1,1 @@
+../../../examples/masking/functions/mask/mask.py
