@@ -50,6 +50,7 @@ def test_demo_shows_the_whole_product_and_stops_cleanly(short_tmp) -> None:
     assert latest, out
     meta = json.loads(latest[1])
     assert meta["device"] == "press-01" and meta["tag"] == "temperature" and meta["quality"] == "good", out
+    assert meta["units"] == "degC", out  # the adapter's key; the example keeps it
     assert meta["has_value"] is True and meta["in_band"] is True and "value" not in meta, out
     assert "fn-anomaly function_state=ready" in out, out
     assert "demo: stopped cleanly (gateway exit 0)" in out

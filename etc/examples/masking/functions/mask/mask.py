@@ -7,7 +7,7 @@ import os
 
 from functions import sdk
 
-KEPT = ("ts", "quality", "unit")
+KEPT = ("ts", "quality", "unit", "units")  # millgate's adapters say "units"; devices may say "unit"
 
 
 def mask(topic, reading, low, high):
