@@ -1,16 +1,20 @@
-"""Memory limits for a worker process: a cgroup (v2 with the memory controller enabled for millgate's
-subtree, or v1's memory controller) where this machine lets millgate write one, otherwise RLIMIT_AS set
-by the worker itself before user code loads. It logs which one is in use when that changes.
+"""Memory limits for a function process (an on-demand worker, a long-lived runner): a cgroup (v2 with the
+memory controller enabled for millgate's subtree, or v1's memory controller) where this machine lets
+millgate write one, otherwise RLIMIT_AS set by the process itself before user code loads. It logs which
+one is in use when that changes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import resource
+import select
 import signal
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -20,6 +24,7 @@ GROUP_DIR = "millgate"
 MIB = 1024 * 1024
 THREAD_STACK_BYTES = 1024 * 1024
 RUNTIME_HEADROOM_MB = 64  # the runtime's own MQTT and I/O threads, started after the limit is set
+REMOVE_WAIT_S = 2.0  # for what remove_cgroup killed to leave the group
 
 _reported: list[str] = []  # the mechanism last logged, so a change is logged once
 _refusal: list[str] = []  # why the last placement fell back to RLIMIT_AS
@@ -147,10 +152,59 @@ def remove_cgroup(group: str) -> None:
         for pid in (path / "cgroup.procs").read_text().split():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + REMOVE_WAIT_S
+    while True:
+        try:
+            path.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:  # EBUSY: a killed process still exiting
+                log.warning("event=cgroup-not-removed group=%s reason=%s", path, exc)
+                return
+        time.sleep(0.02)
+
+
+def place_self_in_cgroup(group: str, memory_mb: int) -> bool:
+    """Put this process, still root, in cgroup millgate/<group> as `place_in_cgroup` does for a worker; False
+    when RLIMIT_AS is to be used instead. Once this process has dropped root it cannot remove its own
+    group, so a root helper forked first (in a session of its own, so that stopping this process's
+    process group does not end it before its work) removes the group when this process has ended."""
+    if cgroup_kind() == "none":
+        return place_in_cgroup(group, os.getpid(), memory_mb) is not None  # reports RLIMIT_AS
+    placed_read, placed_write = os.pipe()
+    me = os.getpid()
+    helper = os.fork()
+    if helper == 0:
+        os.close(placed_write)
+        _remove_when_ended(group, me, placed_read)
+    os.close(placed_read)
+    placed = place_in_cgroup(group, me, memory_mb) is not None
+    os.write(placed_write, b"1" if placed else b"0")
+    os.close(placed_write)
+    if not placed:
+        os.waitpid(helper, 0)  # it has nothing to do and exits now; it outlives this process otherwise
+    return placed
+
+
+def _remove_when_ended(group: str, pid: int, placed: int) -> None:
+    """The helper of `place_self_in_cgroup`: it never returns."""
+    status = 0
     try:
-        path.rmdir()
-    except OSError as exc:
-        log.warning("event=cgroup-not-removed group=%s reason=%s", path, exc)
+        os.setsid()
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(stop, signal.SIG_IGN)
+        try:
+            ended = os.pidfd_open(pid)
+        except ProcessLookupError:
+            ended = -1
+        if os.read(placed, 1) == b"1" and ended >= 0:  # b"" too: the process died while it was placing
+            select.select([ended], [], [])  # readable once `pid` has exited, and left its cgroup
+        remove_cgroup(group)
+    except BaseException:
+        log.exception("event=cgroup-helper-failed group=%s", group)
+        status = 1
+    finally:
+        os._exit(status)
 
 
 def limit_address_space(memory_mb: int) -> None:

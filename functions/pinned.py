@@ -1,9 +1,10 @@
-"""A long-lived (pinned) function, one supervised process `fn-<name>`: it drops to the function's uid,
-runs the module's init once in its own thread (it may loop forever, as the periodic-task pattern does)
-and, in another, feeds the messages routed to it, in arrival order, to its handler as soon as the
-module has defined one (even while the init still runs); a module with no handler is legal. A handler
-call that outlives the function's timeout is answered for, counted, and ends the process: a thread stuck
-in user code cannot be stopped from inside, so supervisord restarts the function.
+"""A long-lived (pinned) function, one supervised process `fn-<name>`: it puts itself in a memory cgroup
+where it can (functions/limits.py), drops to the function's uid, runs the module's init once in its own
+thread (it may loop forever, as the periodic-task pattern does) and, in another, feeds the messages
+routed to it, in arrival order, to its handler as soon as the module has defined one (even while the
+init still runs); a module with no handler is legal. A handler call that outlives the function's timeout
+is answered for, counted, and ends the process: a thread stuck in user code cannot be stopped from
+inside, so supervisord restarts the function.
 
 A long-lived Greengrass v1 function is instead this process running the v1 runtime: the core takes its
 messages and hands them over, in order, through the v1 API.
@@ -30,7 +31,7 @@ from functions.greengrass.environment import pinned_token
 from functions.greengrass.lambda_runtime import function_side, setup_logging
 from functions.greengrass.lambda_runtime import run as run_v1
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
-from functions.limits import MIB, RUNTIME_HEADROOM_MB, limit_address_space
+from functions.limits import MIB, RUNTIME_HEADROOM_MB, limit_address_space, place_self_in_cgroup
 from functions.privileges import drop_privileges
 from functions.runner_spec import RunnerSpec, read_spec
 from gateway.backoff import sleep_or_stop
@@ -317,6 +318,7 @@ class Runner:
     spec: RunnerSpec
     paths: GatewayPaths
     creds: Credentials
+    in_cgroup: bool = False  # its memory cgroup caps it; RLIMIT_AS otherwise
 
 
 def start_runner(argv: list[str] | None = None) -> Runner:
@@ -329,11 +331,14 @@ def start_runner(argv: list[str] | None = None) -> Runner:
         raise SystemExit(f"{component}: cannot read its runner spec (written by `millgate run`): {exc}") from None
     paths = GatewayPaths.resolve(args.config, args.state, Path(spec.log_dir) if spec.log_dir else None)
     setup_component_logging(component, spec.log_level)
-    return Runner(component, spec, paths, component_credentials(paths, component))
+    # while still root: the group is named as a worker's (<name>-<pid>), so the same sweep finds it
+    in_cgroup = place_self_in_cgroup(f"{component}-{os.getpid()}", spec.memory_mb)
+    return Runner(component, spec, paths, component_credentials(paths, component), in_cgroup)
 
 
 def run_greengrass_v1(runner: Runner) -> int:
-    """Become the function's single v1 worker: its uid, its v1 environment, its memory cap, then the runtime."""
+    """Become the function's single v1 worker: its uid, its v1 environment, its memory cap (RLIMIT_AS unless
+    its cgroup caps it), then the runtime."""
     spec = runner.spec
     deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
     if deployed.problems:
@@ -345,7 +350,8 @@ def run_greengrass_v1(runner: Runner) -> int:
     os.environ.clear()
     os.environ.update({**spec.environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token})
     os.chdir(deployed.path)
-    limit_address_space(spec.memory_mb)
+    if not runner.in_cgroup:
+        limit_address_space(spec.memory_mb)
     setup_logging()
     side = function_side(spec.memory_mb, spec.timeout_s)
     return run_v1(Path(deployed.path), spec.handler, side, long_lived=True)
@@ -402,7 +408,8 @@ async def main(runner: Runner) -> int:
     )
     pinned.bind(mqtt)
     if not pinned.problems:
-        limit_address_space(spec.memory_mb)
+        if not runner.in_cgroup:
+            limit_address_space(spec.memory_mb)
         pinned.start(Path(deployed.path), spec.handler)
     else:
         log.error("function=%s event=not-started problems=%r", spec.name, pinned.problems)
