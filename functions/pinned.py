@@ -32,6 +32,7 @@ from functions.greengrass.lambda_runtime import function_side, setup_logging
 from functions.greengrass.lambda_runtime import run as run_v1
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
 from functions.limits import MIB, RUNTIME_HEADROOM_MB, limit_address_space, place_self_in_cgroup
+from functions.mount_namespace import MountRefused, enter_private_mounts
 from functions.privileges import drop_privileges
 from functions.runner_spec import RunnerSpec, read_spec
 from gateway.backoff import sleep_or_stop
@@ -319,6 +320,7 @@ class Runner:
     paths: GatewayPaths
     creds: Credentials
     in_cgroup: bool = False  # its memory cgroup caps it; RLIMIT_AS otherwise
+    mounts_refused: str | None = None  # why its volume destinations could not be mounted: it must not start
 
 
 def start_runner(argv: list[str] | None = None) -> Runner:
@@ -333,7 +335,13 @@ def start_runner(argv: list[str] | None = None) -> Runner:
     setup_component_logging(component, spec.log_level)
     # while still root: the group is named as a worker's (<name>-<pid>), so the same sweep finds it
     in_cgroup = place_self_in_cgroup(f"{component}-{os.getpid()}", spec.memory_mb)
-    return Runner(component, spec, paths, component_credentials(paths, component), in_cgroup)
+    refused = None
+    try:
+        enter_private_mounts(spec.name, spec.mounts)  # single-threaded still: every later thread shares it
+    except MountRefused as exc:
+        refused = str(exc)
+        log.error("function=%s event=mounts-refused reason=%s", spec.name, exc)
+    return Runner(component, spec, paths, component_credentials(paths, component), in_cgroup, refused)
 
 
 def run_greengrass_v1(runner: Runner) -> int:
@@ -341,8 +349,9 @@ def run_greengrass_v1(runner: Runner) -> int:
     its cgroup caps it), then the runtime."""
     spec = runner.spec
     deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
-    if deployed.problems:
-        log.error("function=%s event=not-started problems=%r", spec.name, deployed.problems)
+    problems = deployed.problems + ([runner.mounts_refused] if runner.mounts_refused else [])
+    if problems:
+        log.error("function=%s event=not-started problems=%r", spec.name, problems)
         while True:  # exiting would only make supervisord retry what cannot work; the core reports it
             time.sleep(3600)
     token = pinned_token(runner.paths.credentials_dir, spec.name)
@@ -387,6 +396,8 @@ async def main(runner: Runner) -> int:
         spec.timeout_s,
     )
     pinned.problems.extend(deployed.problems)
+    if runner.mounts_refused:
+        pinned.problems.append(runner.mounts_refused)
     pinned.timeout_count = TimeoutCount(runner.paths.run_dir / f"{runner.component}.timeouts")
     drop_privileges(spec.uid, spec.gid, deployed.extra_groups)
     os.environ.update(spec.environment)

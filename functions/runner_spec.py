@@ -8,9 +8,10 @@ supervisord (it runs user code, so it is exec'd, not forked: gateway/preload.py)
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from functions.mount_namespace import VolumeMount
 from gateway.atomic_file import write_atomic
 from gateway.paths import GatewayPaths
 
@@ -31,6 +32,7 @@ class RunnerSpec:
     log_dir: str | None  # [gateway] log_dir, None for the default under the state dir
     subscriptions: list[str]  # the topic filters routed to the function
     environment: dict[str, str]  # the function's environment, v1 variables included for a v1 function
+    mounts: list[VolumeMount] = field(default_factory=list)  # its volumes that have a destination
 
 
 def spec_path(paths: GatewayPaths, function: str) -> Path:
@@ -46,4 +48,6 @@ def write_spec(paths: GatewayPaths, spec: RunnerSpec) -> None:
 
 
 def read_spec(paths: GatewayPaths, function: str) -> RunnerSpec:
-    return RunnerSpec(**json.loads(spec_path(paths, function).read_text()))
+    fields = json.loads(spec_path(paths, function).read_text())
+    fields["mounts"] = [VolumeMount(**m) for m in fields.get("mounts", [])]
+    return RunnerSpec(**fields)

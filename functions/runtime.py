@@ -16,6 +16,7 @@ from functions.dispatcher import FunctionPool, Worker
 from functions.greengrass.environment import v1_environment
 from functions.greengrass.service import GreengrassService
 from functions.greengrass.workers import PinnedV1Worker, V1WorkerProcess, restart_program
+from functions.mount_namespace import VolumeMount
 from functions.runner_spec import RunnerSpec, write_spec
 from functions.user_log import UserLog
 from functions.worker_process import WorkerSpec
@@ -88,6 +89,17 @@ def runner_spec(
         log_dir=str(config.gateway.log_dir) if config.gateway.log_dir else None,
         subscriptions=routed_filters(loaded, function.name),
         environment=function_environment(loaded, paths, function, deployed.version, Path(deployed.path)),
+        mounts=list(volume_mounts(loaded, function)),
+    )
+
+
+def volume_mounts(loaded: LoadedConfig, function: Function) -> tuple[VolumeMount, ...]:
+    """The function's volumes that have a `destination`, as its processes mount them."""
+    resources = {r.name: r for r in loaded.gateway.resources}
+    return tuple(
+        VolumeMount(grant.name, resources[grant.name].path, destination, grant.access == "ro")
+        for grant in function.resources
+        if (destination := resources[grant.name].destination) is not None
     )
 
 
@@ -122,6 +134,7 @@ def build_pool(
         extra_groups=deployed.extra_groups,
         memory_mb=function.memory_mb,
         environment=function_environment(loaded, paths, function, deployed.version, code_dir),
+        mounts=volume_mounts(loaded, function),
     )
     user_log = UserLog(paths.function_log(function.name), int(function.log_max_bytes))
     new_worker = None

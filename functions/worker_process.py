@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from functions.limits import place_in_cgroup, remove_cgroup
+from functions.mount_namespace import VolumeMount, wrap_command
 from functions.privileges import can_switch_users
 from functions.protocol import ProtocolError, b64, body_size, decode_body, encode_frame, header_size
 from functions.user_log import UserLog
@@ -43,6 +44,7 @@ class WorkerSpec:
     extra_groups: list[int]
     memory_mb: int
     environment: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[VolumeMount, ...] = ()  # volumes with a destination, in a mount namespace of its own
 
     def command(self, reply_fd: int) -> list[str]:
         return [
@@ -86,9 +88,16 @@ class WorkerProcess:
 
     async def spawn(self, command: list[str], environment: dict[str, str], pass_fds: tuple[int, ...] = ()) -> None:
         """Start `command` as the function's uid/gid/groups in its code dir, its output to the function's
-        log, in a memory cgroup where this machine allows one (`self.cgroup` says whether it did)."""
+        log, in a memory cgroup where this machine allows one (`self.cgroup` says whether it did), with
+        its volume destinations mounted (functions/mount_namespace.py, which then changes identity)."""
         identity: dict[str, Any] = {}
-        if can_switch_users():
+        refusals: int | None = None
+        if self.spec.mounts:
+            refusals, error_fd = os.pipe()
+            pass_fds = (*pass_fds, error_fd)
+            spec = self.spec
+            command = wrap_command(spec.function, spec.uid, spec.gid, spec.extra_groups, spec.mounts, error_fd, command)
+        elif can_switch_users():
             identity = {"user": self.spec.uid, "group": self.spec.gid, "extra_groups": self.spec.extra_groups}
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -103,6 +112,15 @@ class WorkerProcess:
             )
         except OSError as exc:
             raise WorkerFailed(f"cannot start a worker: {exc}") from exc
+        finally:
+            if refusals is not None:
+                os.close(error_fd)
+        if refusals is not None:
+            refused = await asyncio.to_thread(_read_to_end, refusals)  # the end: it exec'd the worker
+            if refused:
+                log.error("function=%s event=mounts-refused reason=%s", self.spec.function, refused)
+                await self.kill()
+                raise WorkerFailed(f"volume destinations could not be mounted: {refused}")
         assert self.process.stdout is not None and self.process.stderr is not None
         self._pipes = [asyncio.create_task(self._copy_to_log(s)) for s in (self.process.stdout, self.process.stderr)]
         group = f"{self.spec.function}-{self.process.pid}"
@@ -189,3 +207,13 @@ class WorkerProcess:
     async def _copy_to_log(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             self.user_log.write(f"[{self.spec.function} pid={self.pid}] {line.decode(errors='replace')}")
+
+
+def _read_to_end(fd: int) -> str:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")

@@ -215,6 +215,9 @@ class Resource(Strict):
     # device, volume: the host path. model: where the function finds it, below $AWS_GG_RESOURCE_PREFIX
     # (Greengrass v1's DestinationPath); $MILLGATE_RESOURCE_<NAME> names the same directory
     path: str = Field(min_length=1)
+    # volume only: where the function sees it (an absolute path, bind-mounted there in the function's own
+    # mount namespace; its empty mount point is created on the host if missing). Default: at `path`
+    destination: str | None = Field(default=None, min_length=1)
     group_owner: bool = False
     # model only: what is unpacked read-only for each function that is granted it, at every deployment:
     # a file, a directory, a .zip or a .tar.gz (relative: to the config dir), or s3://bucket/key.
@@ -230,6 +233,8 @@ class Resource(Strict):
             extra = [k for k in ("source", "region", "endpoint_url") if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f'{", ".join(extra)}: only for kind = "model"')
+        if self.destination is not None and self.kind != "volume":
+            raise ValueError('destination: only for kind = "volume"')
         if self.source is not None and self.source.startswith("s3://") and "/" not in self.source[5:].strip("/"):
             raise ValueError(f"source {self.source!r} is not s3://bucket/key")
         return self

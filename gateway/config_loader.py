@@ -31,7 +31,7 @@ from gateway.adapter_config import (
     register_map_path,
 )
 from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
-from gateway.resource_paths import protected_dirs, refusal
+from gateway.resource_paths import destination_refusal, protected_dirs, refusal, shared_destinations
 
 GATEWAY_FILE = "gateway.toml"
 ADAPTERS_DIR = "adapters"
@@ -273,6 +273,9 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
         refused = refusal(resource, protected)
         if refused:
             add(f"resources[{index}].path", refused)
+        refused = destination_refusal(resource, protected)
+        if refused:
+            add(f"resources[{index}].destination", refused)
 
     for index, function in enumerate(cfg.functions):
         code = Path(function.code)
@@ -287,6 +290,8 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
                     f"functions[{index}].resources[{grant_index}].name",
                     f"unknown resource {grant.name!r} (declare it in [[resources]])",
                 )
+        for grant_index, shared in shared_destinations([g.name for g in function.resources], resources):
+            add(f"functions[{index}].resources[{grant_index}].name", shared)
 
     functions = {f.name for f in cfg.functions}
     known = {"function": functions, "adapter": set(adapters)}

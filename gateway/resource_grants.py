@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gateway.config import Function, Resource
 from gateway.model_resources import deploy_models
-from gateway.resource_paths import protected_dirs, refusal
+from gateway.resource_paths import destination_refusal, protected_dirs, refusal
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def grant_resources(
     access = FunctionAccess()
     protected = protected_dirs(config_dir, state_dir, log_dir)
     for grant in function.resources:
-        refused = refusal(resources[grant.name], protected)
+        refused = refusal(resources[grant.name], protected) or destination_refusal(resources[grant.name], protected)
         if refused:
             access.problems.append(f"resource {grant.name!r}: {refused}")
     if access.problems:  # the function will not run: grant it nothing at all

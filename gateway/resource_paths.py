@@ -1,6 +1,7 @@
 """Where a resource may point on the host: a device lies under /dev; a volume, or a model used in place,
 lies outside the kernel's and the system's trees; and none is, holds or lies in the gateway's own
-config, state or log dir (its CA key, device credentials, other functions' code). It only decides.
+config, state or log dir (its CA key, device credentials, other functions' code); and where a volume may
+be mounted for a function. It only decides.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from gateway.paths import SYSTEM_CONFIG, SYSTEM_LOGS, SYSTEM_STATE
 
 DEVICE_ROOT = "/dev"
 REFUSED_VOLUME_ROOTS = ("/sys", "/proc", "/dev", "/var")
+REFUSED_DESTINATION_ROOTS = ("/sys", "/proc", "/dev")  # the kernel's trees, which a bind would hide
 # a production gateway's dirs, protected whatever a given config or command line says
 SYSTEM_DIRS: dict[str, Path] = {"config dir": SYSTEM_CONFIG, "state dir": SYSTEM_STATE, "log dir": SYSTEM_LOGS}
 
@@ -58,6 +60,37 @@ def refusal(resource: Resource, protected: Mapping[str, Path]) -> str | None:
     return host_path_refusal(resource.kind, resource.path, protected)
 
 
+def destination_refusal(resource: Resource, protected: Mapping[str, Path]) -> str | None:
+    """Why a volume may not be mounted at its `destination` in a function's namespace; None when it may
+    (or it has none). Mounted over the gateway's own dirs, or one holding them, it would hide them from
+    the function's runtime, or be written into them through the mount point the host keeps."""
+    destination = resource.destination
+    if destination is None:
+        return None
+    if not destination.startswith("/"):
+        return f"{destination!r} must be an absolute path"
+    forms = _forms(destination)
+    if any(under(f, root) for f in forms for root in REFUSED_DESTINATION_ROOTS):
+        return f"{destination!r}: destinations under {', '.join(REFUSED_DESTINATION_ROOTS)} are refused"
+    return _protected_refusal(destination, forms, protected)
+
+
+def shared_destinations(granted: list[str], resources: Mapping[str, Resource]) -> list[tuple[int, str]]:
+    """(index in `granted`, why) for each of one function's volumes mounted where an earlier one is."""
+    seen: dict[str, str] = {}
+    shared = []
+    for index, name in enumerate(granted):
+        destination = resources[name].destination if name in resources else None
+        if destination is None:
+            continue
+        if normal(destination) in seen:
+            first = seen[normal(destination)]
+            shared.append((index, f"{name!r} has destination {destination!r}, as {first!r} does"))
+        else:
+            seen[normal(destination)] = name
+    return shared
+
+
 def host_path_refusal(kind: str, path: str, protected: Mapping[str, Path]) -> str | None:
     """Why absolute host `path` may not be a `kind` resource (device, volume, model used in place)."""
     forms = _forms(path)
@@ -68,6 +101,10 @@ def host_path_refusal(kind: str, path: str, protected: Mapping[str, Path]) -> st
             return f"{path!r}: a device must be a file under {DEVICE_ROOT}/{shown}"
     elif any(under(f, root) for f in forms for root in REFUSED_VOLUME_ROOTS):
         return f"{path!r}: {kind}s under {', '.join(REFUSED_VOLUME_ROOTS)} are refused"
+    return _protected_refusal(path, forms, protected)
+
+
+def _protected_refusal(path: str, forms: set[str], protected: Mapping[str, Path]) -> str | None:
     for label, directory in protected.items():
         for mine in sorted(_forms(str(directory))):
             for form in sorted(forms):
