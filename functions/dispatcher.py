@@ -1,6 +1,9 @@
 """The on-demand side of the function runtime, run inside the core: per function, messages routed to it
 (and direct invocations) go into a bounded queue and are handed to a pool of warm workers that grows
 with the backlog up to max_concurrency and shrinks when idle. It never runs user code itself.
+
+A deployment that changes only the function swaps its version in place (FunctionPool.reconfigure):
+the queue and the broker connection stay, the old version's workers finish what they hold and retire.
 """
 
 from __future__ import annotations
@@ -95,17 +98,39 @@ class FunctionPool:
         self.user_log = user_log
         self.problems = problems
         self.new_worker: Callable[[], Worker] = new_worker or (lambda: WorkerProcess(self.spec, self.user_log))
-        self.queue: asyncio.Queue[Invocation] = asyncio.Queue(maxsize=function.queue_size)
+        # bounded by function.queue_size in _accept, so a new version can change the bound in place
+        self.queue: asyncio.Queue[Invocation] = asyncio.Queue()
         self.stats = FunctionStats()
         self.idle: list[Worker] = []
         self.busy: set[Worker] = set()
         self.mqtt: LocalMqtt | None = None
         self._slots = asyncio.Semaphore(function.max_concurrency)
         self._accepting: set[asyncio.Task[None]] = set()
+        self.fingerprint = ""  # the deployed version's config slice (gateway/deploy_plan.py), in heartbeats
+        self._generation = 0  # a worker started before the last reconfigure retires after its message
+
+    async def reconfigure(self, function: Function, spec: WorkerSpec, problems: list[str], fingerprint: str) -> None:
+        """Run a new version of this (native) function from now on: new messages go to workers of the
+        new version; idle workers of the old one stop now, busy ones once their message is answered.
+        The queue and the broker connection stay, so nothing queued or in flight is lost."""
+        self.function, self.spec, self.problems, self.fingerprint = function, spec, problems, fingerprint
+        self._generation += 1
+        self._slots = asyncio.Semaphore(function.max_concurrency)  # the old one's holders release the old one
+        self.user_log.set_cap(int(function.log_max_bytes))
+        retired, self.idle = self.idle, []
+        log.info(
+            "function=%s event=reconfigured version=%s retiring_idle=%d retiring_busy=%d",
+            function.name,
+            spec.version,
+            len(retired),
+            len(self.busy),
+        )
+        await asyncio.gather(*(w.stop() for w in retired), return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
         return {
             "function_state": "failed" if self.problems else "ready",
+            "fingerprint": self.fingerprint,
             "problems": self.problems,
             "lifecycle": self.function.lifecycle,
             "workers": len(self.idle) + len(self.busy),
@@ -160,9 +185,9 @@ class FunctionPool:
             await self._reply(invocation, None, "Unhandled", f"function cannot run: {'; '.join(self.problems)}")
             self._settle(invocation)
             return
-        try:
+        if self.queue.qsize() < self.function.queue_size:
             self.queue.put_nowait(invocation)
-        except asyncio.QueueFull:
+        else:
             self.stats.rejected += 1
             if self.stats.rejected == 1 or self.stats.rejected % 1000 == 0:
                 log.error(
@@ -192,20 +217,23 @@ class FunctionPool:
         try:
             while True:
                 invocation = await self.queue.get()
-                await self._slots.acquire()
-                task = asyncio.create_task(self._invoke(invocation))
+                slots = self._slots  # a reconfigure replaces it; this invocation releases the one it took
+                await slots.acquire()
+                task = asyncio.create_task(self._invoke(invocation, slots))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
             for task in running:
                 task.cancel()
 
-    async def _take_worker(self) -> Worker:
+    async def _take_worker(self) -> tuple[Worker, int]:
+        """A warm or new worker of the current version, and that version's generation."""
         while self.idle:
             worker = self.idle.pop()
             if worker.alive:
-                return worker
+                return worker, self._generation
             await worker.kill()
+        generation = self._generation
         worker = self.new_worker()
         await worker.start()
         log.info(
@@ -214,14 +242,15 @@ class FunctionPool:
             worker.pid,
             len(self.idle) + len(self.busy) + 1,
         )
-        return worker
+        return worker, generation
 
-    async def _invoke(self, invocation: Invocation) -> None:
+    async def _invoke(self, invocation: Invocation, slots: asyncio.Semaphore) -> None:
         worker: Worker | None = None
+        generation = self._generation
         started = time.monotonic()
         cancelled = False
         try:
-            worker = await self._take_worker()
+            worker, generation = await self._take_worker()
             self.busy.add(worker)
             answer = await worker.invoke(
                 invocation.request_id,
@@ -272,12 +301,15 @@ class FunctionPool:
         finally:
             if worker is not None:
                 self.busy.discard(worker)
-                if worker.alive:
+                if worker.alive and generation == self._generation:
                     worker.idle_since = time.monotonic()
                     self.idle.append(worker)
+                elif worker.alive and not cancelled:
+                    log.info("function=%s event=worker-retired pid=%s", self.function.name, worker.pid)
+                    await worker.stop()  # of a version deployed over since: its message answered, it goes
                 elif not cancelled:
                     await worker.kill()  # gone: what it held (its cgroup, its v1 slot) goes with it
-            self._slots.release()
+            slots.release()
             if not cancelled:  # a stop mid-invocation leaves it unacknowledged: the broker redelivers it
                 self._settle(invocation)
 

@@ -1,13 +1,16 @@
 """Assembles the on-demand function runtime inside the core: one pool per on-demand function (and per
 long-lived Greengrass v1 function, whose single worker supervisord runs), each with its own broker
 connection under the function's identity (so the whitelist decides what reaches it), its deployed
-code, its granted groups and its log.
+code, its granted groups and its log. On SIGHUP (`millgate deploy`, through supervisord) it re-reads
+the deployed config and swaps in the new version of each native on-demand function whose own slice
+changed (FunctionPool.reconfigure); everything else of the core stays as it is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +25,9 @@ from functions.user_log import UserLog
 from functions.worker_process import WorkerSpec
 from gateway.acl import function_component, function_identity
 from gateway.config import Function
-from gateway.config_loader import LoadedConfig
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
 from gateway.credentials import load_credentials
+from gateway.deploy_plan import in_core_fingerprints
 from gateway.function_deploy import DeployedFunction, read_manifest
 from gateway.model_resources import model_environment
 from gateway.mqtt import LocalMqtt
@@ -31,6 +35,7 @@ from gateway.paths import GatewayPaths
 from gateway.topics import invoke_topic
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+log = logging.getLogger(__name__)
 
 
 def worker_environment(function: Function, paths: GatewayPaths, thing_name: str, code_dir: Path) -> dict[str, str]:
@@ -119,23 +124,9 @@ def build_pool(
     status_interval_s: float,
     greengrass: GreengrassService | None = None,
 ) -> FunctionPool:
-    thing = loaded.gateway.gateway.thing_name
-    code_dir = Path(deployed.path)
     if function.runtime == "greengrass-v1" and function.lifecycle == "long-lived":
         function = function.model_copy(update={"max_concurrency": 1})  # one worker, messages in order
-    spec = WorkerSpec(
-        function=function.name,
-        version=deployed.version,
-        code_dir=code_dir,
-        handler=function.handler,
-        thing_name=thing,
-        uid=function.uid,
-        gid=function.gid,
-        extra_groups=deployed.extra_groups,
-        memory_mb=function.memory_mb,
-        environment=function_environment(loaded, paths, function, deployed.version, code_dir),
-        mounts=volume_mounts(loaded, function),
-    )
+    spec = worker_spec(loaded, paths, function, deployed)
     user_log = UserLog(paths.function_log(function.name), int(function.log_max_bytes))
     new_worker = None
     if function.runtime == "greengrass-v1":
@@ -160,6 +151,25 @@ def build_pool(
     return pool
 
 
+def worker_spec(
+    loaded: LoadedConfig, paths: GatewayPaths, function: Function, deployed: DeployedFunction
+) -> WorkerSpec:
+    code_dir = Path(deployed.path)
+    return WorkerSpec(
+        function=function.name,
+        version=deployed.version,
+        code_dir=code_dir,
+        handler=function.handler,
+        thing_name=loaded.gateway.gateway.thing_name,
+        uid=function.uid,
+        gid=function.gid,
+        extra_groups=deployed.extra_groups,
+        memory_mb=function.memory_mb,
+        environment=function_environment(loaded, paths, function, deployed.version, code_dir),
+        mounts=volume_mounts(loaded, function),
+    )
+
+
 def _v1_workers(
     function: Function, spec: WorkerSpec, user_log: UserLog, greengrass: GreengrassService, paths: GatewayPaths
 ) -> Callable[[], Worker]:
@@ -176,17 +186,66 @@ def runs_in_core(function: Function) -> bool:
 
 
 async def run_on_demand_functions(
-    loaded: LoadedConfig, paths: GatewayPaths, stop: asyncio.Event, greengrass: GreengrassService | None = None
+    loaded: LoadedConfig,
+    paths: GatewayPaths,
+    stop: asyncio.Event,
+    greengrass: GreengrassService | None = None,
+    reload: asyncio.Event | None = None,
 ) -> None:
+    """Run the core's pools until `stop`; each time `reload` is set (SIGHUP from `millgate deploy`,
+    through supervisord), reconfigure_pools."""
     in_core = [f for f in loaded.gateway.functions if runs_in_core(f)]
     if not in_core:
         return
     manifest = read_manifest(paths.state_dir / "functions")
     interval = loaded.gateway.gateway.status_interval_s
-    pools = [build_pool(loaded, paths, f, manifest[f.name], interval, greengrass) for f in in_core]
+    pools = {f.name: build_pool(loaded, paths, f, manifest[f.name], interval, greengrass) for f in in_core}
+    for name, fingerprint in in_core_fingerprints(loaded, manifest).items():
+        pools[name].fingerprint = fingerprint
     os.umask(0o022)
     async with asyncio.TaskGroup() as tasks:
-        for pool in pools:
+        for pool in pools.values():
             assert pool.mqtt is not None
             tasks.create_task(pool.mqtt.run(stop))
             tasks.create_task(pool.run(stop))
+        if reload is not None:
+            tasks.create_task(_reconfigure_on(reload, stop, pools, paths))
+
+
+async def _reconfigure_on(
+    reload: asyncio.Event, stop: asyncio.Event, pools: dict[str, FunctionPool], paths: GatewayPaths
+) -> None:
+    while True:
+        waits = [asyncio.ensure_future(reload.wait()), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        if stop.is_set():
+            return
+        reload.clear()
+        await reconfigure_pools(pools, paths)
+
+
+async def reconfigure_pools(pools: dict[str, FunctionPool], paths: GatewayPaths) -> list[str]:
+    """Swap in the deployed version of every native on-demand function whose own slice changed
+    (FunctionPool.reconfigure: the queue and the broker connection stay, old workers retire). A function
+    added or removed, or any other change to the core, is a core restart (gateway/deploy_plan.py), which
+    the deployment does itself: it is not looked at here."""
+    try:
+        loaded = load_config(paths.config_dir)
+        manifest = read_manifest(paths.state_dir / "functions")
+    except (ConfigInvalid, OSError, ValueError, TypeError) as exc:
+        log.error("event=reconfigure-failed config=%s reason=%s", paths.config_dir, exc)
+        return []
+    wanted = in_core_fingerprints(loaded, manifest)
+    changed = []
+    for function in loaded.gateway.functions:
+        pool, fingerprint = pools.get(function.name), wanted.get(function.name)
+        if pool is None or fingerprint in (None, pool.fingerprint) or function.name not in manifest:
+            continue
+        deployed = manifest[function.name]
+        spec = worker_spec(loaded, paths, function, deployed)
+        await pool.reconfigure(function, spec, list(deployed.problems), fingerprint or "")
+        changed.append(function.name)
+    log.info("event=reconfigured functions=%s", ",".join(changed) or "-")
+    return changed

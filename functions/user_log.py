@@ -23,5 +23,9 @@ class UserLog:
         record = logging.LogRecord("user", logging.INFO, "", 0, line.rstrip("\n"), None, None)
         self._handler.emit(record)
 
+    def set_cap(self, max_bytes: int) -> None:
+        """A new cap for all the files together (a deployment changed log_max_bytes)."""
+        self._handler.maxBytes = max(max_bytes // (BACKUPS + 1), 1024)
+
     def close(self) -> None:
         self._handler.close()

@@ -1,5 +1,6 @@
 """One deployment, start to end: validate the new config, snapshot it, render it, apply it to the
-running gateway restarting only what changed, wait for it to come up healthy, and roll back to the
+running gateway restarting only what changed (a native on-demand function alone is reconfigured inside
+the running core), wait for it to come up healthy, and roll back to the
 previous snapshot by itself when it does not. Every attempt lands in the deployment history.
 
 `millgate deploy` and cloud-driven deployments both call `deploy`; neither prints from here.
@@ -13,9 +14,18 @@ from pathlib import Path
 
 from gateway.broker_config import BrokerNotInstalled
 from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
-from gateway.deploy_apply import ApplyFailed, Changes, GatewayNotRunning, apply_rendered, gateway_running, wait_healthy
-from gateway.deploy_plan import broker_access_text
+from gateway.deploy_apply import (
+    ApplyFailed,
+    Changes,
+    GatewayNotRunning,
+    apply_rendered,
+    gateway_running,
+    reconfigure_core,
+    wait_healthy,
+)
+from gateway.deploy_plan import broker_access_text, in_core_fingerprints
 from gateway.deploy_store import DeploymentStore, DeployStoreError, HistoryEntry, config_digest, utc_now
+from gateway.function_deploy import read_manifest
 from gateway.launch import StateDirError, render
 from gateway.paths import GatewayPaths
 
@@ -89,6 +99,7 @@ def _deploy_locked(
     store.record(entry)
     running = gateway_running(live)
     access_before = broker_access_text(live.acl_file, live.password_file)
+    in_core_before = _in_core(live)
     store.set_current(number)
     log.info("event=deployment-started deployment=%d version=%s source=%s", number, version, source)
     try:
@@ -96,16 +107,9 @@ def _deploy_locked(
         render(new, live)
         if not running:
             return _finish(store, entry, "staged", "gateway not running: the next `millgate run` starts this config")
-        changes = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
+        changes = _apply(live, access_before, in_core_before)
         entry.changes = changes.as_dict()
-        deployment = new.gateway.deployment
-        wait_healthy(
-            live,
-            changes.started,
-            _components(new, changes.started),
-            timeout_s or deployment.health_timeout_s,
-            deployment.settle_s,
-        )
+        _wait_healthy(live, new, changes, timeout_s)
     except GatewayNotRunning as exc:
         return _finish(store, entry, "staged", f"gateway stopped during the deployment ({exc})")
     except (ApplyFailed, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
@@ -116,12 +120,37 @@ def _deploy_locked(
     return outcome
 
 
-def _components(loaded: LoadedConfig, started: list[str]) -> dict[str, list[str]]:
-    """The heartbeats a started program must produce: the core also serves the on-demand functions."""
+def _apply(live: GatewayPaths, access_before: tuple[str, frozenset[str]], in_core_before: dict[str, str]) -> Changes:
+    """Apply the config just rendered to the running gateway: supervisord, the broker, the core."""
+    changes = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
+    reconfigure_core(live, in_core_before, _in_core(live), changes)
+    return changes
+
+
+def _wait_healthy(live: GatewayPaths, loaded: LoadedConfig, changes: Changes, timeout_s: float | None = None) -> None:
+    """Wait for what `changes` started or reconfigured to be healthy (gateway/deploy_apply.py)."""
     from gateway.acl import CORE, function_component
 
-    on_demand = [function_component(f.name) for f in loaded.gateway.functions if f.lifecycle == "on-demand"]
-    return {CORE: [CORE, *on_demand]} if CORE in started else {}
+    programs, components = changes.started, {}
+    if CORE in changes.started:  # the core also serves the on-demand functions
+        on_demand = [function_component(f.name) for f in loaded.gateway.functions if f.lifecycle == "on-demand"]
+        components[CORE] = [CORE, *on_demand]
+    elif changes.reconfigured:  # the same core, each reconfigured function's heartbeat from its new version
+        programs = [*programs, CORE]
+        components[CORE] = [function_component(name) for name in changes.reconfigured]
+    in_core = in_core_fingerprints(loaded, read_manifest(live.state_dir / "functions"))
+    fingerprints = {function_component(name): in_core[name] for name in changes.reconfigured}
+    settings = loaded.gateway.deployment
+    wait_healthy(live, programs, components, timeout_s or settings.health_timeout_s, settings.settle_s, fingerprints)
+
+
+def _in_core(paths: GatewayPaths) -> dict[str, str]:
+    """What the core should be running of its native on-demand functions, per paths' config and the
+    functions deployed for it (none when there is no config yet)."""
+    try:
+        return in_core_fingerprints(load_config(paths.config_dir), read_manifest(paths.state_dir / "functions"))
+    except (ConfigInvalid, OSError, ValueError, TypeError):
+        return {}
 
 
 def _finish(store: DeploymentStore, entry: HistoryEntry, result: str, message: str) -> DeployOutcome:
@@ -137,22 +166,16 @@ def _roll_back(
 ) -> DeployOutcome:
     if previous is None or not store.exists(previous):
         return _finish(store, entry, "failed", f"{why}; no previous deployment to roll back to")
+    in_core_before = _in_core(live)  # of the deployment that failed, which the core may be running
     store.set_current(previous)
+    rollback = Changes()
     try:
         old = load_config(store.current_config)
         access_before = broker_access_text(live.acl_file, live.password_file)
         render(old, live)
-        rollback = Changes()
         if running:
-            rollback = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
-            settings = old.gateway.deployment
-            wait_healthy(
-                live,
-                rollback.started,
-                _components(old, rollback.started),
-                settings.health_timeout_s,
-                settings.settle_s,
-            )
+            rollback = _apply(live, access_before, in_core_before)
+            _wait_healthy(live, old, rollback)
     except (ApplyFailed, GatewayNotRunning, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
         return _finish(store, entry, "rollback-failed", f"{why}; rolling back to deployment {previous} failed: {exc}")
     entry.changes = {**entry.changes, "rollback": rollback.as_dict()}

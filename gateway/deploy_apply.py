@@ -1,6 +1,8 @@
 """Applies a rendered deployment to a running gateway through supervisord's XML-RPC: reloadConfig,
 then stop/remove/add only the process groups whose section changed, a broker reload for new ACLs or
-users; then waits for what it started to come up healthy (RUNNING and an online heartbeat of its own).
+users, a SIGHUP to a core that kept running when native on-demand functions of it changed (it swaps
+their versions in: functions/runtime.py); then waits for what it started or reconfigured to come up
+healthy (RUNNING and an online heartbeat of its own, from the new version).
 
 It renders nothing and decides nothing about rollback; gateway/deploy.py does.
 """
@@ -13,6 +15,7 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.acl import CORE
 from gateway.broker_reload import BROKER, BrokerReloadFailed, reload_broker
 from gateway.paths import GatewayPaths
 from gateway.status import read_component_status, supervisor_proxy
@@ -38,6 +41,7 @@ class Changes:
     restarted: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     broker_reloaded: bool = False
+    reconfigured: list[str] = field(default_factory=list)  # functions swapped in the running core
 
     @property
     def started(self) -> list[str]:
@@ -49,6 +53,7 @@ class Changes:
             "restarted": self.restarted,
             "removed": self.removed,
             "broker_reloaded": self.broker_reloaded,
+            "reconfigured": self.reconfigured,
         }
 
     def summary(self) -> str:
@@ -58,7 +63,12 @@ class Changes:
         return "; ".join(parts) or "nothing changed"
 
     def _labelled(self) -> list[tuple[str, list[str]]]:
-        return [("restarted", self.restarted), ("added", self.added), ("removed", self.removed)]
+        return [
+            ("restarted", self.restarted),
+            ("reconfigured in core", self.reconfigured),
+            ("added", self.added),
+            ("removed", self.removed),
+        ]
 
 
 def gateway_running(paths: GatewayPaths) -> bool:
@@ -91,6 +101,22 @@ def apply_rendered(paths: GatewayPaths, access_changed: bool) -> Changes:
     return changes
 
 
+def reconfigure_core(paths: GatewayPaths, before: dict[str, str], after: dict[str, str], changes: Changes) -> None:
+    """After apply_rendered: if the core kept running and native on-demand functions of it changed
+    (`before`/`after`: gateway.deploy_plan.in_core_fingerprints), SIGHUP it so it swaps them in."""
+    changed = sorted(name for name, fingerprint in after.items() if before.get(name) != fingerprint)
+    if not changed or CORE in changes.started:
+        return
+    try:
+        supervisor_proxy(paths).supervisor.signalProcess(CORE, "HUP")
+    except OSError as exc:
+        raise GatewayNotRunning(f"supervisord at {paths.supervisor_socket}: {exc}") from exc
+    except xmlrpc.client.Fault as exc:
+        raise ApplyFailed(f"core: cannot signal it to reconfigure {', '.join(changed)}: {exc}") from exc
+    changes.reconfigured = changed
+    log.info("event=core-reconfiguring functions=%s", ",".join(changed))
+
+
 def _stop_and_remove(proxy: Any, name: str) -> None:
     try:
         proxy.supervisor.stopProcessGroup(name, True)
@@ -101,18 +127,24 @@ def _stop_and_remove(proxy: Any, name: str) -> None:
 
 
 def wait_healthy(
-    paths: GatewayPaths, programs: list[str], components: dict[str, list[str]], timeout_s: float, settle_s: float
+    paths: GatewayPaths,
+    programs: list[str],
+    components: dict[str, list[str]],
+    timeout_s: float,
+    settle_s: float,
+    fingerprints: dict[str, str] | None = None,
 ) -> None:
     """Every program in `programs` RUNNING with an online heartbeat from its own pid (and every
-    component in components[program] likewise, e.g. the core's on-demand pools), staying so for
-    `settle_s`; raises ApplyFailed naming the first that is not."""
+    component in components[program] likewise, e.g. the core's on-demand pools; one in `fingerprints`
+    from that version of its config), staying so for `settle_s`, with the pid it had when this started;
+    raises ApplyFailed naming the first that is not."""
     if not programs:
         return
     deadline = time.monotonic() + timeout_s
     healthy_since: float | None = None
     pids: dict[str, int] = {}
     while True:
-        problem = _unhealthy(paths, programs, components, pids)
+        problem = _unhealthy(paths, programs, components, pids, fingerprints or {})
         now = time.monotonic()
         if problem is None:
             healthy_since = healthy_since or now
@@ -128,7 +160,11 @@ def wait_healthy(
 
 
 def _unhealthy(
-    paths: GatewayPaths, programs: list[str], components: dict[str, list[str]], pids: dict[str, int]
+    paths: GatewayPaths,
+    programs: list[str],
+    components: dict[str, list[str]],
+    pids: dict[str, int],
+    fingerprints: dict[str, str],
 ) -> str | None:
     """None when all is well; a reason to keep waiting; or "!reason" for a failure that waiting cannot fix."""
     try:
@@ -153,15 +189,19 @@ def _unhealthy(
         if name in NO_HEARTBEAT:
             continue
         for component in components.get(name, [name]):
-            problem = _heartbeat_problem(component, beats.get(component), infos[name]["pid"])
+            problem = _heartbeat_problem(
+                component, beats.get(component), infos[name]["pid"], fingerprints.get(component)
+            )
             if problem is not None:
                 return problem
     return None
 
 
-def _heartbeat_problem(component: str, beat: dict[str, Any] | None, pid: int) -> str | None:
+def _heartbeat_problem(component: str, beat: dict[str, Any] | None, pid: int, fingerprint: str | None) -> str | None:
     if beat is None or beat.get("pid") != pid:
         return f"{component}: no heartbeat from pid {pid} yet"
+    if fingerprint is not None and beat.get("fingerprint") != fingerprint:
+        return f"{component}: not reconfigured yet (running {beat.get('fingerprint')}, deployed {fingerprint})"
     if beat.get("state") != "online":
         return f"{component}: {beat.get('state')}"
     if beat.get("problems") or beat.get("function_state") in ("failed", "init-failed"):

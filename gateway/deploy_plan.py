@@ -7,8 +7,11 @@ The slices (documented for operators in docs/operations.md):
 
 - every Python component: [gateway] and [logging] (identity, heartbeat period, log settings)
 - broker: its generated mosquitto.conf; ACL and password changes are a reload (SIGHUP), not a restart
-- core: [broker], [discovery], [cloud], [deployment], [[shadows]], on-demand functions (entry, code
-  version, granted resources) and the subscriptions that involve `shadow` or an on-demand function
+- core: [broker], [discovery], [cloud], [deployment], [[shadows]], which on-demand functions there are,
+  Greengrass v1 on-demand functions (entry, code version, granted resources) and the subscriptions
+  that involve `shadow` or an on-demand function. A native on-demand function's own slice (entry, code
+  version, granted resources) is not the core's: a change to it alone is a reconfiguration of that
+  function inside the running core (in_core_fingerprints; functions/runtime.py swaps it in)
 - uplink: [broker], [cloud], [spool], [bulk], [[shadows]] and the subscriptions involving `cloud` or `shadow`
 - adapter-<name>: adapters/<name>.toml, its register-map CSVs and the subscriptions naming `adapter:<name>`
 - fn-<name> (long-lived): its entry, code version, granted resources and the subscriptions naming it
@@ -67,6 +70,21 @@ def _adapter_slice(config: GatewayConfig, name: str, adapter: AdapterFile) -> li
     return [_dump(adapter.config), maps, _routes(config, [f"adapter:{name}"])]
 
 
+def reconfigurable_in_core(function: Function) -> bool:
+    """A native on-demand function: its pool in the core can take a new version without a restart."""
+    return function.lifecycle == "on-demand" and function.runtime == "native"
+
+
+def in_core_fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction]) -> dict[str, str]:
+    """Native on-demand function name -> fingerprint of its own slice, which the running core swaps in."""
+    config = loaded.gateway
+    return {
+        f.name: _digest(_function_slice(config, f, deployed.get(f.name)))
+        for f in config.functions
+        if reconfigurable_in_core(f)
+    }
+
+
 def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mosquitto_conf: str) -> dict[str, str]:
     """supervisord program name -> fingerprint of everything that program reads."""
     config = loaded.gateway
@@ -78,7 +96,8 @@ def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mo
             common,
             [_dump(config.broker), _dump(config.discovery), _dump(config.cloud), _dump(config.deployment)],
             [_dump(s) for s in config.shadows],
-            [_function_slice(config, f, deployed.get(f.name)) for f in on_demand],
+            [f.name for f in on_demand],
+            [_function_slice(config, f, deployed.get(f.name)) for f in on_demand if not reconfigurable_in_core(f)],
             _routes(config, ["shadow", *(f"function:{f.name}" for f in on_demand)]),
         ),
         UPLINK: _digest(

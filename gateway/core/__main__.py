@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 
 from functions.greengrass import daemon as greengrass_api
 from functions.greengrass.service import GreengrassService
@@ -32,6 +33,9 @@ EXIT_STORAGE = 3
 async def main() -> None:
     ctx = start_component(CORE)
     stop = stop_on_signals()
+    # `millgate deploy` changed only native on-demand functions: swap their versions in (functions/runtime.py)
+    reload = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload.set)
     health = ComponentHealth()
     # the shadow service shares the core's broker connection; a router splits the topics
     try:
@@ -80,7 +84,7 @@ async def main() -> None:
         tasks.create_task(mqtt.run(stop))
         tasks.create_task(shadows.run(stop, mqtt.publish))
         tasks.create_task(deployer.run(stop, mqtt.publish))
-        tasks.create_task(run_on_demand_functions(ctx.loaded, ctx.paths, stop, greengrass))
+        tasks.create_task(run_on_demand_functions(ctx.loaded, ctx.paths, stop, greengrass, reload))
         if greengrass is not None:
             greengrass.use_publisher(mqtt.publish)
             tasks.create_task(greengrass_api.serve(greengrass, stop))

@@ -1,5 +1,6 @@
-"""`millgate deploy` against a real gateway: only the changed process restarts, routes through the
-others lose nothing meanwhile, a deployment that does not come up healthy rolls back by itself.
+"""`millgate deploy` against a real gateway: only the changed process restarts (an on-demand function
+alone is reconfigured inside the running core), routes through the others lose nothing meanwhile, a
+deployment that does not come up healthy rolls back by itself.
 """
 
 from __future__ import annotations
@@ -7,9 +8,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
@@ -84,6 +88,7 @@ class Stream:
 
     def __init__(self, gw: RunningGateway):
         self.received: set[int] = set()
+        self.pids: set[int | None] = set()  # the workers that answered, when the function says
         self.sent = 0
         self.stop = threading.Event()
         self.subscriber = gw.client("operator")
@@ -96,7 +101,9 @@ class Stream:
         self.thread = threading.Thread(target=self._publish, daemon=True)
 
     def _on_message(self, _c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-        self.received.add(json.loads(message.payload)["seq"])
+        document = json.loads(message.payload)
+        self.received.add(document["seq"])
+        self.pids.add(document.get("pid"))
 
     def _publish(self) -> None:
         while not self.stop.is_set():
@@ -176,3 +183,143 @@ def test_invalid_config_is_refused_and_a_function_failing_to_import_rolls_back(g
     finally:
         again.stop()
         again.kill_leftovers()
+
+
+ON_DEMAND_GATEWAY = """
+[gateway]
+thing_name = "deploy-od"
+status_interval_s = 0.5
+
+[deployment]
+health_timeout_s = 15
+settle_s = 1.5
+
+[[functions]]
+name = "steady"
+code = "functions/steady"
+handler = "main.function_handler"
+run_as = "1001:1001"
+queue_size = 100000
+idle_s = 600
+
+[[functions]]
+name = "anomaly"
+code = "functions/anomaly"
+handler = "main.function_handler"
+run_as = "1002:1002"
+idle_s = 600
+
+[[subscriptions]]
+source = "device:feeder"
+target = "function:steady"
+topic = "in/#"
+
+[[subscriptions]]
+source = "function:steady"
+target = "device:observer"
+topic = "out/#"
+"""
+STEADY = """
+import os
+
+from functions import sdk
+
+def function_handler(event, context):
+    sdk.publish("out/steady", {"seq": event["seq"], "pid": os.getpid()}, qos=1)
+"""
+ANOMALY = """
+import time
+
+VERSION = {version}
+
+def function_handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    return VERSION
+"""
+ON_DEMAND_FILES = {
+    "functions/steady/main.py": STEADY,
+    "functions/anomaly/main.py": ANOMALY.format(version=1),
+}
+
+
+def _invoke(gw: RunningGateway, function: str, payload: object, timeout_s: float = 15) -> dict:
+    """Invoke an on-demand function directly, as an SDK caller does, and return its answer."""
+    client = gw.client("operator")
+    reply_topic = f"millgate/fn/tester/reply/{uuid.uuid4().hex}"
+    arrived = threading.Event()
+    answer: list[dict] = []
+
+    def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
+        answer.append(json.loads(message.payload))
+        arrived.set()
+
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.subscribe(reply_topic, qos=1)
+    assert subscribed.wait(5)
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.ResponseTopic = reply_topic
+    client.publish(f"millgate/fn/{function}/invoke", json.dumps(payload), qos=1, properties=properties)
+    assert arrived.wait(timeout_s), f"no answer from {function}"
+    client.disconnect()
+    client.loop_stop()
+    gw.clients.remove(client)
+    return answer[0]
+
+
+def _start_on_demand(gateway_factory) -> RunningGateway:
+    gw = gateway_factory(ON_DEMAND_GATEWAY, files=ON_DEMAND_FILES, expect=("broker", "core"))
+    wait_until(lambda: _ready(gw, "fn-steady") and _ready(gw, "fn-anomaly"), 15, "both on-demand functions ready")
+    assert _invoke(gw, "anomaly", {})["result"] == 1
+    return gw
+
+
+def test_deploy_reconfigures_one_on_demand_function_inside_the_running_core(gateway_factory) -> None:
+    gw = _start_on_demand(gateway_factory)
+    before = _pids(gw)
+    toml = gw.config_dir / "gateway.toml"
+    # the function's code and its own [[functions]] entry change; nothing else does
+    (gw.config_dir / "functions/anomaly/main.py").write_text(ANOMALY.format(version=2))
+    toml.write_text(toml.read_text().replace('run_as = "1002:1002"\n', 'run_as = "1002:1002"\ntimeout_s = 5\n'))
+    in_flight: list[dict] = []
+    slow = threading.Thread(target=lambda: in_flight.append(_invoke(gw, "anomaly", {"sleep": 2})), daemon=True)
+    with Stream(gw) as stream:
+        wait_until(lambda: len(stream.received) > 20, 15, "the steady function's warm worker answering")
+        warm = stream.pids.copy()
+        slow.start()
+        wait_until(lambda: gw.status()["components"]["fn-anomaly"].get("busy") == 1, 10, "anomaly busy")
+        result = gw.cli("deploy", timeout=60)
+        time.sleep(0.5)
+    slow.join(15)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reconfigured in core: anomaly" in result.stdout, result.stdout
+    assert "restarted" not in result.stdout, result.stdout
+    assert _pids(gw) == before  # the core and every other process kept running
+    wait_until(lambda: len(stream.received) >= stream.sent, 10, "every message to the steady function answered")
+    assert stream.sent > 100
+    assert stream.received == set(range(stream.sent))
+    assert len(warm) == 1 and stream.pids == warm  # steady's warm worker was never replaced
+    # the old version's worker finished the message it held; the new version answers from now on
+    assert [(a["function_error"], a["result"]) for a in in_flight] == [(None, 1)], in_flight
+    answer = _invoke(gw, "anomaly", {})
+    assert answer["function_error"] is None and answer["result"] == 2, answer
+
+    history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
+    assert history[-1]["result"] == "succeeded"
+    assert history[-1]["changes"]["reconfigured"] == ["anomaly"]
+    assert history[-1]["changes"]["restarted"] == []
+
+
+def test_deploy_still_restarts_the_core_when_its_own_settings_change(gateway_factory) -> None:
+    gw = _start_on_demand(gateway_factory)
+    before = _pids(gw)
+    toml = gw.config_dir / "gateway.toml"
+    toml.write_text(toml.read_text().replace("settle_s = 1.5", "settle_s = 1.0"))  # [deployment]: the core's
+    result = gw.cli("deploy", timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "restarted: core" in result.stdout and "reconfigured" not in result.stdout, result.stdout
+    after = _pids(gw)
+    assert after["core"] != before["core"]
+    assert {n: p for n, p in after.items() if n != "core"} == {n: p for n, p in before.items() if n != "core"}
+    assert _invoke(gw, "anomaly", {})["result"] == 1
