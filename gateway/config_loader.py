@@ -280,7 +280,13 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
     for index, function in enumerate(cfg.functions):
         code = Path(function.code)
         code = code if code.is_absolute() else config_dir / code
-        if not code.exists():
+        if not Path(function.code).is_absolute() and os.path.normpath(function.code).startswith(".."):
+            add(
+                f"functions[{index}].code",
+                f"{function.code!r} is outside the config directory, which is all a deployment copies; "
+                "move the code inside it or give an absolute path",
+            )
+        elif not code.exists():
             add(f"functions[{index}].code", f"{function.code!r} does not exist (looked at {code})")
         elif not code.is_dir() and code.suffix != ".zip":
             add(f"functions[{index}].code", f"{function.code!r} is neither a directory nor a .zip file")

@@ -242,6 +242,12 @@ CASES = {
         path="functions[0].code",
         message="'functions/anomaly' does not exist",
     ),
+    "function-code-outside-the-config-dir": Broken(
+        # `millgate run` deploys a copy of the config dir, where this path would no longer exist
+        gateway=GATEWAY + FUNCTION.replace('code = "functions/anomaly"', 'code = "../elsewhere/anomaly"'),
+        path="functions[0].code",
+        message="'../elsewhere/anomaly' is outside the config directory",
+    ),
     "unknown-protocol": Broken(
         adapters={"line3": 'name = "line3"\nprotocol = "profinet"\n'},
         file="adapters/line3.toml",
