@@ -48,7 +48,7 @@ from gateway.greengrass.export import (
     V1FunctionConfiguration,
     read_export,
 )
-from gateway.resource_paths import SYSTEM_DIRS, host_path_refusal
+from gateway.resource_paths import SYSTEM_DIRS, destination_path_refusal, host_path_refusal
 from gateway.topics import TopicError, validate_topic_filter
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -167,6 +167,7 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
         path = ""
         group_owner = False
         source: str | None = None
+        destination: str | None = None
         if data.LocalDeviceResourceData is not None:
             kind, path = "device", data.LocalDeviceResourceData.SourcePath
             owner = data.LocalDeviceResourceData.GroupOwnerSetting
@@ -178,11 +179,15 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
             kind, path = "volume", volume.SourcePath
             group_owner = bool(volume.GroupOwnerSetting and volume.GroupOwnerSetting.AutoAddGroupOwner)
             if volume.DestinationPath and volume.DestinationPath != volume.SourcePath:
-                plan.note(
-                    where,
-                    f"the function saw it at {volume.DestinationPath}; without a container it is at "
-                    f"{volume.SourcePath} (change the function, or make {volume.DestinationPath} a link to it)",
-                )
+                refused = destination_path_refusal(volume.DestinationPath, SYSTEM_DIRS)
+                if refused is None:
+                    destination = volume.DestinationPath  # mounted there in the function's own namespace
+                else:
+                    plan.note(
+                        where,
+                        f"the function saw it at {volume.DestinationPath}, which millgate refuses as a "
+                        f"destination ({refused}); it is at {volume.SourcePath} (change the function)",
+                    )
         elif data.S3MachineLearningModelResourceData is not None:
             model = data.S3MachineLearningModelResourceData
             kind, path = "model", model.DestinationPath
@@ -218,6 +223,8 @@ def _map_resources(export: Export, plan: Plan) -> dict[str, str | None]:
             entry["group_owner"] = True
         if source is not None:
             entry["source"] = source
+        if destination is not None:
+            entry["destination"] = destination
         plan.resources.append(entry)
         by_id[resource.Id] = name
     return by_id

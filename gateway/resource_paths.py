@@ -64,9 +64,11 @@ def destination_refusal(resource: Resource, protected: Mapping[str, Path]) -> st
     """Why a volume may not be mounted at its `destination` in a function's namespace; None when it may
     (or it has none). Mounted over the gateway's own dirs, or one holding them, it would hide them from
     the function's runtime, or be written into them through the mount point the host keeps."""
-    destination = resource.destination
-    if destination is None:
-        return None
+    return None if resource.destination is None else destination_path_refusal(resource.destination, protected)
+
+
+def destination_path_refusal(destination: str, protected: Mapping[str, Path]) -> str | None:
+    """Why a volume may not be mounted at `destination`; None when it may."""
     if not destination.startswith("/"):
         return f"{destination!r} must be an absolute path"
     forms = _forms(destination)

@@ -179,6 +179,40 @@ def test_import_maps_s3_and_sagemaker_models_to_model_resources(tmp_path: Path) 
     assert "'s3://models-only' is not s3://bucket/key" in notes
 
 
+def _add_volumes(document: dict) -> None:
+    document["Definition"]["Resources"] += [
+        {
+            "Id": "recipes",
+            "Name": "recipes",
+            "ResourceDataContainer": {
+                "LocalVolumeResourceData": {"SourcePath": "/srv/recipes", "DestinationPath": "/recipes"}
+            },
+        },
+        {
+            "Id": "sneaky",
+            "Name": "sneaky",
+            "ResourceDataContainer": {
+                "LocalVolumeResourceData": {"SourcePath": "/srv/other", "DestinationPath": "/proc/other"}
+            },
+        },
+    ]
+
+
+def test_import_mounts_a_volume_at_its_v1_destination_path_and_notes_a_refused_one(tmp_path: Path) -> None:
+    # v1 containers mounted a volume at DestinationPath; millgate does so in the function's mount namespace
+    export, zips = _export(tmp_path, resource_definition_version=_add_volumes)
+    import_group(export, tmp_path / "etc", zips, ImportOptions(run_as="1200:1200"))
+    written = tomllib.loads((tmp_path / "etc" / "gateway.toml").read_text())
+    volumes = {r["name"]: r for r in written["resources"] if r["kind"] == "volume"}
+    recipes = {"name": "recipes", "kind": "volume", "path": "/srv/recipes", "destination": "/recipes"}
+    assert volumes["recipes"] == recipes
+    assert volumes["sneaky"] == {"name": "sneaky", "kind": "volume", "path": "/srv/other"}
+    resources = {r.name: r for r in load_config(tmp_path / "etc").gateway.resources}
+    assert resources["recipes"].destination == "/recipes"
+    notes = (tmp_path / "etc" / NOTES_FILE).read_text()
+    assert "the function saw it at /proc/other, which millgate refuses as a destination" in notes
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
