@@ -40,6 +40,12 @@ async def main() -> None:
         log.error("event=not-started reason=no opcua adapter named %r in %s/adapters", ctx.name, ctx.paths.config_dir)
         raise SystemExit(2)
     config = adapter_file.config
+    if config.server_certificate is not None:  # relative to the adapter's file, as `certificate` is
+        pinned = adapter_file.path.parent / config.server_certificate
+        if not pinned.is_file():
+            log.error("event=not-started adapter=%s reason=server_certificate %s is not a file", config.name, pinned)
+            raise SystemExit(2)
+        config = config.model_copy(update={"server_certificate": str(pinned)})
     certificate = None
     trust = None
     if config.security_policy != "None":

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from pathlib import Path
 
 from asyncua import Client
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.fixtures.gateway import wait_until
 
@@ -107,3 +110,28 @@ def test_values_writes_method_calls_and_events_flow_through_the_gateway(opcua_si
     assert heartbeat
     status = latest("millgate/adapter-line2/status")["server"]
     assert status["session"] == "running" and status["writes_ok"] == 1
+
+
+def test_a_pinned_server_certificate_is_found_next_to_the_adapter_file(
+    opcua_simulator, gateway_factory, tmp_path: Path
+) -> None:
+    # `server_certificate` is relative to the adapter's file, as `certificate` is; the adapter process
+    # runs in another directory (it was looked up there and the session never came up)
+    server_dir = tmp_path / "server"
+    sim = opcua_simulator("--period", "0.1", "--cert-dir", str(server_dir), "--secure-only")
+    pem = x509.load_der_x509_certificate((server_dir / "server-cert.der").read_bytes()).public_bytes(Encoding.PEM)
+    secured = adapter(sim.endpoint).split("[[nodes]]")[0] + (
+        'security_policy = "Basic256Sha256"\nsecurity_mode = "SignAndEncrypt"\nserver_certificate = "server.pem"\n'
+        '\n[[nodes]]\nname = "temperature"\nnode_id = "ns=2;s=Line2.Temperature"\nsampling_ms = 50\n'
+    )
+    gw = gateway_factory(
+        GATEWAY,
+        adapters={"line2": secured},
+        files={"adapters/server.pem": pem.decode()},
+        expect=("broker", "core", "adapter-line2"),
+    )
+    values: list[dict] = []
+    operator = gw.client("operator")
+    operator.on_message = lambda _c, _u, message: values.append(json.loads(message.payload))
+    operator.subscribe("line2/temperature", qos=1)
+    wait_until(lambda: any(v["quality"] == "good" for v in values), 30, "values over the pinned secure channel")
