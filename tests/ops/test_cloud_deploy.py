@@ -1,6 +1,7 @@
 """Cloud-driven deployments and core OTA against a real gateway and moto's S3 server on 127.0.0.1:
-the desired state is set in the gateway's own shadow with `millgate shadow update`, the core fetches,
-verifies and deploys (or installs) and reports the outcome in the reported state.
+the desired state is set in the gateway's own shadow with `millgate shadow update` (or, end to end, by
+the fleet on a TLS mosquitto playing AWS IoT, synced down by the uplink), the core fetches, verifies and
+deploys (or installs) and reports the outcome in the reported state.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from moto.server import ThreadedMotoServer
 from gateway.config import DeploymentSection
 from gateway.deploy_bundle import unpack_bundle
 from gateway.deploy_job import JobRefused, Request, sha256_file
+from gateway.function_deploy import read_manifest
 from gateway.ota import keep_installed, kept_package, run_package_job
+from tests.fixtures.aws_shadows import AwsCloudBroker, CloudShadows
 from tests.fixtures.gateway import RunningGateway, free_port, run_cli, wait_until
+from tests.uplink.conftest import CloudBroker, make_pki
 
 BUCKET = "fleet"
 THING = "cloud-gw"
@@ -117,22 +121,28 @@ def _pids(gw: RunningGateway) -> dict[str, int]:
     return {name: p["pid"] for name, p in gw.status()["processes"].items()}
 
 
+def _build_and_push(gw: RunningGateway, short_tmp: Path, s3_url: str, version: int) -> dict:
+    """The running config with `other` at `version`, bundled and uploaded; the desired deployment."""
+    new_config = short_tmp / f"config-v{version}"
+    shutil.copytree(gw.config_dir, new_config)
+    (new_config / "functions/other/main.py").write_text(OTHER.format(version=version))
+    bundle = short_tmp / f"v{version}.tar.gz"
+    built = run_cli("bundle", "build", str(new_config), "--out", str(bundle))
+    assert built.returncode == 0, built.stderr
+    pushed = run_cli(
+        "bundle", "push", str(bundle), "--bucket", BUCKET, "--key", f"gw/v{version}.tar.gz",
+        "--version", f"v{version}", "--endpoint-url", s3_url,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    return json.loads(pushed.stdout)["state"]["desired"]["deployment"]
+
+
 def test_cloud_bundle_with_bad_checksum_is_refused_then_a_good_one_changes_only_its_function(
     gateway_factory, short_tmp: Path, s3_url: str
 ) -> None:
     gw = _start(gateway_factory, short_tmp, s3_url)
-    new_config = short_tmp / "new-config"
-    shutil.copytree(gw.config_dir, new_config)
-    (new_config / "functions/other/main.py").write_text(OTHER.format(version=2))
+    desired = _build_and_push(gw, short_tmp, s3_url, 2)
     bundle = short_tmp / "v2.tar.gz"
-    built = run_cli("bundle", "build", str(new_config), "--out", str(bundle))
-    assert built.returncode == 0, built.stderr
-    pushed = run_cli(
-        "bundle", "push", str(bundle), "--bucket", BUCKET, "--key", "gw/v2.tar.gz", "--version", "v2",
-        "--endpoint-url", s3_url,
-    )  # fmt: skip
-    assert pushed.returncode == 0, pushed.stderr
-    desired = json.loads(pushed.stdout)["state"]["desired"]["deployment"]
     assert desired == {"version": "v2", "bucket": BUCKET, "key": "gw/v2.tar.gz", "sha256": sha256_file(bundle)}
     current = (gw.state_dir / "deployments" / "current").resolve()
     before = _pids(gw)
@@ -158,6 +168,73 @@ def test_cloud_bundle_with_bad_checksum_is_refused_then_a_good_one_changes_only_
         ("v2", "cloud", "succeeded"),
     ]
     assert "event=cloud-deployment-refused" in gw.cli("logs", "core").stdout
+
+
+@pytest.fixture
+def aws_iot(short_tmp: Path) -> Iterator[tuple[CloudBroker, CloudShadows]]:
+    """A TLS mosquitto playing AWS IoT, with its shadow service [aws-shadow-semantics.md]."""
+    (short_tmp / "cloud").mkdir()
+    broker = AwsCloudBroker(make_pki(short_tmp / "pki"), short_tmp / "cloud", free_port())
+    broker.start()
+    try:
+        service = CloudShadows(broker, short_tmp / "aws-shadows.db")
+        try:
+            yield broker, service
+        finally:
+            service.close()
+    finally:
+        broker.stop()
+
+
+def test_deployment_desired_in_the_cloud_is_applied_and_its_outcome_reported_back_to_the_cloud(
+    aws_iot: tuple[CloudBroker, CloudShadows], gateway_factory, short_tmp: Path, s3_url: str
+) -> None:
+    # issue 10: the fleet sets the gateway's own shadow in AWS IoT; the uplink syncs it down
+    # (sync = "both", docs/operations.md), the core deploys, and the reported outcome syncs back up
+    broker, cloud_shadows = aws_iot
+    socket = short_tmp / "s0" / "run" / "supervisor.sock"
+    toml = _gateway_toml(s3_url, short_tmp, socket)
+    toml += f'\n[[shadows]]\nthing = "{THING}"\nsync = "both"\n\n' + broker.toml()
+    programs = (*_PROGRAMS, "uplink")
+    files = {"functions/other/main.py": OTHER.format(version=1)}
+    gw = gateway_factory(toml, files=files, expect=programs)
+    desired = _build_and_push(gw, short_tmp, s3_url, 2)
+    before = _pids(gw)
+    assert set(before) == set(programs)
+    fleet = broker.subscriber(f"$aws/things/{THING}/shadow/update/documents", client_id="fleet")
+    assert fleet.client is not None
+
+    # what an application's UpdateThingShadow does: a publish on the thing's update topic in AWS IoT
+    update = json.dumps({"state": {"desired": {"deployment": desired}}})
+    fleet.client.publish(f"$aws/things/{THING}/shadow/update", update, qos=1).wait_for_publish(10)
+
+    def reported_in_the_cloud() -> dict:
+        for _topic, payload in fleet.snapshot():
+            done = json.loads(payload)["current"]["state"].get("reported", {}).get("deployment") or {}
+            if done.get("version") == "v2":
+                return done
+        return {}
+
+    wait_until(reported_in_the_cloud, 60, "reported.deployment v2 in the cloud", interval_s=0.3)
+    done = reported_in_the_cloud()
+    assert done["result"] == "ok" and done["sha256"] == desired["sha256"], done
+    assert done["at"].endswith("Z")
+    state = cloud_shadows.state(THING)
+    assert state is not None and state["desired"]["deployment"] == desired
+    assert state["reported"]["deployment"] == done  # the cloud's shadow holds it, not just a message
+    live = gw.state_dir / "deployments" / "current" / "config" / "functions" / "other" / "main.py"
+    assert "VERSION = 2" in live.read_text()
+    after = _pids(gw)
+    assert after["fn-other"] != before["fn-other"]
+    assert {k: v for k, v in after.items() if k != "fn-other"} == {k: v for k, v in before.items() if k != "fn-other"}
+    # the restarted function runs from the newly deployed copy of its code
+    deployed = Path(read_manifest(gw.state_dir / "functions")["other"].path)
+    assert Path(f"/proc/{after['fn-other']}/cwd").resolve() == deployed.resolve()
+    assert "VERSION = 2" in (deployed / "main.py").read_text()
+    history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
+    assert [(e["version"], e["by"], e["result"]) for e in history][-1:] == [("v2", "cloud", "succeeded")]
+    # the gateway wrote to the cloud's shadow once: the reported outcome (the desired came down, not up)
+    assert cloud_shadows.sync_writes == [(THING, None, 2)]
 
 
 def test_core_ota_refuses_a_bad_checksum_and_installs_a_good_package_across_a_core_restart(

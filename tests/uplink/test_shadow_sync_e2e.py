@@ -4,58 +4,22 @@ shadow handler's own rules over a separate store), live and through a cut line."
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import signal
-import ssl
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.shadows.handler import ShadowHandler
-from gateway.shadows.sync import LINK_TOPIC, SYNC_TOKEN_PREFIX
-from gateway.topics import SHADOW_REQUEST_FILTERS, parse_shadow_request, shadow_topic
-from storage.shadows import ShadowStore, StoredShadow
+from gateway.shadows.sync import LINK_TOPIC
+from tests.fixtures.aws_shadows import LOSE_ANSWER, AwsCloudBroker, CloudShadows
 from tests.fixtures.gateway import RunningGateway, wait_until
 from tests.fixtures.shadows import ShadowClient
 from tests.uplink.conftest import CloudBroker, LinkProxy, Pki, free_port
 
 SYNC_WAIT_S = 10
 QUIET_S = 1.5  # long enough for a spurious re-sync (the engine answers in milliseconds) to show
-LOSE_ANSWER = "lose-answer"  # a fault: the cloud applies the request but its answer never arrives
-
-
-class AwsCloudBroker(CloudBroker):
-    """The cloud broker with AWS's reserved `$aws/...` topics open as well: an ACL's `#` does not
-    cover topics that start with `$`, so the base broker refuses every shadow topic."""
-
-    def start(self) -> None:
-        super().start()
-        assert self.process is not None
-        acl = self.dir / "acl"
-        acl.write_text(acl.read_text() + "pattern readwrite $aws/#\n")
-        # a client served proves mosquitto is in its main loop, past installing its SIGHUP handler
-        # (a SIGHUP before that kills it)
-        probe = self.subscriber("$aws/probe", client_id="aws-acl-probe")
-        assert probe.client is not None
-        self.process.send_signal(signal.SIGHUP)  # re-read the ACL file
-
-        def echoed() -> bool:
-            assert probe.client is not None
-            probe.client.subscribe("$aws/probe", qos=1)  # again: one made before the reload is refused
-            probe.client.publish("$aws/probe", b"1", qos=1)
-            return len(probe) > 0
-
-        wait_until(echoed, 10, "the cloud broker to open $aws topics", interval_s=0.2)
-        probe.client.disconnect()
-        probe.client.loop_stop()
-        self.clients.remove(probe.client)
 
 
 @pytest.fixture
@@ -66,88 +30,6 @@ def cloud_broker(pki: Pki, short_tmp: Path) -> Iterator[CloudBroker]:
     broker = AwsCloudBroker(pki, broker_dir, free_port())
     yield broker
     broker.stop()
-
-
-class CloudShadows:
-    """AWS IoT's shadow service on the cloud broker: answers requests on the shadow topics with the
-    same document rules as the gateway (gateway/shadows/handler.py) over its own SQLite store, and
-    lets the test act as the fleet (an application updating a shadow in the cloud)."""
-
-    def __init__(self, broker: CloudBroker, db: Path):
-        self.broker = broker
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="aws-shadows")
-        self.handler = ShadowHandler(self._thread.submit(ShadowStore, db).result())
-        self.sync_writes: list[tuple[str, str | None, int]] = []  # (thing, name, version) written by the gateway
-        self.requests: list[tuple[str, str | None, str]] = []  # (thing, name, operation) received, in order
-        self._faults: dict[tuple[str, str | None, str], list[int | str]] = {}
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="aws-shadow-service", protocol=paho.MQTTv5)
-        context = ssl.create_default_context(cafile=str(broker.pki.ca))
-        context.load_cert_chain(str(broker.pki.client_cert), str(broker.pki.client_key))
-        client.tls_set_context(context)
-        subscribed = threading.Event()
-        client.on_subscribe = lambda *_a: subscribed.set()
-        client.on_connect = lambda c, *_a: c.subscribe([(f, SubscribeOptions(qos=1)) for f in SHADOW_REQUEST_FILTERS])
-
-        def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
-            self._thread.submit(self._answer, message.topic, bytes(message.payload))
-
-        client.on_message = on_message
-        client.connect("localhost", broker.port)
-        client.loop_start()
-        self.client = client
-        assert subscribed.wait(10), "the cloud shadow service could not subscribe"
-
-    def fail_next(self, thing: str, operation: str, *faults: int | str, name: str | None = None) -> None:
-        """The next requests of `operation` on this shadow fail, one fault each: an AWS error code, answered
-        on /rejected without applying the request, or LOSE_ANSWER (applied, the answer never sent)."""
-        self._thread.submit(self._faults.setdefault((thing, name, operation), []).extend, faults).result()
-
-    def _answer(self, topic: str, payload: bytes) -> None:
-        request = parse_shadow_request(topic)
-        assert request is not None, topic
-        thing, name, operation = request
-        self.requests.append(request)
-        faults = self._faults.get(request)
-        fault = faults.pop(0) if faults else None
-        if isinstance(fault, int):
-            # AWS's error document [aws-shadow-semantics.md, error codes]
-            error = {"code": fault, "message": f"injected {fault}", "timestamp": int(time.time())}
-            error["clientToken"] = json.loads(payload).get("clientToken")
-            self.client.publish(shadow_topic(thing, name, operation, "rejected"), json.dumps(error), qos=1)
-            return
-        outcome = self.handler.handle(thing, name, operation, payload)
-        if outcome.change is not None and (outcome.change.client_token or "").startswith(SYNC_TOKEN_PREFIX):
-            self.sync_writes.append((thing, name, outcome.change.version))
-        if fault == LOSE_ANSWER:
-            return
-        for message in outcome.messages:
-            self.client.publish(message.topic, message.payload, qos=1)
-
-    def fleet_update(self, thing: str, state: dict[str, Any], name: str | None = None) -> int:
-        """What an application's UpdateThingShadow does: the new version, answers published as AWS does."""
-        body = json.dumps({"state": state}).encode()
-
-        def update() -> int:
-            outcome = self.handler.handle(thing, name, "update", body)
-            assert outcome.error is None and outcome.change is not None, outcome.error
-            for message in outcome.messages:
-                self.client.publish(message.topic, message.payload, qos=1)
-            return outcome.change.version
-
-        return self._thread.submit(update).result()
-
-    def shadow(self, thing: str, name: str | None = None) -> StoredShadow | None:
-        return self._thread.submit(self.handler.live, thing, name).result()
-
-    def state(self, thing: str, name: str | None = None) -> dict[str, Any] | None:
-        row = self.shadow(thing, name)
-        return row.state if row else None
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        self._thread.submit(self.handler.store.close).result()
-        self._thread.shutdown()
 
 
 @pytest.fixture
