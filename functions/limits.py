@@ -11,7 +11,6 @@ import errno
 import logging
 import os
 import resource
-import select
 import signal
 import threading
 import time
@@ -167,44 +166,9 @@ def remove_cgroup(group: str) -> None:
 def place_self_in_cgroup(group: str, memory_mb: int) -> bool:
     """Put this process, still root, in cgroup millgate/<group> as `place_in_cgroup` does for a worker; False
     when RLIMIT_AS is to be used instead. Once this process has dropped root it cannot remove its own
-    group, so a root helper forked first (in a session of its own, so that stopping this process's
-    process group does not end it before its work) removes the group when this process has ended."""
-    if cgroup_kind() == "none":
-        return place_in_cgroup(group, os.getpid(), memory_mb) is not None  # reports RLIMIT_AS
-    placed_read, placed_write = os.pipe()
-    me = os.getpid()
-    helper = os.fork()
-    if helper == 0:
-        os.close(placed_write)
-        _remove_when_ended(group, me, placed_read)
-    os.close(placed_read)
-    placed = place_in_cgroup(group, me, memory_mb) is not None
-    os.write(placed_write, b"1" if placed else b"0")
-    os.close(placed_write)
-    if not placed:
-        os.waitpid(helper, 0)  # it has nothing to do and exits now; it outlives this process otherwise
-    return placed
-
-
-def _remove_when_ended(group: str, pid: int, placed: int) -> None:
-    """The helper of `place_self_in_cgroup`: it never returns."""
-    status = 0
-    try:
-        os.setsid()
-        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(stop, signal.SIG_IGN)
-        try:
-            ended = os.pidfd_open(pid)
-        except ProcessLookupError:
-            ended = -1
-        if os.read(placed, 1) == b"1" and ended >= 0:  # b"" too: the process died while it was placing
-            select.select([ended], [], [])  # readable once `pid` has exited, and left its cgroup
-        remove_cgroup(group)
-    except BaseException:
-        log.exception("event=cgroup-helper-failed group=%s", group)
-        status = 1
-    finally:
-        os._exit(status)
+    group: the next sweep does (the first placement of every process, so the restarted runner's and the
+    core's at its start), as for a worker whose core was killed."""
+    return place_in_cgroup(group, os.getpid(), memory_mb) is not None
 
 
 def limit_address_space(memory_mb: int) -> None:
