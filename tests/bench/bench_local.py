@@ -57,7 +57,7 @@ code = "functions/relay"
 handler = "relay.function_handler"
 lifecycle = "long-lived"
 run_as = "1001:1001"
-queue_size = 1000000
+queue_size = 4096             # the most a long-lived runner holds (functions/pinned.py MAX_QUEUED)
 
 [[subscriptions]]
 source = "adapter:line1"
