@@ -204,6 +204,9 @@ class DeploymentSection(Strict):
     max_bundle_bytes: ByteSize = Field(default=ByteSize(256 * 1024 * 1024), gt=0)  # unpacked size cap
     # {deb} is the package file; the command runs detached from the service it replaces
     ota_install_command: str = Field(default="dpkg -i {deb}", min_length=1)
+    # before the first OTA (no package kept yet): rebuild the installed one from its files, in a scratch
+    # directory, so that a bad update can still be rolled back (Debian's dpkg-repack, a dependency)
+    ota_keep_command: str = Field(default="dpkg-repack millgate", min_length=1)
     ota_restart_command: str = Field(default="systemctl restart millgate.service", min_length=1)
     # the restarted gateway must show a fresh core heartbeat this soon, or the previous package goes back
     ota_health_timeout_s: float = Field(default=120.0, gt=0, le=3600)

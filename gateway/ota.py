@@ -13,6 +13,7 @@ import logging
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,11 @@ def _command(template: str, deb: Path | None = None) -> list[str]:
     return [part.replace("{deb}", str(deb)) for part in shlex.split(template)]
 
 
-def _run(what: str, argv: list[str]) -> str | None:
+def _run(what: str, argv: list[str], cwd: Path | None = None) -> str | None:
     """None when the command succeeded; otherwise why not (its last line of output)."""
     log.info("event=ota-%s command=%s", what, shlex.join(argv))
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{what} ({shlex.join(argv)}): {exc}"
     if done.returncode != 0:
@@ -134,7 +135,7 @@ def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tupl
     except JobRefused as exc:
         incoming.unlink(missing_ok=True)
         return "refused", str(exc)
-    previous = kept_package(state_dir)
+    previous = kept_package(state_dir) or _keep_installed_now(state_dir, settings)
     failed = _run("install", _command(settings.ota_install_command, incoming))
     if failed is not None:
         incoming.unlink(missing_ok=True)
@@ -169,6 +170,25 @@ def _after_failed_install(failed: str, previous: Kept | None, directory: Path, s
     if again is not None:
         return f"{unchanged}; reinstalling its files failed: {again}"
     return f"{unchanged} and its files were reinstalled"
+
+
+def _keep_installed_now(state_dir: Path, settings: DeploymentSection) -> Kept | None:
+    """The installed package rebuilt from its files by `ota_keep_command` (run in a scratch directory,
+    where it leaves <name>_<version>_<arch>.deb) and kept to roll back to; None, logged, when it cannot."""
+    work = Path(tempfile.mkdtemp(prefix="keep-", dir=packages_dir(state_dir)))
+    try:
+        failed = _run("keep", _command(settings.ota_keep_command), cwd=work)
+        built = sorted(work.glob("*.deb"))
+        if failed is None and len(built) != 1:
+            failed = f"keep ({settings.ota_keep_command}) left {len(built)} .deb files, not one"
+        if failed is not None:
+            log.warning("event=ota-no-rollback-package reason=%s", failed)
+            return None
+        parts = built[0].name.split("_")
+        keep_installed(state_dir, built[0], parts[1] if len(parts) == 3 else "installed")
+        return kept_package(state_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def keep_installed(state_dir: Path, deb: Path, version: str) -> None:

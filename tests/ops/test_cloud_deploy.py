@@ -301,6 +301,43 @@ def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp
     assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == FAKE_DEB + b"old"
 
 
+def test_first_ota_keeps_the_installed_package_rebuilt_from_its_files_and_rolls_back_to_it(
+    short_tmp: Path, s3_url: str
+) -> None:
+    # issue 10 item 4: roll back "to the previous package"; before the first OTA none is kept (apt installed
+    # it), so ota_keep_command (dpkg-repack on a real gateway) rebuilds it first. Here a stand-in command
+    # leaves the package dpkg-repack would, named <name>_<version>_<arch>.deb, in its scratch directory.
+    config = short_tmp / "etc"
+    (config / "functions/other").mkdir(parents=True)
+    (config / "functions/other/main.py").write_text(OTHER.format(version=1))
+    state = short_tmp / "state"  # no gateway runs here: the restart never yields a fresh core heartbeat
+    installed = short_tmp / "installed.deb"
+    installed.write_bytes(FAKE_DEB + b"installed")
+    toml = _gateway_toml(s3_url, short_tmp, state / "run" / "supervisor.sock")
+    toml = toml.replace("ota_health_timeout_s = 15", "ota_health_timeout_s = 1").replace(
+        f"{Path(sys.executable).parent / 'supervisorctl'} -s unix://{state / 'run' / 'supervisor.sock'} restart core",
+        "true",
+    )
+    keep = f'ota_keep_command = "cp {installed} millgate_1.5_all.deb"'
+    toml = toml.replace("ota_health_timeout_s = 1", f"ota_health_timeout_s = 1\n{keep}")
+    (config / "gateway.toml").write_text(toml)
+    body = FAKE_DEB + b"new"
+    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").put_object(
+        Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=body
+    )
+    request = Request("2.0", BUCKET, "millgate_2.0_amd64.deb", hashlib.sha256(body).hexdigest())
+    assert kept_package(state) is None
+
+    result, reason = run_package_job(request, config, state)
+    # no gateway runs here, so the rebuilt package cannot come up healthy either; it was reinstalled
+    assert result == "rollback-failed" and "rolling back to package 1.5 failed" in reason, reason
+    calls = (short_tmp / "calls.txt").read_text().splitlines()
+    assert calls == [str(state / "packages" / "incoming.deb"), str(state / "packages" / "current.deb")]
+    kept = kept_package(state)
+    assert kept is not None and kept.version == "1.5" and kept.deb.read_bytes() == FAKE_DEB + b"installed"
+    assert not list((state / "packages").glob("keep-*")), "the scratch directory is removed"
+
+
 def _push_unchecked(s3_url: str, config_dir: Path, key: str) -> dict:
     """A bundle of `config_dir` as it is (`bundle build` refuses an invalid config), uploaded; its request."""
     members = []
