@@ -124,11 +124,29 @@ def compile_grants(
         grant(me, "write", reply_filter("+"))
         grant(me, "read", reply_filter(function.name))
     for sub in config.subscriptions:
+        if sub.target == "shadow" and sub.source.startswith("function:"):
+            # the answers to the shadow requests a function may send are its to read (the SDK waits for
+            # them), without a shadow -> function route, which would also invoke it with every answer
+            for answer in shadow_answer_filters(sub.topic):
+                grant(endpoint_identity(sub.source), "read", answer)
         for side, access in ((sub.source, "write"), (sub.target, "read")):
             if side.startswith("device:") and side.removeprefix("device:") in revoked_devices:
                 continue
             grant(endpoint_identity(side), access, sub.topic)
     return {identity: list(items) for identity, items in grants.items()}
+
+
+def shadow_answer_filters(request: str) -> list[str]:
+    """`<request>/accepted` and `/rejected` when `request` names shadow get/update/delete requests
+    (`$aws/things/<thing>/shadow[/name/<shadow>]/<operation>`, `+` allowed for thing, shadow and
+    operation), else none."""
+    levels = request.split("/")
+    named = len(levels) == 7 and levels[4] == "name"
+    if levels[:2] != ["$aws", "things"] or len(levels) not in (5, 7) or levels[3] != "shadow":
+        return []
+    if (len(levels) == 7 and not named) or levels[-1] not in ("get", "update", "delete", "+"):
+        return []
+    return [f"{request}/accepted", f"{request}/rejected"]
 
 
 def acl_file_text(grants: dict[str, list[Grant]]) -> str:

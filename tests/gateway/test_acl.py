@@ -106,3 +106,21 @@ def test_acl_file_lists_each_identity_once_sorted_with_its_grants() -> None:
     assert "topic read y/press-01/temperature" in users["function.x"]
     assert "topic write alerts" in users["function.x"]
     assert "topic read alerts" in users["uplink"]
+
+
+def test_a_function_may_read_the_answers_to_the_shadow_requests_it_may_send() -> None:
+    # the SDK waits on <request>/accepted|rejected; no shadow -> function route (which would also invoke
+    # the function with every answer) is needed for that, and nothing beyond the answers is granted
+    grants = compile_grants(
+        config(
+            ("function:x", "shadow", "$aws/things/+/shadow/+"),
+            ("function:x", "shadow", "$aws/things/press/shadow/name/+/update"),
+            ("function:x", "shadow", "$aws/things/press/shadow/update/delta"),
+        ),
+        [],
+    )
+    reads = [g.topic for g in grants[endpoint_identity("function:x")] if g.access == "read"]
+    assert "$aws/things/+/shadow/+/accepted" in reads and "$aws/things/+/shadow/+/rejected" in reads
+    assert "$aws/things/press/shadow/name/+/update/accepted" in reads
+    assert not any(t.startswith("$aws/things/press/shadow/update/delta/") for t in reads)
+    assert Grant("write", "$aws/things/+/shadow/+") in grants[endpoint_identity("function:x")]
