@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from functions.pinned import MAX_QUEUED
-from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
+from tests.fixtures.gateway import RunningGateway, functions_gateway, wait_until
 from tests.functions.test_runtime import function_status, invoke
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running functions under other uids needs root")
@@ -104,18 +101,10 @@ CODE = {"ticker": TICKER, "headless": HEADLESS, "sleeper": SLEEPER}
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[RunningGateway]:
-    base = Path("/tmp") / f"mgpin{uuid.uuid4().hex[:6]}"
-    base.mkdir(mode=0o755)
-    config = base / "etc"
-    for name, code in CODE.items():
-        (config / "functions" / name).mkdir(parents=True)
-        (config / "functions" / name / f"{name}.py").write_text(code)
-    (config / "gateway.toml").write_text(GATEWAY)
-    running = start_gateway(config, base / "s", expect=("broker", "core", "fn-ticker", "fn-headless", "fn-sleeper"))
-    yield running
-    running.stop()
-    running.kill_leftovers()
-    shutil.rmtree(base, ignore_errors=True)
+    with functions_gateway(
+        "mgpin", GATEWAY, CODE, expect=("broker", "core", "fn-ticker", "fn-headless", "fn-sleeper")
+    ) as running:
+        yield running
 
 
 class Ticks:

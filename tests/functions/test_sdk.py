@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
+from tests.fixtures.gateway import RunningGateway, functions_gateway, wait_until
 from tests.functions.test_runtime import invoke
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running functions under other uids needs root")
@@ -125,18 +123,8 @@ LONG_LIVED = ("fn-answerer",)
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[RunningGateway]:
-    base = Path("/tmp") / f"mgsdk{uuid.uuid4().hex[:6]}"
-    base.mkdir(mode=0o755)
-    config = base / "etc"
-    for name, code in CODE.items():
-        (config / "functions" / name).mkdir(parents=True)
-        (config / "functions" / name / f"{name}.py").write_text(code)
-    (config / "gateway.toml").write_text(GATEWAY)
-    running = start_gateway(config, base / "s", expect=("broker", "core", *LONG_LIVED))
-    yield running
-    running.stop()
-    running.kill_leftovers()
-    shutil.rmtree(base, ignore_errors=True)
+    with functions_gateway("mgsdk", GATEWAY, CODE, expect=("broker", "core", *LONG_LIVED)) as running:
+        yield running
 
 
 @pytest.mark.parametrize("name", [None, "recipe"], ids=["classic", "named"])

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from tests.fixtures.gateway import RunningGateway, start_gateway, wait_until
+from tests.functions.test_runtime import invoke
 
 GATEWAY = """
 [gateway]
@@ -242,36 +240,10 @@ ON_DEMAND_FILES = {
 }
 
 
-def _invoke(gw: RunningGateway, function: str, payload: object, timeout_s: float = 15) -> dict:
-    """Invoke an on-demand function directly, as an SDK caller does, and return its answer."""
-    client = gw.client("operator")
-    reply_topic = f"millgate/fn/tester/reply/{uuid.uuid4().hex}"
-    arrived = threading.Event()
-    answer: list[dict] = []
-
-    def on_message(_c: object, _u: object, message: paho.MQTTMessage) -> None:
-        answer.append(json.loads(message.payload))
-        arrived.set()
-
-    client.on_message = on_message
-    subscribed = threading.Event()
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.subscribe(reply_topic, qos=1)
-    assert subscribed.wait(5)
-    properties = Properties(PacketTypes.PUBLISH)
-    properties.ResponseTopic = reply_topic
-    client.publish(f"millgate/fn/{function}/invoke", json.dumps(payload), qos=1, properties=properties)
-    assert arrived.wait(timeout_s), f"no answer from {function}"
-    client.disconnect()
-    client.loop_stop()
-    gw.clients.remove(client)
-    return answer[0]
-
-
 def _start_on_demand(gateway_factory) -> RunningGateway:
     gw = gateway_factory(ON_DEMAND_GATEWAY, files=ON_DEMAND_FILES, expect=("broker", "core"))
     wait_until(lambda: _ready(gw, "fn-steady") and _ready(gw, "fn-anomaly"), 15, "both on-demand functions ready")
-    assert _invoke(gw, "anomaly", {})["result"] == 1
+    assert invoke(gw, "anomaly", {})["result"] == 1
     return gw
 
 
@@ -283,7 +255,7 @@ def test_deploy_reconfigures_one_on_demand_function_inside_the_running_core(gate
     (gw.config_dir / "functions/anomaly/main.py").write_text(ANOMALY.format(version=2))
     toml.write_text(toml.read_text().replace('run_as = "1002:1002"\n', 'run_as = "1002:1002"\ntimeout_s = 5\n'))
     in_flight: list[dict] = []
-    slow = threading.Thread(target=lambda: in_flight.append(_invoke(gw, "anomaly", {"sleep": 2})), daemon=True)
+    slow = threading.Thread(target=lambda: in_flight.append(invoke(gw, "anomaly", {"sleep": 2})), daemon=True)
     with Stream(gw) as stream:
         wait_until(lambda: len(stream.received) > 20, 15, "the steady function's warm worker answering")
         warm = stream.pids.copy()
@@ -302,7 +274,7 @@ def test_deploy_reconfigures_one_on_demand_function_inside_the_running_core(gate
     assert len(warm) == 1 and stream.pids == warm  # steady's warm worker was never replaced
     # the old version's worker finished the message it held; the new version answers from now on
     assert [(a["function_error"], a["result"]) for a in in_flight] == [(None, 1)], in_flight
-    answer = _invoke(gw, "anomaly", {})
+    answer = invoke(gw, "anomaly", {})
     assert answer["function_error"] is None and answer["result"] == 2, answer
 
     history = json.loads(gw.cli("deploy", "--history", "--json").stdout)
@@ -322,4 +294,4 @@ def test_deploy_still_restarts_the_core_when_its_own_settings_change(gateway_fac
     after = _pids(gw)
     assert after["core"] != before["core"]
     assert {n: p for n, p in after.items() if n != "core"} == {n: p for n, p in before.items() if n != "core"}
-    assert _invoke(gw, "anomaly", {})["result"] == 1
+    assert invoke(gw, "anomaly", {})["result"] == 1
