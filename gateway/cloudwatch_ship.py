@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from gateway.atomic_file import write_atomic
 from gateway.backoff import Backoff
 from gateway.cloudwatch_batch import EventBuffer, LogEvent, clip
+from gateway.component_users import drop_from_environment
 from gateway.config import CloudWatchSection
 from gateway.config_loader import ConfigInvalid, load_config
 from gateway.log_files import FollowedFile, Resume, line_time, log_sources
@@ -45,7 +47,8 @@ class Shipper:
         self.settings = settings
         self.log_group = settings.log_group.replace("{thing}", thing)
         self.buffer = EventBuffer(int(settings.buffer_max_bytes))
-        self.offsets_file = paths.state_dir / OFFSETS
+        paths.logship_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # `millgate run` made it, with its owner
+        self.offsets_file = paths.logship_dir / OFFSETS
         self.files: dict[str, FollowedFile] = self._load_offsets()
         # per component, where its last acknowledged line ends: the only read position ever saved
         self.acknowledged: dict[str, dict[str, object]] = {
@@ -169,6 +172,7 @@ def run(shipper: Shipper, stop: threading.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    drop_from_environment(os.environ)  # done already when started by supervisord (gateway/preload.py)
     parser = argparse.ArgumentParser(prog="millgate-logship")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--state", type=Path, required=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.acl import component_identity
+from gateway.component_users import drop_from_environment
 from gateway.credentials import Credentials, load_credentials
 from gateway.logs import setup_logging
 from gateway.paths import GatewayPaths
@@ -57,6 +59,7 @@ def start_component(kind: str, argv: list[str] | None = None) -> ComponentContex
     """
     from gateway.config_loader import ConfigInvalid, load_config  # pydantic: not for the function runner
 
+    drop_from_environment(os.environ)  # done already when started by supervisord (gateway/preload.py)
     args, component = component_arguments(kind, argv)
     # forked from supervisord (gateway/preload.py), the config it validated at start is here already
     preload = sys.modules.get("gateway.preload")

@@ -35,6 +35,16 @@ TopicFilter = Annotated[str, AfterValidator(_topic_filter)]
 FilePath = Annotated[Path, BeforeValidator(lambda v: Path(v) if isinstance(v, str) and v else v)]
 
 
+def _uid_range(value: str) -> str:
+    match = re.fullmatch(r"(\d+)-(\d+)", value)
+    if not match:
+        raise ValueError(f"{value!r} is not 'first-last' (uids, e.g. '60100-60199')")
+    first, last = int(match.group(1)), int(match.group(2))
+    if not 1000 <= first <= last < 4_294_967_295 or first <= 65534 <= last:
+        raise ValueError(f"{value!r}: uids from 1000 up, first <= last, without 65534 (nobody)")
+    return value
+
+
 class Strict(BaseModel):
     """Base for every config table: unknown keys are errors, values are not coerced across types."""
 
@@ -46,6 +56,15 @@ class GatewaySection(Strict):
     state_dir: FilePath | None = None
     log_dir: FilePath | None = None
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # uids for the uplink, each adapter and logship when run as root with the service user present
+    # (gateway/component_users.py): no account may use them, nor any function's run_as. The default
+    # lies below systemd's DynamicUser range (61184-65519), above adduser's (up to 59999).
+    component_uids: Annotated[str, AfterValidator(_uid_range)] = "60100-60199"
+
+    @property
+    def component_uid_range(self) -> range:
+        first, last = self.component_uids.split("-")
+        return range(int(first), int(last) + 1)
 
 
 HostName = Annotated[str, Field(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]  # a DNS name or an IP address

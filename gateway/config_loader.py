@@ -232,6 +232,12 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
                 )
         for grant_index, shared in shared_destinations([g.name for g in function.resources], resources):
             add(f"functions[{index}].resources[{grant_index}].name", shared)
+        if function.uid in cfg.gateway.component_uid_range:
+            add(
+                f"functions[{index}].run_as",
+                f"uid {function.uid} is one of [gateway] component_uids ({cfg.gateway.component_uids}), "
+                "which millgate's own components run as; give the function another uid",
+            )
 
     functions = {f.name for f in cfg.functions}
     known = {"function": functions, "adapter": set(adapters)}

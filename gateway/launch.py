@@ -16,6 +16,14 @@ from gateway.acl import CORE, OPERATOR, acl_file_text, compile_grants, component
 from gateway.atomic_file import write_atomic
 from gateway.broker_config import mosquitto_binary, mosquitto_conf_text
 from gateway.ca import load_ca
+from gateway.component_state import (
+    ComponentStateError,
+    component_accounts,
+    ensure_component_dirs,
+    grant_cloud_files,
+    move_legacy_state,
+)
+from gateway.component_users import RUN_AS_ENV, ComponentUser
 from gateway.config_loader import LoadedConfig
 from gateway.credentials import ensure_credentials, password_file_text
 from gateway.deploy_plan import fingerprints
@@ -24,7 +32,7 @@ from gateway.function_deploy import DeployedFunction, DeployError, deploy_functi
 from gateway.paths import GatewayPaths
 from gateway.resource_grants import grant_resources
 from gateway.service_user import ServiceUser, service_user
-from gateway.supervisor_config import programs, supervisord_conf_text
+from gateway.supervisor_config import Program, programs, supervisord_conf_text
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,10 @@ def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     """`millgate run`: adopt the deployment to run (see adopt_deployment), write every generated file
     for it; return supervisord.conf's path."""
     loaded, paths = adopt_deployment(loaded, paths)
+    try:
+        move_legacy_state(paths)  # nothing runs yet: safe to move SQLite files
+    except OSError as exc:
+        raise StateDirError(f"moving state into its components' directories: {exc}") from exc
     return render(loaded, paths)
 
 
@@ -112,7 +124,13 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     user = service_user()
     ensure_state_dirs(paths, user)
     config = loaded.gateway
-    owners = credential_owners(loaded, user, as_root())
+    try:
+        accounts = component_accounts(loaded, paths, user)
+        ensure_component_dirs(loaded, paths, accounts, user)
+        grant_cloud_files(loaded, accounts)
+    except ComponentStateError as exc:
+        raise StateDirError(str(exc)) from exc
+    owners = credential_owners(loaded, user, as_root(), accounts)
     creds = [ensure_credentials(paths.credentials_dir, i, owner) for i, owner in sorted(owners.items())]
     owner = user.owner if os.geteuid() == 0 else None
     write_atomic(paths.password_file, password_file_text(creds), 0o640, owner)
@@ -123,25 +141,40 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     deploy_functions(loaded, paths)
     write_runner_specs(loaded, paths)
     found = fingerprints(loaded, read_manifest(paths.state_dir / "functions"), paths.mosquitto_conf.read_text())
-    program_list = [replace(p, fingerprint=found.get(p.name, "")) for p in programs(loaded, paths, mosquitto)]
+    program_list = [
+        with_account(replace(p, fingerprint=found.get(p.name, "")), accounts.get(p.name))
+        for p in programs(loaded, paths, mosquitto)
+    ]
     conf = supervisord_conf_text(config, paths, user, program_list)
     write_atomic(paths.supervisord_conf, conf, 0o640, owner)
     return paths.supervisord_conf
 
 
-def credential_owners(loaded: LoadedConfig, user: ServiceUser, root: bool) -> dict[str, tuple[int, int]]:
+def credential_owners(
+    loaded: LoadedConfig, user: ServiceUser, root: bool, accounts: dict[str, ComponentUser] | None = None
+) -> dict[str, tuple[int, int]]:
     """Every broker identity -> the (uid, gid) its secret file belongs to (mode 0600): the uid that
     runs the component. Under root: the core runs as root, so its secret is root's and no component
-    can log in as the core; a function's secret is its own uid's, so no other function can read it;
-    uplink, adapters (and logship, which has none) all run as the service user and so share it (see
-    docs/security.md). The operator identity stays with whoever owns the state dir."""
-    identities = set(component_identities(loaded.gateway, loaded.adapters).values())
-    owners = dict.fromkeys(identities, user.owner)
+    can log in as the core; a function's secret is its own uid's, the uplink's and each adapter's
+    their own uids' (`accounts`), so none can read another's. Without accounts (no service user) they
+    run as, and their secrets belong to, `user`. The operator identity stays with whoever owns the
+    state dir."""
+    identities = component_identities(loaded.gateway, loaded.adapters)
+    owners = dict.fromkeys(identities.values(), user.owner)
     if root:
         owners[CORE] = (0, 0)
         owners.update({function_identity(f.name): (f.uid, user.gid) for f in loaded.gateway.functions})
+        owners.update({identities[c]: a.owner for c, a in (accounts or {}).items() if c in identities})
     owners[OPERATOR] = (os.geteuid(), os.getegid())
     return owners
+
+
+def with_account(program: Program, account: ComponentUser | None) -> Program:
+    """A program that runs under its own uid: started as root, it drops to `account` itself."""
+    if account is None:
+        return program
+    environment = {**program.environment, RUN_AS_ENV: account.env_value()}
+    return replace(program, environment=environment, as_service_user=False)
 
 
 def prepare_ca(loaded: LoadedConfig, paths: GatewayPaths, user: ServiceUser) -> None:

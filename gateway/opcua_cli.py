@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 DEFAULT_DEPTH = 3
@@ -119,13 +120,8 @@ def cmd_opcua_cert(args: argparse.Namespace) -> int:
     except CertificateError as exc:
         print(f"millgate opcua cert: {adapter_file.path}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    if cert.created and os.geteuid() == 0:
-        # made by root for an adapter that runs as the service user, which must be able to read its key
-        from gateway.service_user import service_user
-
-        owner = service_user().owner
-        for path in (cert.cert_path.parent.parent, cert.cert_path.parent, cert.cert_path, cert.key_path):
-            os.chown(path, *owner)
+    if cert.created:
+        _hand_to_adapter(cert.cert_path.parent)  # the adapter must be able to read its key
     valid = f"{cert.not_before:%Y-%m-%d %H:%M:%S} UTC to {cert.not_after:%Y-%m-%d %H:%M:%S} UTC"
     print(f"adapter      {config.name}{'  (created now)' if cert.created else ''}")
     print(f"certificate  {cert.cert_path}")
@@ -150,15 +146,18 @@ def _trust_store(args: argparse.Namespace, loaded: Any, name: str) -> Any:
     return TrustStore(pki_dir(paths_for(args, loaded).state_dir, name))
 
 
-def _hand_to_service_user(store: Any) -> None:
-    """Folders and files made or moved by root belong to the adapter's user, which writes them too."""
-    if os.geteuid() != 0 or not store.pki.exists():
+def _hand_to_adapter(adapter_dir: Path) -> None:
+    """What root made or moved under an adapter's state dir (<state>/opcua/<adapter>) belongs to the
+    adapter's uid, which writes there too: the dir's owner, as `millgate run` set it, or the service
+    user before any run (the next run hands it on)."""
+    if os.geteuid() != 0 or not adapter_dir.exists():
         return
     from gateway.service_user import service_user
 
-    owner = service_user().owner
-    for path in (store.pki, *store.pki.rglob("*")):
-        os.chown(path, *owner)
+    info = adapter_dir.stat()
+    owner = (info.st_uid, info.st_gid) if info.st_uid != 0 else service_user().owner
+    for path in (adapter_dir, *adapter_dir.rglob("*")):
+        os.chown(path, *owner, follow_symlinks=False)
 
 
 def cmd_opcua_trust_list(args: argparse.Namespace) -> int:
@@ -203,7 +202,7 @@ def _cmd_opcua_trust_move(args: argparse.Namespace, verb: str) -> int:
     except TrustError as exc:
         print(f"millgate opcua trust {verb}: {adapter_file.config.name}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    _hand_to_service_user(store)
+    _hand_to_adapter(store.pki.parent)
     done = "accepted" if verb == "accept" else "rejected"
     print(f"{done}  {adapter_file.config.name}  {cert.thumbprint}  {cert.subject}")
     print(f"file      {cert.path}")

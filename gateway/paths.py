@@ -79,6 +79,30 @@ class GatewayPaths:
     def supervisord_conf(self) -> Path:
         return self.generated_dir / "supervisord.conf"
 
+    # each non-root component's own state, owned by the uid it runs as (gateway/component_users.py)
+    @property
+    def uplink_dir(self) -> Path:
+        return self.state_dir / "uplink"
+
+    @property
+    def spool_db(self) -> Path:
+        return self.uplink_dir / "spool.db"
+
+    @property
+    def bulk_db(self) -> Path:
+        return self.uplink_dir / "bulk.db"
+
+    @property
+    def bulk_dir(self) -> Path:
+        return self.uplink_dir / "bulk"
+
+    @property
+    def logship_dir(self) -> Path:
+        return self.state_dir / "logship"
+
+    def opcua_dir(self, adapter: str) -> Path:
+        return self.state_dir / "opcua" / adapter
+
     # the group CA and everything it signs (0700, service user): see gateway/ca.py
     @property
     def ca_dir(self) -> Path:

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 # finds the space for a process title there, which a child that has rewritten its environment cannot
 import setproctitle
 
+from gateway.component_users import drop_from_environment
+
 if TYPE_CHECKING:
     from gateway.config_loader import LoadedConfig
 
@@ -170,6 +172,7 @@ def forking_execve(execve: Execve, stamp: tuple[tuple[int, int], ...]) -> Execve
     """supervisord's execve, running system components in place while the code is what was preloaded."""
 
     def run_or_exec(filename: str, argv: list[str], env: Mapping[str, str]) -> None:
+        drop_from_environment(env)  # a component with a uid of its own runs nothing as root
         module = component_module(argv)
         same_python = os.path.realpath(filename) == os.path.realpath(sys.executable)
         if module is None or not same_python or code_stamp() != stamp:

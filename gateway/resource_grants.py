@@ -25,11 +25,11 @@ class FunctionAccess:
     problems: list[str] = field(default_factory=list)
 
 
-def _setfacl(*args: str) -> str | None:
-    setfacl = shutil.which("setfacl")
-    if setfacl is None:
+def setfacl(*args: str) -> str | None:
+    binary = shutil.which("setfacl")
+    if binary is None:
         return "setfacl is not installed (apt-get install acl)"
-    result = subprocess.run([setfacl, *args], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
     return f"setfacl {' '.join(args)}: {result.stderr.strip()}" if result.returncode != 0 else None
 
 
@@ -38,8 +38,8 @@ def _grant_path(path: Path, uid: int, access: str, volume: bool) -> str | None:
     # takes write away where the mode would allow it.
     entry = f"u:{uid}:{'rwX' if access == 'rw' else 'rX'}"
     if not volume:
-        return _setfacl("-m", entry, str(path))
-    return _setfacl("-R", "-m", entry, str(path)) or _setfacl("-d", "-m", entry, str(path))
+        return setfacl("-m", entry, str(path))
+    return setfacl("-R", "-m", entry, str(path)) or setfacl("-d", "-m", entry, str(path))
 
 
 def _deployed_model(resource: Resource) -> bool:

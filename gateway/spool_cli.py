@@ -1,5 +1,5 @@
 """`millgate spool stats|export FILE|purge --topic PREFIX`: the operator's view of the uplink's
-store-and-forward spool (state_dir/spool.db), safe to use while the uplink runs (SQLite WAL).
+store-and-forward spool (state_dir/uplink/spool.db), safe to use while the uplink runs (SQLite WAL).
 
 It only reads, exports or deletes what the operator names; sending is the uplink's job.
 """
@@ -27,7 +27,7 @@ def _open(args: argparse.Namespace) -> tuple[Spool, bool]:
     """The spool with the configured cap and policy; False when the config is invalid and the
     defaults stand in for them."""
     loaded = load_quietly(args)
-    path = paths_for(args, loaded).state_dir / "spool.db"
+    path = paths_for(args, loaded).spool_db
     if not path.exists():
         raise SpoolError(f"no spool at {path} (the uplink has not run with this state directory)")
     section = loaded.gateway.spool if loaded is not None else SpoolSection()

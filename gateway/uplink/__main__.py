@@ -35,8 +35,12 @@ DEFAULT_MAX_PAYLOAD = 128 * 1024
 
 def open_spool(ctx: ComponentContext) -> Spool:
     config = ctx.loaded.gateway
+    try:
+        ctx.paths.uplink_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # `millgate run` made it, with its owner
+    except OSError as exc:
+        raise SpoolError(f"{ctx.paths.uplink_dir}: cannot create: {exc.strerror}") from exc
     return Spool(
-        ctx.paths.state_dir / "spool.db",
+        ctx.paths.spool_db,
         max_bytes=int(config.spool.max_bytes),
         policy=config.spool.policy,
         rules=[Rule(r.prefix, r.priority, r.ttl_s) for r in config.spool.topics],
@@ -84,8 +88,8 @@ async def main() -> int:
             storage.run(
                 partial(
                     BulkStore,
-                    ctx.paths.state_dir / "bulk.db",
-                    ctx.paths.state_dir / "bulk",
+                    ctx.paths.bulk_db,
+                    ctx.paths.bulk_dir,
                     max_bytes=int(config.bulk.max_bytes),
                     policy=config.spool.policy,
                 )

@@ -26,9 +26,9 @@ def spool_cli(config: Path, state: Path, *argv: str) -> int:
 def filled(tmp_path: Path) -> tuple[Path, Path]:
     config, state = tmp_path / "etc", tmp_path / "var"
     config.mkdir()
-    state.mkdir()
+    (state / "uplink").mkdir(parents=True)
     (config / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
-    spool = Spool(state / "spool.db", rules=[Rule("alarms/", 5)], max_payload_bytes=10)
+    spool = Spool(state / "uplink" / "spool.db", rules=[Rule("alarms/", 5)], max_payload_bytes=10)
     spool.append(
         [
             Message("plant/a", b"1"),
@@ -72,7 +72,7 @@ def test_purge_deletes_by_prefix_and_keeps_priorities(filled, capsys) -> None:
 def test_stats_without_a_spool_says_where_it_looked(tmp_path: Path, capsys) -> None:
     (tmp_path / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
     assert spool_cli(tmp_path, tmp_path / "var", "stats") == 1
-    assert str(tmp_path / "var" / "spool.db") in capsys.readouterr().err
+    assert str(tmp_path / "var" / "uplink" / "spool.db") in capsys.readouterr().err
 
 
 def test_stats_shows_the_configured_cap_and_policy(filled, capsys) -> None:

@@ -69,7 +69,7 @@ region = "us-east-1"
     (raw,) = [r for r in records if "payload_b64" in r]
     assert raw["topic"] == "plant/vibration/raw"
     wait_until(lambda: cloud.snapshot() == [("plant/temp", b"21.5")], 10, "the non-bulk message in the cloud")
-    assert not list((gw.state_dir / "bulk").glob("batch-*")), "uploaded batch files are removed"
+    assert not list((gw.state_dir / "uplink" / "bulk").glob("batch-*")), "uploaded batch files are removed"
 
 
 def test_s3_put_uses_multipart_for_big_batches(s3_server: str, tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_a_damaged_spool_stops_the_uplink_with_the_path_and_leaves_the_data(
     cloud_broker.start()
     gw = uplink_gateway(GATEWAY + cloud_broker.toml())
     supervisor_proxy(gw.paths).supervisor.stopProcess("uplink")
-    spool = gw.state_dir / "spool.db"
+    spool = gw.state_dir / "uplink" / "spool.db"
     damaged = b"not a database at all" * 200
     spool.write_bytes(damaged)
     result = subprocess.run(
