@@ -1,0 +1,234 @@
+"""Issue 3 item 5: each component's broker secret readable by no other component's user. Functions
+have their own run_as uids and the core is root; the uplink, each adapter and logship get a uid of
+their own from [gateway] component_uids (gateway/component_users.py) when millgate starts as root
+with its service user present, as the Debian package installs it.
+
+The end-to-end test gives millgate that service user without touching the machine's accounts: the
+gateway runs in a mount namespace of its own where /etc/passwd and /etc/group are copies with a
+`millgate` entry bind-mounted over the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.component_users import ComponentUidError, allocate, component_users
+from gateway.config_loader import ConfigInvalid, load_config
+from gateway.paths import GatewayPaths
+from tests.fixtures.gateway import REPO, RunningGateway, free_port, wait_until
+
+SERVICE_UID = 1500  # the `millgate` account inside the test's namespace
+COMPONENT_UIDS = range(60100, 60200)
+
+GATEWAY = """
+[gateway]
+thing_name = "uids-gw"
+status_interval_s = 0.5
+
+[broker]
+tls_port = {tls}
+
+[discovery]
+port = {discovery}
+
+[[subscriptions]]
+source = "adapter:line1"
+target = "cloud"
+topic = "line1/#"
+"""
+
+MODBUS = """
+name = "line1"
+protocol = "modbus"
+qos = 1
+
+[[devices]]
+name = "press-01"
+transport = "tcp"
+host = "127.0.0.1"
+port = {port}
+unit = 1
+poll_ms = 200
+
+[[devices.tags]]
+name = "cycle"
+table = "holding"
+address = 0
+type = "uint16"
+publish = "every_poll"
+"""
+
+OPCUA = """
+name = "line2"
+protocol = "opcua"
+endpoint = "opc.tcp://127.0.0.1:{port}/"
+
+[[nodes]]
+name = "temperature"
+node_id = "ns=2;s=Line2.Temperature"
+"""
+
+
+def test_allocation_keeps_each_components_uid_and_gives_new_ones_the_lowest_free() -> None:
+    first = allocate(["uplink", "adapter-line1"], COMPONENT_UIDS, {})
+    assert first == {"adapter-line1": 60100, "uplink": 60101}
+    # an adapter added before line1 in name order does not move anyone's uid (their files are theirs)
+    second = allocate(["uplink", "adapter-line1", "adapter-a"], COMPONENT_UIDS, first)
+    assert second == {"adapter-line1": 60100, "uplink": 60101, "adapter-a": 60102}
+    # a removed component's uid is free again; a saved uid outside a narrowed range is re-allocated
+    assert allocate(["uplink", "adapter-b"], range(60101, 60103), second) == {"uplink": 60101, "adapter-b": 60102}
+    with pytest.raises(ComponentUidError, match="has 1 uids for 2 components"):
+        allocate(["uplink", "adapter-line1"], range(60100, 60101), {})
+
+
+def test_a_uid_that_an_account_has_is_refused(tmp_path: Path) -> None:
+    taken = pwd.getpwnam("nobody").pw_uid
+    with pytest.raises(ComponentUidError, match="belongs to the account 'nobody'"):
+        component_users({"uplink": ()}, range(taken, taken + 1), 1500, tmp_path)
+    assert not (tmp_path / "component-uids.json").exists()
+
+
+def test_a_function_may_not_run_as_a_component_uid(tmp_path: Path) -> None:
+    (tmp_path / "functions" / "f").mkdir(parents=True)
+    (tmp_path / "functions" / "f" / "f.py").write_text("def handler(event, context):\n    return event\n")
+    (tmp_path / "gateway.toml").write_text(
+        '[gateway]\nthing_name = "gw"\ncomponent_uids = "61000-61009"\n\n'
+        '[[functions]]\nname = "f"\ncode = "functions/f"\nhandler = "f.handler"\nrun_as = "61005:1001"\n'
+    )
+    with pytest.raises(ConfigInvalid) as refused:
+        load_config(tmp_path)
+    assert "functions[0].run_as: uid 61005 is one of [gateway] component_uids (61000-61009)" in str(refused.value)
+    (tmp_path / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\ncomponent_uids = "61000-60000"\n')
+    with pytest.raises(ConfigInvalid, match=r"gateway\.component_uids"):
+        load_config(tmp_path)
+
+
+def _uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])  # effective
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+def _readable_by(uid: int, path: Path) -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; open(sys.argv[1], 'rb').read()", str(path)],
+        user=uid,
+        group=SERVICE_UID,
+        extra_groups=[],
+        capture_output=True,
+        timeout=30,
+    )
+    return probe.returncode == 0
+
+
+def _accounts_files(base: Path) -> tuple[Path, Path]:
+    """Copies of the machine's passwd and group with a `millgate` account and group added."""
+    passwd, group = base / "passwd", base / "group"
+    passwd.write_text(
+        Path("/etc/passwd").read_text()
+        + f"millgate:x:{SERVICE_UID}:{SERVICE_UID}:millgate:/nonexistent:/usr/sbin/nologin\n"
+    )
+    group.write_text(Path("/etc/group").read_text() + f"millgate:x:{SERVICE_UID}:\n")
+    return passwd, group
+
+
+@pytest.fixture
+def packaged_gateway() -> Iterator[RunningGateway]:
+    if os.geteuid() != 0:
+        pytest.skip("uid switching needs root")
+    try:
+        pwd.getpwuid(SERVICE_UID)
+        pytest.skip(f"uid {SERVICE_UID} is an account on this machine; the test needs it free")
+    except KeyError:
+        pass
+    base = Path("/tmp") / f"mgu{uuid.uuid4().hex[:6]}"
+    base.mkdir(mode=0o755)
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "adapters.modbus.simulator", "--port", str(modbus := free_port())],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    config, state = base / "etc", base / "s"
+    (config / "adapters").mkdir(parents=True)
+    (config / "gateway.toml").write_text(GATEWAY.format(tls=free_port(), discovery=free_port()))
+    (config / "adapters" / "line1.toml").write_text(MODBUS.format(port=modbus))
+    (config / "adapters" / "line2.toml").write_text(OPCUA.format(port=free_port()))
+    passwd, group = _accounts_files(base)
+    mounts = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"'
+    millgate = str(Path(sys.executable).parent / "millgate")
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", mounts, "sh", str(passwd), str(group)]
+    argv += [millgate, "run", "--config", str(config), "--state", str(state)]
+    output = base / "gateway.out"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+    gw = RunningGateway(config, state, process, output)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+        gw.kill_leftovers()
+        simulator.terminate()
+        simulator.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_each_others_secrets(
+    packaged_gateway: RunningGateway,
+) -> None:
+    gw = packaged_gateway
+    paths: GatewayPaths = gw.paths
+    programs = ("broker", "core", "uplink", "adapter-line1", "adapter-line2")
+
+    def running() -> dict[str, int] | None:
+        if gw.process.poll() is not None:
+            raise AssertionError(f"millgate run exited {gw.process.returncode}:\n{gw.output.read_text()}")
+        if not paths.supervisor_socket.exists():
+            return None
+        processes = gw.status()["processes"]
+        pids = {name: processes.get(name, {}).get("pid") for name in programs}
+        return pids if all(pids.values()) and all(p["state"] == "RUNNING" for p in processes.values()) else None
+
+    pids = wait_until(running, 30, "every program running")
+    assert isinstance(pids, dict)
+    uids = {name: _uid_of(pid) for name, pid in pids.items()}
+    allocated = json.loads((paths.state_dir / "component-uids.json").read_text())
+    assert uids["core"] == 0 and uids["broker"] == SERVICE_UID
+    for component in ("uplink", "adapter-line1", "adapter-line2"):
+        assert uids[component] == allocated[component] and uids[component] in COMPONENT_UIDS
+    assert len({uids["uplink"], uids["adapter-line1"], uids["adapter-line2"]}) == 3
+
+    # the adapter's data reaches the uplink's spool, in the directory the uplink alone owns
+    def spooled() -> int:
+        if not paths.spool_db.exists():
+            return 0
+        with sqlite3.connect(f"file:{paths.spool_db}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    wait_until(spooled, 30, "line1's values in the uplink's spool")
+    assert paths.uplink_dir.stat().st_uid == uids["uplink"] and paths.spool_db.stat().st_uid == uids["uplink"]
+    assert paths.uplink_dir.stat().st_mode & 0o777 == 0o700
+    assert paths.opcua_dir("line2").stat().st_uid == uids["adapter-line2"]
+
+    secrets = {name: paths.credentials_dir / f"{name}.json" for name in ("uplink", "adapter.line1", "adapter.line2")}
+    owner_of = {"uplink": "uplink", "adapter.line1": "adapter-line1", "adapter.line2": "adapter-line2"}
+    for identity, secret in secrets.items():
+        assert secret.stat().st_uid == uids[owner_of[identity]] and secret.stat().st_mode & 0o777 == 0o600
+        for component in owner_of.values():
+            assert _readable_by(uids[component], secret) == (component == owner_of[identity]), (component, identity)
+    for component in owner_of.values():
+        assert not _readable_by(uids[component], paths.credentials_dir / "core.json")
+        assert not _readable_by(uids[component], paths.ca_key)
+        assert not _readable_by(uids[component], paths.spool_db) or component == "uplink"
