@@ -19,8 +19,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.credentials import load_credentials
-from gateway.mqtt import PublishRefused, connect_blocking, paho_client
-from gateway.shadows import document as shadow_document
+from gateway.mqtt_blocking import PublishRefused, connect_blocking, paho_client
 from gateway.topics import invoke_topic, reply_filter, reply_topic
 
 REQUEST_TIMEOUT_S = 10.0
@@ -195,6 +194,9 @@ def _shadow_call(thing: str, operation: str, request: dict[str, Any], name: str 
     topic = f"{_shadow_prefix(thing, name)}/{operation}"
     # the caller's clientToken is AWS's to echo and the caller's to see again; one is made only when absent
     if "clientToken" in request:
+        # the shadow rules only for a caller's own token: every worker imports this SDK, few pass one
+        from gateway.shadows import document as shadow_document
+
         try:
             token = shadow_document.client_token(request)
         except shadow_document.ShadowError as exc:  # the service would refuse it without echoing it

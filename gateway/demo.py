@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
 from gateway.credentials import load_credentials
 from gateway.demo_cloud import DemoCloud, LineProxy, make_cloud_pki
-from gateway.mqtt import MqttError, connect_blocking, paho_client
+from gateway.mqtt_blocking import MqttError, connect_blocking, paho_client
 from gateway.paths import GatewayPaths
 from gateway.status import gather_status, read_component_status, render_status
 

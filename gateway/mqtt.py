@@ -27,33 +27,20 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.credentials import Credentials
+
+# The refusals are defined beside the blocking helpers and are this client's too (LocalMqtt raises
+# them), so components that use LocalMqtt import them from here.
+from gateway.mqtt_blocking import CONNECT_TIMEOUT_S, KEEPALIVE_S, close_paho, paho_client
+from gateway.mqtt_blocking import ConnectRefused as ConnectRefused
+from gateway.mqtt_blocking import MqttError as MqttError
+from gateway.mqtt_blocking import NotConnected as NotConnected
+from gateway.mqtt_blocking import PublishRefused as PublishRefused
+from gateway.mqtt_blocking import SubscribeRefused as SubscribeRefused
 from gateway.topics import status_topic
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_S = 30
-CONNECT_TIMEOUT_S = 5.0
 SESSION_EXPIRY_S = 7 * 24 * 3600
-
-
-class MqttError(Exception):
-    """Base for the local broker's refusals and outages."""
-
-
-class NotConnected(MqttError):
-    pass
-
-
-class ConnectRefused(MqttError):
-    """The broker answered CONNACK with a failure (bad credentials, not authorised...)."""
-
-
-class PublishRefused(MqttError):
-    """The broker answered PUBACK with a failure, most often 0x87 Not authorized (the ACL)."""
-
-
-class SubscribeRefused(MqttError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -66,38 +53,6 @@ class Received:
     session: int = 0  # which connection delivered it; an ack on a later one is meaningless
     response_topic: str | None = None  # MQTT 5: where the sender wants an answer
     properties: Properties | None = None  # every MQTT 5 property the message carried
-
-
-def paho_client(creds: Credentials, client_id: str, will: tuple[str, bytes] | None = None) -> paho.Client:
-    """A paho client set up for the local broker: MQTT 5 over the unix socket, this identity."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, transport="unix")
-    client.username_pw_set(creds.username, creds.password)
-    if will is not None:
-        client.will_set(will[0], will[1], qos=1, retain=True)
-    return client
-
-
-def connect_blocking(client: paho.Client, socket_path: Path, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Connect a paho client synchronously (CLI, workers) and start its network thread."""
-    done = threading.Event()
-    outcome: list[ReasonCode] = []
-
-    def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
-        outcome.append(reason)
-        done.set()
-
-    client.on_connect = on_connect
-    try:
-        client.connect(str(socket_path), keepalive=KEEPALIVE_S)
-    except OSError as exc:
-        raise NotConnected(f"broker at {socket_path}: {exc.strerror or exc}") from exc
-    client.loop_start()
-    if not done.wait(timeout_s):
-        client.loop_stop()
-        raise NotConnected(f"broker at {socket_path}: no CONNACK within {timeout_s:.0f} s")
-    if outcome[0].is_failure:
-        client.loop_stop()
-        raise ConnectRefused(f"broker at {socket_path} refused {client._username!r}: {outcome[0]}")
 
 
 MessageHandler = Callable[[Received], Awaitable[None]]
@@ -426,9 +381,3 @@ def settle(future: asyncio.Future[Any], outcome: Any) -> None:
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def close_paho(client: paho.Client) -> None:
-    """Disconnect a paho client and stop its network thread (blocking: call it in a thread)."""
-    client.disconnect()
-    client.loop_stop()

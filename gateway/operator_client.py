@@ -13,7 +13,7 @@ import paho.mqtt.client as paho
 
 from gateway.acl import OPERATOR
 from gateway.credentials import load_credentials
-from gateway.mqtt import MqttError, connect_blocking, paho_client
+from gateway.mqtt_blocking import MqttError, connect_blocking, paho_client
 from gateway.paths import GatewayPaths
 from gateway.topics import TopicError, validate_topic_filter, validate_topic_name
 

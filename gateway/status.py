@@ -17,7 +17,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from gateway.acl import OPERATOR
 from gateway.credentials import load_credentials
-from gateway.mqtt import MqttError, connect_blocking, paho_client
+from gateway.mqtt_blocking import MqttError, connect_blocking, paho_client
 from gateway.paths import GatewayPaths
 from gateway.topics import STATUS_FILTER
 

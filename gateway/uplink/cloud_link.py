@@ -25,7 +25,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.backoff import Backoff, sleep_or_stop
 from gateway.config import CloudSection
-from gateway.mqtt import close_paho, settle
+from gateway.mqtt import settle
+from gateway.mqtt_blocking import close_paho
 from gateway.uplink.message_properties import publish_properties
 
 log = logging.getLogger(__name__)

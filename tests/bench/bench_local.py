@@ -28,7 +28,7 @@ import pytest
 
 from gateway.credentials import load_credentials
 from gateway.demo_cloud import DemoCloud, make_cloud_pki
-from gateway.mqtt import connect_blocking, paho_client
+from gateway.mqtt_blocking import connect_blocking, paho_client
 from tests.bench.bench_reference import CloudWatcher, Heartbeats
 from tests.bench.results import record
 from tests.fixtures.gateway import REPO, RunningGateway, free_port, start_gateway, wait_until

@@ -43,7 +43,7 @@ import pytest
 
 from gateway.credentials import load_credentials
 from gateway.demo_cloud import DemoCloud, make_cloud_pki
-from gateway.mqtt import connect_blocking, paho_client
+from gateway.mqtt_blocking import connect_blocking, paho_client
 from gateway.paths import GatewayPaths
 from gateway.status import supervisor_proxy
 from gateway.topics import STATUS_FILTER

@@ -166,7 +166,7 @@ def equipment_gone(run: Running, seconds: float) -> dict[str, Any]:
 
 def malformed_payloads(run: Running) -> dict[str, Any]:
     from gateway.credentials import load_credentials
-    from gateway.mqtt import connect_blocking, paho_client
+    from gateway.mqtt_blocking import connect_blocking, paho_client
 
     creds = load_credentials(run.plant.paths.credentials_dir, "operator")
     client = paho_client(creds, "chaos-garbage")

@@ -20,7 +20,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.config_loader import load_config
 from gateway.credentials import Credentials, credential_path, ensure_credentials
 from gateway.launch import credential_owners
-from gateway.mqtt import ConnectRefused, connect_blocking, paho_client
+from gateway.mqtt_blocking import ConnectRefused, connect_blocking, paho_client
 from gateway.operator_client import OperatorError, publish_lines
 from gateway.service_user import ServiceUser
 from gateway.supervisor_config import SHUTDOWN_WORST_S, STOP_BANDS

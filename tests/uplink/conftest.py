@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.properties import Properties
 
 from gateway.credentials import load_credentials
-from gateway.mqtt import connect_blocking, paho_client
+from gateway.mqtt_blocking import connect_blocking, paho_client
 from tests.fixtures.gateway import RunningGateway, wait_until
 
 
