@@ -1,4 +1,4 @@
-"""`millgate ca init|show|rotate` and `millgate device add|list|revoke`: the operator's verbs for the
+"""`millgate ca init|show|rotate` and `millgate device add|list|revoke|check`: the operator's verbs for the
 group CA and device certificates, with their arguments, output and exit codes.
 
 The certificate work is gateway/ca.py's; this module parses, prints and tells the broker to reload.
@@ -229,6 +229,36 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_device_check(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from gateway.device_check import check_device_cert
+
+    loaded = load_or_exit(args)
+    paths = paths_for(args, loaded)
+    try:
+        data = args.cert.read_bytes()
+    except OSError as exc:
+        print(f"millgate device check: {args.cert}: cannot read: {exc.strerror}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        print(f"millgate device check: {args.cert}: not a PEM or DER certificate: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        ca = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        records = device_registry.load_records(paths.device_registry)
+    except (OSError, ValueError, RegistryCorrupt) as exc:
+        return _fail("device check", exc)
+    verdict = check_device_cert(cert, ca, records, now_utc())
+    if args.json:
+        print(json.dumps({"thing": verdict.thing, "accepted": verdict.accepted, "reason": verdict.reason}))
+    else:
+        print(f"{verdict.thing or '-'}: {'accepted' if verdict.accepted else 'refused'}: {verdict.reason}")
+    return EXIT_OK if verdict.accepted else EXIT_FAILED
+
+
 def _days(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 3650:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of days between 1 and 3650")
@@ -271,3 +301,9 @@ def add_security_parsers(verbs: Any, common: argparse.ArgumentParser) -> None:
     revoke = device_verbs.add_parser("revoke", help="revoke a thing's certificates (CRL)", parents=[common])
     revoke.add_argument("thing")
     revoke.set_defaults(handler=cmd_device_revoke)
+    check = device_verbs.add_parser(
+        "check", help="whether the broker accepts a device certificate, and why not", parents=[common]
+    )
+    check.add_argument("cert", type=Path, metavar="FILE", help="the device's certificate (PEM or DER)")
+    check.add_argument("--json", action="store_true", help="print JSON")
+    check.set_defaults(handler=cmd_device_check)
