@@ -233,7 +233,7 @@ def disk_full(full_s: float) -> dict[str, Any]:
         dropped = sum(v for k, v in full["counters"].items() if k.endswith("disk-full"))
         REPORT[-1] |= {"dropped_by_policy": dropped, "uplink_restarted": uplink["pid"] != uplink_pid}
         outcome = REPORT[-1]
-        with sqlite3.connect(plant.state / "spool.db") as check:
+        with sqlite3.connect(plant.paths.spool_db) as check:
             outcome["integrity"] = check.execute("PRAGMA integrity_check").fetchone()[0]
         run.watcher.stop()
         for beat in run.beats:
