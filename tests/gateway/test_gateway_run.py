@@ -17,6 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.component_users import ComponentUser
 from gateway.config_loader import load_config
 from gateway.credentials import Credentials, credential_path, ensure_credentials
 from gateway.launch import credential_owners
@@ -336,9 +337,10 @@ def _readable_by(uid: int, path: Path) -> bool:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="ownership by other uids needs root")
-def test_the_service_user_cannot_read_the_core_secret_nor_a_function_secret(short_tmp: Path) -> None:
+def test_no_component_user_can_read_the_core_secret_nor_another_components(short_tmp: Path) -> None:
     # issue 3 item 5: a component's broker secret is readable by no other component's user. The core
-    # runs as root; uplink and adapters share the service user (README: Identities and the whitelist)
+    # runs as root, functions as their run_as uids, the uplink under a component uid of its own
+    # (README: Identities and the whitelist; end to end in test_component_uids.py)
     config = short_tmp / "etc"
     (config / "adapters").mkdir(parents=True)
     (config / "gateway.toml").write_text(
@@ -348,7 +350,8 @@ def test_the_service_user_cannot_read_the_core_secret_nor_a_function_secret(shor
         (config / relative).parent.mkdir(parents=True, exist_ok=True)
         (config / relative).write_text(text)
     service = ServiceUser("svc", 1500, 1500)  # an uid of its own, standing in for the millgate user
-    owners = credential_owners(load_config(config), service, root=True)
+    uplink = ComponentUser(60150, service.gid)
+    owners = credential_owners(load_config(config), service, root=True, accounts={"uplink": uplink})
     credentials = short_tmp / "credentials"
     credentials.mkdir(mode=0o711)
     for identity, owner in owners.items():
@@ -357,7 +360,8 @@ def test_the_service_user_cannot_read_the_core_secret_nor_a_function_secret(shor
     assert secret["core"].stat().st_uid == 0 and secret["core"].stat().st_mode & 0o777 == 0o600
     assert not _readable_by(service.uid, secret["core"])
     assert not _readable_by(service.uid, secret["function.producer"])
-    assert _readable_by(service.uid, secret["uplink"])  # its own (shared with the adapters)
+    assert _readable_by(uplink.uid, secret["uplink"]) and not _readable_by(service.uid, secret["uplink"])
+    assert not _readable_by(uplink.uid, secret["core"]) and not _readable_by(uplink.uid, secret["function.producer"])
     assert not _readable_by(1001, secret["core"]) and not _readable_by(1001, secret["uplink"])
     assert not _readable_by(1001, secret["function.consumer"]) and _readable_by(1001, secret["function.producer"])
 
