@@ -37,9 +37,10 @@ class ComponentStateError(RuntimeError):
     """A component's account or state cannot be set up; the message says which and why."""
 
 
-def own_user_components(loaded: LoadedConfig) -> dict[str, tuple[int, ...]]:
+def own_user_components(loaded: LoadedConfig, paths: GatewayPaths) -> dict[str, tuple[int, ...]]:
     """The components that run under a uid of their own -> their supplementary groups: a Modbus RTU
-    adapter is in the group of each serial device it opens (`dialout` for /dev/ttyUSB0)."""
+    adapter is in the group of each serial device it opens (`dialout` for /dev/ttyUSB0), logship in
+    the log dir's (`adm` for the package's /var/log/millgate, 0750)."""
     config = loaded.gateway
     found: dict[str, tuple[int, ...]] = {}
     if needs_uplink(config):
@@ -54,7 +55,7 @@ def own_user_components(loaded: LoadedConfig) -> dict[str, tuple[int, ...]]:
         found[adapter_component(name)] = tuple(sorted(groups))
     cloudwatch = config.logging.cloudwatch
     if cloudwatch is not None and cloudwatch.enabled:
-        found[LOGSHIP] = ()
+        found[LOGSHIP] = (paths.log_dir.stat().st_gid,) if paths.log_dir.exists() else ()
     return found
 
 
@@ -65,7 +66,7 @@ def component_accounts(loaded: LoadedConfig, paths: GatewayPaths, service: Servi
         return {}
     try:
         return component_users(
-            own_user_components(loaded), loaded.gateway.gateway.component_uid_range, service.gid, paths.state_dir
+            own_user_components(loaded, paths), loaded.gateway.gateway.component_uid_range, service.gid, paths.state_dir
         )
     except (OSError, RuntimeError) as exc:
         raise ComponentStateError(f"component uids: {exc}") from exc

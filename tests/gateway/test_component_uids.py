@@ -10,6 +10,7 @@ gateway runs in a mount namespace of its own where /etc/passwd and /etc/group ar
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -21,13 +22,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from gateway.component_users import ComponentUidError, allocate, component_users
 from gateway.config_loader import ConfigInvalid, load_config
 from gateway.paths import GatewayPaths
 from tests.fixtures.gateway import REPO, RunningGateway, free_port, wait_until
 
+AWS_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+AWS_TEST_ENV = {key.upper(): value for key, value in AWS_KEYS.items()} | {"AWS_DEFAULT_REGION": "us-east-1"}
 SERVICE_UID = 1500  # the `millgate` account inside the test's namespace
 COMPONENT_UIDS = range(60100, 60200)
 
@@ -35,12 +40,18 @@ GATEWAY = """
 [gateway]
 thing_name = "uids-gw"
 status_interval_s = 0.5
+log_dir = "{logs}"
 
 [broker]
 tls_port = {tls}
 
 [discovery]
 port = {discovery}
+
+[logging.cloudwatch]
+endpoint_url = "http://127.0.0.1:{moto}"
+region = "us-east-1"
+flush_interval_s = 0.5
 
 [[subscriptions]]
 source = "adapter:line1"
@@ -145,7 +156,8 @@ def _accounts_files(base: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def packaged_gateway() -> Iterator[RunningGateway]:
+def packaged_gateway() -> Iterator[tuple[RunningGateway, int]]:
+    """The gateway as the package runs it, and the port of the moto server standing in for CloudWatch."""
     if os.geteuid() != 0:
         pytest.skip("uid switching needs root")
     try:
@@ -161,9 +173,15 @@ def packaged_gateway() -> Iterator[RunningGateway]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    cloudwatch = ThreadedMotoServer(ip_address="127.0.0.1", port=(moto := free_port()), verbose=False)
+    cloudwatch.start()
     config, state = base / "etc", base / "s"
     (config / "adapters").mkdir(parents=True)
-    (config / "gateway.toml").write_text(GATEWAY.format(tls=free_port(), discovery=free_port()))
+    # as the package makes /var/log/millgate: 0750, the service user's, group adm (logship gets that group)
+    logs = base / "log"
+    logs.mkdir(mode=0o750)
+    os.chown(logs, SERVICE_UID, grp.getgrnam("adm").gr_gid)
+    (config / "gateway.toml").write_text(GATEWAY.format(tls=free_port(), discovery=free_port(), moto=moto, logs=logs))
     (config / "adapters" / "line1.toml").write_text(MODBUS.format(port=modbus))
     (config / "adapters" / "line2.toml").write_text(OPCUA.format(port=free_port()))
     passwd, group = _accounts_files(base)
@@ -172,25 +190,29 @@ def packaged_gateway() -> Iterator[RunningGateway]:
     argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", mounts, "sh", str(passwd), str(group)]
     argv += [millgate, "run", "--config", str(config), "--state", str(state)]
     output = base / "gateway.out"
+    env = {**os.environ, **AWS_TEST_ENV}
     with output.open("wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        process = subprocess.Popen(
+            argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO, env=env
+        )
     gw = RunningGateway(config, state, process, output)
     try:
-        yield gw
+        yield gw, moto
     finally:
         gw.stop()
         gw.kill_leftovers()
+        cloudwatch.stop()
         simulator.terminate()
         simulator.wait(10)
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_each_others_secrets(
-    packaged_gateway: RunningGateway,
+    packaged_gateway: tuple[RunningGateway, int],
 ) -> None:
-    gw = packaged_gateway
+    gw, moto = packaged_gateway
     paths: GatewayPaths = gw.paths
-    programs = ("broker", "core", "uplink", "adapter-line1", "adapter-line2")
+    programs = ("broker", "core", "uplink", "adapter-line1", "adapter-line2", "logship")
 
     def running() -> dict[str, int] | None:
         if gw.process.poll() is not None:
@@ -206,9 +228,10 @@ def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_eac
     uids = {name: _uid_of(pid) for name, pid in pids.items()}
     allocated = json.loads((paths.state_dir / "component-uids.json").read_text())
     assert uids["core"] == 0 and uids["broker"] == SERVICE_UID
-    for component in ("uplink", "adapter-line1", "adapter-line2"):
+    own = ("uplink", "adapter-line1", "adapter-line2", "logship")
+    for component in own:
         assert uids[component] == allocated[component] and uids[component] in COMPONENT_UIDS
-    assert len({uids["uplink"], uids["adapter-line1"], uids["adapter-line2"]}) == 3
+    assert len({uids[component] for component in own}) == len(own)
 
     # the adapter's data reaches the uplink's spool, in the directory the uplink alone owns
     def spooled() -> int:
@@ -222,13 +245,29 @@ def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_eac
     assert paths.uplink_dir.stat().st_mode & 0o777 == 0o700
     assert paths.opcua_dir("line2").stat().st_uid == uids["adapter-line2"]
 
+    # logship, under its own uid, reads the logs and saves its offsets in its own directory
+    logs = boto3.client("logs", endpoint_url=f"http://127.0.0.1:{moto}", region_name="us-east-1", **AWS_KEYS)
+
+    def shipped() -> bool:
+        try:
+            events = logs.get_log_events(logGroupName="/millgate/uids-gw", logStreamName="system/core")["events"]
+        except logs.exceptions.ResourceNotFoundException:
+            return False
+        return any("event=starting" in e["message"] for e in events)
+
+    wait_until(shipped, 30, "the core's log lines in CloudWatch", interval_s=0.3)
+    offsets = paths.logship_dir / "logship-offsets.json"
+    wait_until(offsets.exists, 10, "logship's offsets")
+    assert offsets.stat().st_uid == uids["logship"] and paths.logship_dir.stat().st_uid == uids["logship"]
+
     secrets = {name: paths.credentials_dir / f"{name}.json" for name in ("uplink", "adapter.line1", "adapter.line2")}
     owner_of = {"uplink": "uplink", "adapter.line1": "adapter-line1", "adapter.line2": "adapter-line2"}
+    readers = [*owner_of.values(), "logship"]
     for identity, secret in secrets.items():
         assert secret.stat().st_uid == uids[owner_of[identity]] and secret.stat().st_mode & 0o777 == 0o600
-        for component in owner_of.values():
+        for component in readers:
             assert _readable_by(uids[component], secret) == (component == owner_of[identity]), (component, identity)
-    for component in owner_of.values():
+    for component in readers:
         assert not _readable_by(uids[component], paths.credentials_dir / "core.json")
         assert not _readable_by(uids[component], paths.ca_key)
         assert not _readable_by(uids[component], paths.spool_db) or component == "uplink"
