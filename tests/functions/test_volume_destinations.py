@@ -139,9 +139,13 @@ def test_volume_is_read_through_its_destination_and_ro_destination_is_not_writab
 def test_destination_the_kernel_refuses_fails_that_function_alone_and_is_logged(gw: RunningGateway) -> None:
     answer = invoke(gw, "blocked", {})
     assert answer["function_error"] is not None, answer
-    logged = "\n".join(p.read_text(errors="replace") for p in gw.paths.log_dir.rglob("*.log"))
-    line = next((x for x in logged.splitlines() if "event=mounts-refused" in x), "")
-    assert "function 'blocked'" in line and "resource 'blocked-out'" in line and "ENOTDIR" in line, logged[-3000:]
+    def refusal_line() -> str:
+        # supervisord writes the worker's output to the log on its own schedule, maybe after the answer
+        logged = "\n".join(p.read_text(errors="replace") for p in gw.paths.log_dir.rglob("*.log"))
+        return next((x for x in logged.splitlines() if "event=mounts-refused" in x), "")
+
+    line = str(wait_until(refusal_line, 10, "the mounts-refused log line"))
+    assert "function 'blocked'" in line and "resource 'blocked-out'" in line and "ENOTDIR" in line, line
     assert invoke(gw, "viewer", {})["function_error"] is None  # the rest of the gateway runs
     wait_until(lambda: function_status(gw, "keeper")["function_state"] == "ready", 10, "keeper ready")
 
