@@ -134,11 +134,13 @@ def power_cuts(run: Running, cycles: int) -> dict[str, Any]:
         time.sleep(1)
         run.plant.power_cut()
         probe.patience_s = 0  # what was not acknowledged before the cut never will be
-        for db in run.plant.state.glob("*.db"):
+        databases = sorted(run.plant.state.rglob("*.db"))  # shadows.db, uplink/spool.db, uplink/bulk.db
+        assert run.plant.paths.spool_db in databases, databases
+        for db in databases:
             with sqlite3.connect(db) as check:
                 verdict = check.execute("PRAGMA integrity_check").fetchone()[0]
             if verdict != "ok":
-                bad.append(f"cycle {cycle}: {db.name}: {verdict}")
+                bad.append(f"cycle {cycle}: {db.relative_to(run.plant.state)}: {verdict}")
         run.start()
         counted = tally(f"power cut {cycle}", probe, run.watcher, drain_s=15)
         for key in totals:
