@@ -26,9 +26,11 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from gateway.component_state import move_legacy_state
 from gateway.component_users import ComponentUidError, allocate, component_users
 from gateway.config_loader import ConfigInvalid, load_config
 from gateway.paths import GatewayPaths
+from storage.spool import Message, Spool
 from tests.fixtures.gateway import REPO, RunningGateway, free_port, wait_until
 
 AWS_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -271,3 +273,26 @@ def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_eac
         assert not _readable_by(uids[component], paths.credentials_dir / "core.json")
         assert not _readable_by(uids[component], paths.ca_key)
         assert not _readable_by(uids[component], paths.spool_db) or component == "uplink"
+
+
+def test_state_from_the_old_layout_moves_into_the_components_directories(tmp_path: Path) -> None:
+    paths = GatewayPaths.resolve(tmp_path / "etc", tmp_path / "s", None)
+    paths.state_dir.mkdir()
+    spool = Spool(paths.state_dir / "spool.db")
+    spool.append([Message("plant/a", b"1"), Message("plant/b", b"2")])
+    spool.close()
+    (paths.state_dir / "bulk").mkdir()
+    (paths.state_dir / "bulk" / "batch-1.jsonl.gz").write_bytes(b"batch")
+    (paths.state_dir / "logship-offsets.json").write_text('{"core": {}}')
+    paths.logship_dir.mkdir()
+    (paths.logship_dir / "logship-offsets.json").write_text('{"newer": {}}')  # never overwritten
+
+    move_legacy_state(paths)
+
+    assert not (paths.state_dir / "spool.db").exists() and not (paths.state_dir / "bulk").exists()
+    moved = Spool(paths.spool_db)
+    assert moved.stats().messages == 2
+    moved.close()
+    assert (paths.bulk_dir / "batch-1.jsonl.gz").read_bytes() == b"batch"
+    assert (paths.logship_dir / "logship-offsets.json").read_text() == '{"newer": {}}'
+    assert (paths.state_dir / "logship-offsets.json").exists()
