@@ -1,5 +1,5 @@
 """`millgate check`: whether this machine can run millgate (kernel, CPU, RAM, Python, mosquitto,
-supervisord, cgroups, the service account, state and log dirs), each failure with the fix to apply.
+supervisord, cgroups, the service account, the component uids, state and log dirs), each failure with the fix to apply.
 
 It only looks: it creates, installs and changes nothing, and runs no program but `mosquitto -h`.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from functions.limits import mechanism_description
 from gateway.broker_config import BrokerNotInstalled, mosquitto_binary
+from gateway.config import GatewaySection
 from gateway.paths import UNIX_SOCKET_MAX, GatewayPaths
 from gateway.service_user import SERVICE_USER
 
@@ -203,6 +204,23 @@ def check_service_user() -> CheckResult:
     return CheckResult(name, False, as_root, f"no {missing} {SERVICE_USER}; {why}", fix)
 
 
+def check_component_uids(uids: range, setting: str) -> CheckResult:
+    """No account may have a uid the uplink, an adapter or logship would run as (gateway/component_users.py)."""
+    name = "component uids"
+    shown = f"{uids.start}-{uids.stop - 1}"
+    taken = sorted((entry.pw_uid, entry.pw_name) for entry in pwd.getpwall() if entry.pw_uid in uids)
+    if not taken:
+        return CheckResult(name, True, True, f"{shown} ({setting}): no account uses them", "")
+    accounts = ", ".join(f"{uid} {account}" for uid, account in taken[:5])
+    return CheckResult(
+        name,
+        False,
+        True,
+        f"{shown} ({setting}) holds accounts: {accounts}; a component given one would own that account's files",
+        "set [gateway] component_uids in gateway.toml to a range no account uses",
+    )
+
+
 def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if os.path.lexists(candidate):
@@ -284,8 +302,16 @@ MACHINE_CHECKS: tuple[Callable[[], CheckResult], ...] = (
 )
 
 
-def run_checks(paths: GatewayPaths) -> list[CheckResult]:
-    return [*(check() for check in MACHINE_CHECKS), check_state_dir(paths), check_log_dir(paths)]
+def run_checks(paths: GatewayPaths, component_uids: str | None = None) -> list[CheckResult]:
+    """Every check; `component_uids` as configured (None: the config does not load, the default)."""
+    setting = "[gateway] component_uids" if component_uids else "the default"
+    first, last = (component_uids or GatewaySection.model_fields["component_uids"].default).split("-")
+    return [
+        *(check() for check in MACHINE_CHECKS),
+        check_component_uids(range(int(first), int(last) + 1), setting),
+        check_state_dir(paths),
+        check_log_dir(paths),
+    ]
 
 
 def _status(result: CheckResult) -> str:

@@ -55,8 +55,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from gateway.check import render_checks, run_checks
 
-    paths = paths_for(args, load_quietly(args))
-    results = run_checks(paths)
+    loaded = load_quietly(args)
+    results = run_checks(paths_for(args, loaded), loaded.gateway.gateway.component_uids if loaded else None)
     print(render_checks(results))
     return EXIT_FAILED if any(r.required and not r.passed for r in results) else EXIT_OK
 

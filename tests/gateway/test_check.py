@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from functions.limits import cgroup_kind
-from gateway.check import CheckResult, render_checks
+from gateway.check import CheckResult, check_component_uids, render_checks
 from gateway.cli import main
 from tests.fixtures.gateway import run_cli
 
@@ -26,6 +26,7 @@ CHECK_NAMES = (
     "supervisord >= 4.2.5",
     "memory limits",
     "service user millgate",
+    "component uids",
     "state dir",
     "log dir",
 )
@@ -207,3 +208,17 @@ def test_render_summary_says_the_machine_is_ready_when_only_warnings() -> None:
     ]
 
     assert render_checks(results).splitlines()[-1] == "1 passed, 0 failed, 1 warned: this machine can run millgate"
+
+
+def test_component_uids_that_an_account_has_fail_the_check() -> None:
+    result = check_component_uids(range(65530, 65536), "[gateway] component_uids")
+    assert not result.passed and result.required
+    assert "65534 nobody" in result.detail and result.fix.startswith("set [gateway] component_uids")
+
+
+def test_check_passes_the_default_component_uids_when_no_account_has_them(
+    config_dir: Path, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, lines = run_check(config_dir, short_tmp / "state", capsys)
+    line = line_for(lines, "component uids")
+    assert line.startswith("PASS") and "60100-60199 ([gateway] component_uids): no account uses them" in line
