@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from storage.disk_reserve import DiskReserve
 from storage.spool import DISK_CAP_FRACTION
-from storage.spool_file import Transaction, is_disk_full
+from storage.spool_file import PAGE_CACHE_KIB, Transaction, is_disk_full
 from storage.spool_records import (
     DROPPED_DISK_FULL,
     REJECTED_DISK_FULL,
@@ -113,6 +113,7 @@ class BulkStore:
             raise SpoolUnwritable(f"bulk store {path}: {exc}; check the state directory") from None
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
             self._db.executescript(SCHEMA)
             self._remove_orphans()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from storage.disk_reserve import DiskReserve
-from storage.spool_file import SCHEMA, Transaction, is_disk_full, upgrade_message_ids
+from storage.spool_file import PAGE_CACHE_KIB, SCHEMA, Transaction, is_disk_full, upgrade_message_ids
 from storage.spool_records import (
     DEAD_LINK_DROPPED,
     DEAD_REFUSED,
@@ -141,6 +141,7 @@ class Spool:
             ) from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
             # FULL: the WAL is fsynced at every commit, so an acknowledged message survives power loss
             db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
             upgrade_message_ids(db)
