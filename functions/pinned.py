@@ -27,9 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from functions.dispatcher import FunctionStats
-from functions.greengrass.environment import pinned_token
-from functions.greengrass.lambda_runtime import function_side, setup_logging
-from functions.greengrass.lambda_runtime import run as run_v1
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
 from functions.limits import MIB, RUNTIME_HEADROOM_MB, limit_address_space, place_self_in_cgroup
 from functions.mount_namespace import MountRefused, enter_private_mounts
@@ -347,6 +344,11 @@ def start_runner(argv: list[str] | None = None) -> Runner:
 def run_greengrass_v1(runner: Runner) -> int:
     """Become the function's single v1 worker: its uid, its v1 environment, its memory cap (RLIMIT_AS unless
     its cgroup caps it), then the runtime."""
+    # here, not at the top: a native runner is a fresh interpreter and would carry the v1 runtime unused
+    from functions.greengrass.environment import pinned_token
+    from functions.greengrass.lambda_runtime import function_side, setup_logging
+    from functions.greengrass.lambda_runtime import run as run_v1
+
     spec = runner.spec
     deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
     problems = deployed.problems + ([runner.mounts_refused] if runner.mounts_refused else [])
