@@ -13,11 +13,11 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from functions.function_stats import FunctionStats
 from functions.user_log import UserLog
 from functions.worker_process import InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
 from gateway.mqtt import LocalMqtt, MqttError, Received
@@ -65,21 +65,6 @@ class Worker(Protocol):
     async def kill(self) -> None: ...
 
     async def stop(self) -> None: ...
-
-
-class FunctionStats:
-    def __init__(self) -> None:
-        self.invocations = 0
-        self.errors = 0
-        self.timeouts = 0
-        self.rejected = 0  # the input queue was full
-        self.durations_ms: deque[float] = deque(maxlen=1000)
-
-    def percentile(self, fraction: float) -> float | None:
-        if not self.durations_ms:
-            return None
-        ordered = sorted(self.durations_ms)
-        return round(ordered[min(int(len(ordered) * fraction), len(ordered) - 1)], 2)
 
 
 class FunctionPool:

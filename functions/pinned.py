@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from functions.dispatcher import FunctionStats
+from functions.function_stats import FunctionStats
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
 from functions.limits import MIB, RUNTIME_HEADROOM_MB, limit_address_space, place_self_in_cgroup
 from functions.mount_namespace import MountRefused, enter_private_mounts
