@@ -72,13 +72,16 @@ class LocalMqtt:
         on_message: MessageHandler | None = None,
         status_fields: Callable[[], dict[str, Any]] | None = None,
         inbox_size: int = 10_000,
+        inbox_max_bytes: int = 16 * 1024 * 1024,
         backoff: Backoff | None = None,
         manual_ack: bool = False,
         persistent_session: bool = False,
     ):
         """With `manual_ack`, a QoS 1 message is acknowledged to the broker only when `ack` is called
-        (after the handler made it durable); with `persistent_session`, the broker keeps this
-        component's subscriptions and queues its QoS 1 messages while it is away."""
+        (after the handler made it durable), and the inbox holds at most `inbox_max_bytes` of such
+        messages' payloads: beyond that, paho stops reading the socket until the handler catches up,
+        and the broker keeps the rest. With `persistent_session`, the broker keeps this component's
+        subscriptions and queues its QoS 1 messages while it is away."""
         self.socket_path = socket_path
         self.creds = creds
         self.component = component
@@ -91,11 +94,18 @@ class LocalMqtt:
         self.last_error: str | None = None
         self.dropped_inbound = 0
         self.started_at = time.time()
-        # a manual_ack consumer's QoS 1 messages are never dropped here: the broker bounds them
-        # (Receive Maximum per connection), but after a reconnect the old connection's messages may
-        # still be waiting, and QoS 0 ones do not count, so the queue itself is not capped
+        # A manual_ack consumer's QoS 1 messages are never dropped here. Receive Maximum should bound
+        # them, but mosquitto 2.0.11 stops holding to it once acknowledgements interleave (measured:
+        # 18,408 unacknowledged against 50), so their payload bytes are capped instead, by making
+        # paho's network thread wait for room (see _wait_for_room); QoS 0 ones are counted and dropped
+        # beyond inbox_size.
         self._inbox_size = inbox_size
         self._inbox: asyncio.Queue[Received] = asyncio.Queue()
+        self.inbox_max_bytes = inbox_max_bytes
+        self._held_bytes = 0  # payload bytes of manual_ack QoS 1 messages in the inbox
+        self._room = threading.Condition()
+        self._closing = False  # the connection is being closed: a waiting reader gives up
+        self.reader_pauses = 0  # times paho's reader waited for room: the inbox's overflow, visible
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.RLock()
@@ -182,6 +192,7 @@ class LocalMqtt:
         finally:
             self._client = None
             self._fail_pending("connection closed")
+            self._set_closing(True)
             await asyncio.to_thread(close_paho, client)
 
     async def _connect(self) -> paho.Client:
@@ -192,6 +203,7 @@ class LocalMqtt:
         client = paho_client(self.creds, self.component, will)
         client.manual_ack_set(self.manual_ack)
         self._session_number += 1
+        self._set_closing(False)
 
         def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
             loop.call_soon_threadsafe(settle, connack, reason)
@@ -284,6 +296,8 @@ class LocalMqtt:
             status.update(self.status_fields())
         if self.dropped_inbound:
             status["dropped_inbound"] = self.dropped_inbound
+        if self.reader_pauses:
+            status["inbox_reader_pauses"] = self.reader_pauses
         return json.dumps(status).encode()
 
     # ---- paho callbacks (paho's network thread) ---------------------------------------------
@@ -324,10 +338,42 @@ class LocalMqtt:
             message.properties,
         )
         assert self._loop is not None
-        # Hand over without waiting: paho's network thread must never wait for the event loop (the loop
-        # may be calling into paho). Lossless consumers use manual_ack, and then Receive Maximum keeps
-        # the broker from sending more than the inbox holds.
+        if self.manual_ack and received.qos > 0 and not self._wait_for_room(len(received.payload)):
+            return  # the connection is closing: unacknowledged, the broker sends it again
         self._loop.call_soon_threadsafe(self._enqueue, received)
+
+    def _wait_for_room(self, size: int) -> bool:
+        """On paho's network thread: hold the reader (and so the socket: TCP pushes back on the broker,
+        which keeps the messages) until the inbox has room for `size` more bytes; always room for one
+        message. The wait never needs paho: the event loop frees room by taking messages off the
+        inbox, whatever paho is doing. False if the connection started closing meanwhile."""
+        with self._room:
+            if self._held_bytes and self._held_bytes + size > self.inbox_max_bytes:
+                self.reader_pauses += 1
+                if self.reader_pauses == 1 or self.reader_pauses % 1000 == 0:
+                    log.warning(
+                        "component=%s event=inbox-full-reading-paused held_bytes=%d pauses=%d",
+                        self.component,
+                        self._held_bytes,
+                        self.reader_pauses,
+                    )
+            while self._held_bytes and self._held_bytes + size > self.inbox_max_bytes:
+                if self._closing:
+                    return False
+                self._room.wait(0.2)
+            self._held_bytes += size
+            return True
+
+    def _release_room(self, received: Received) -> None:
+        if self.manual_ack and received.qos > 0:
+            with self._room:
+                self._held_bytes -= len(received.payload)
+                self._room.notify_all()
+
+    def _set_closing(self, closing: bool) -> None:
+        with self._room:
+            self._closing = closing
+            self._room.notify_all()
 
     def _enqueue(self, received: Received) -> None:
         held_by_broker = self.manual_ack and received.qos > 0  # unacknowledged: bounded, never dropped
@@ -348,6 +394,7 @@ class LocalMqtt:
     async def _dispatch(self) -> None:
         while True:
             received = await self._inbox.get()
+            self._release_room(received)
             if self.on_message is None:
                 continue
             try:
