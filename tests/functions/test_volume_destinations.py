@@ -139,6 +139,7 @@ def test_volume_is_read_through_its_destination_and_ro_destination_is_not_writab
 def test_destination_the_kernel_refuses_fails_that_function_alone_and_is_logged(gw: RunningGateway) -> None:
     answer = invoke(gw, "blocked", {})
     assert answer["function_error"] is not None, answer
+
     def refusal_line() -> str:
         # supervisord writes the worker's output to the log on its own schedule, maybe after the answer
         logged = "\n".join(p.read_text(errors="replace") for p in gw.paths.log_dir.rglob("*.log"))

@@ -31,7 +31,7 @@ from gateway.component_users import ComponentUidError, allocate, component_users
 from gateway.config_loader import ConfigInvalid, load_config
 from gateway.paths import GatewayPaths
 from storage.spool import Message, Spool
-from tests.fixtures.gateway import REPO, RunningGateway, free_port, wait_until
+from tests.fixtures.gateway import REPO, RunningGateway, free_port, readable_by, wait_until
 
 AWS_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 AWS_TEST_ENV = {key.upper(): value for key, value in AWS_KEYS.items()} | {"AWS_DEFAULT_REGION": "us-east-1"}
@@ -132,18 +132,6 @@ def _uid_of(pid: int) -> int:
         if line.startswith("Uid:"):
             return int(line.split()[2])  # effective
     raise AssertionError(f"no Uid line for {pid}")
-
-
-def _readable_by(uid: int, path: Path) -> bool:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys; open(sys.argv[1], 'rb').read()", str(path)],
-        user=uid,
-        group=SERVICE_UID,
-        extra_groups=[],
-        capture_output=True,
-        timeout=30,
-    )
-    return probe.returncode == 0
 
 
 def _accounts_files(base: Path) -> tuple[Path, Path]:
@@ -268,11 +256,14 @@ def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_eac
     for identity, secret in secrets.items():
         assert secret.stat().st_uid == uids[owner_of[identity]] and secret.stat().st_mode & 0o777 == 0o600
         for component in readers:
-            assert _readable_by(uids[component], secret) == (component == owner_of[identity]), (component, identity)
+            assert readable_by(uids[component], secret, SERVICE_UID) == (component == owner_of[identity]), (
+                component,
+                identity,
+            )
     for component in readers:
-        assert not _readable_by(uids[component], paths.credentials_dir / "core.json")
-        assert not _readable_by(uids[component], paths.ca_key)
-        assert not _readable_by(uids[component], paths.spool_db) or component == "uplink"
+        assert not readable_by(uids[component], paths.credentials_dir / "core.json", SERVICE_UID)
+        assert not readable_by(uids[component], paths.ca_key, SERVICE_UID)
+        assert not readable_by(uids[component], paths.spool_db, SERVICE_UID) or component == "uplink"
 
 
 def test_state_from_the_old_layout_moves_into_the_components_directories(tmp_path: Path) -> None:

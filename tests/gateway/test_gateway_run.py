@@ -25,7 +25,7 @@ from gateway.mqtt_blocking import ConnectRefused, connect_blocking, paho_client
 from gateway.operator_client import OperatorError, publish_lines
 from gateway.service_user import ServiceUser
 from gateway.supervisor_config import SHUTDOWN_WORST_S, STOP_BANDS
-from tests.fixtures.gateway import REPO, run_cli, wait_until
+from tests.fixtures.gateway import REPO, readable_by, run_cli, wait_until
 
 TWO_FUNCTIONS = """
 [gateway]
@@ -324,18 +324,6 @@ def test_generated_files_are_private_and_credentials_unreadable_by_others(gatewa
     assert "topic write line1/+/temperature" not in blocks["user function.consumer"]
 
 
-def _readable_by(uid: int, path: Path) -> bool:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys; open(sys.argv[1]).read()", str(path)],
-        user=uid,
-        group=uid,
-        extra_groups=[],
-        capture_output=True,
-        timeout=30,
-    )
-    return probe.returncode == 0
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="ownership by other uids needs root")
 def test_no_component_user_can_read_the_core_secret_nor_another_components(short_tmp: Path) -> None:
     # issue 3 item 5: a component's broker secret is readable by no other component's user. The core
@@ -358,12 +346,12 @@ def test_no_component_user_can_read_the_core_secret_nor_another_components(short
         ensure_credentials(credentials, identity, owner)
     secret = {identity: credential_path(credentials, identity) for identity in owners}
     assert secret["core"].stat().st_uid == 0 and secret["core"].stat().st_mode & 0o777 == 0o600
-    assert not _readable_by(service.uid, secret["core"])
-    assert not _readable_by(service.uid, secret["function.producer"])
-    assert _readable_by(uplink.uid, secret["uplink"]) and not _readable_by(service.uid, secret["uplink"])
-    assert not _readable_by(uplink.uid, secret["core"]) and not _readable_by(uplink.uid, secret["function.producer"])
-    assert not _readable_by(1001, secret["core"]) and not _readable_by(1001, secret["uplink"])
-    assert not _readable_by(1001, secret["function.consumer"]) and _readable_by(1001, secret["function.producer"])
+    assert not readable_by(service.uid, secret["core"])
+    assert not readable_by(service.uid, secret["function.producer"])
+    assert readable_by(uplink.uid, secret["uplink"]) and not readable_by(service.uid, secret["uplink"])
+    assert not readable_by(uplink.uid, secret["core"]) and not readable_by(uplink.uid, secret["function.producer"])
+    assert not readable_by(1001, secret["core"]) and not readable_by(1001, secret["uplink"])
+    assert not readable_by(1001, secret["function.consumer"]) and readable_by(1001, secret["function.producer"])
 
 
 def test_log_level_can_be_set_per_component(gateway_factory) -> None:
