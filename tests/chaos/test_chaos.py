@@ -134,8 +134,9 @@ def power_cuts(run: Running, cycles: int) -> dict[str, Any]:
         time.sleep(1)
         run.plant.power_cut()
         probe.patience_s = 0  # what was not acknowledged before the cut never will be
-        databases = sorted(run.plant.state.rglob("*.db"))  # shadows.db, uplink/spool.db, uplink/bulk.db
-        assert run.plant.paths.spool_db in databases, databases
+        paths = run.plant.paths  # every SQLite file (broker/mosquitto.db is mosquitto's own format)
+        databases = [db for db in (paths.state_dir / "shadows.db", paths.spool_db, paths.bulk_db) if db.exists()]
+        assert paths.spool_db in databases, databases
         for db in databases:
             with sqlite3.connect(db) as check:
                 verdict = check.execute("PRAGMA integrity_check").fetchone()[0]
