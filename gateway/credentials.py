@@ -38,13 +38,17 @@ def load_credentials(credentials_dir: Path, identity: str) -> Credentials:
 
 
 def ensure_credentials(credentials_dir: Path, identity: str, owner: tuple[int, int] | None) -> Credentials:
-    """The identity's credentials, created (mode 0600, owned by `owner`) if they do not exist yet."""
+    """The identity's credentials, created (mode 0600, owned by `owner`) if they do not exist yet, and
+    created anew if they belong to another uid: what another user could read is no secret (an upgrade
+    gives the uplink and adapters uids of their own; a function may change its run_as)."""
     path = credential_path(credentials_dir, identity)
     if path.exists():
         creds = load_credentials(credentials_dir, identity)
-        if owner is not None and (path.stat().st_uid, path.stat().st_gid) != owner:
-            os.chown(path, *owner)
-        return creds
+        found = path.stat()
+        if owner is None or found.st_uid == owner[0]:
+            if owner is not None and found.st_gid != owner[1]:
+                os.chown(path, *owner)
+            return creds
     creds = Credentials(identity, secrets.token_urlsafe(24))
     write_atomic(path, json.dumps({"username": creds.username, "password": creds.password}), 0o600, owner)
     return creds

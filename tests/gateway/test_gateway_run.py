@@ -19,7 +19,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.component_users import ComponentUser
 from gateway.config_loader import load_config
-from gateway.credentials import Credentials, credential_path, ensure_credentials
+from gateway.credentials import Credentials, credential_path, ensure_credentials, load_credentials
 from gateway.launch import credential_owners
 from gateway.mqtt_blocking import ConnectRefused, connect_blocking, paho_client
 from gateway.operator_client import OperatorError, publish_lines
@@ -352,6 +352,13 @@ def test_no_component_user_can_read_the_core_secret_nor_another_components(short
     assert not readable_by(uplink.uid, secret["core"]) and not readable_by(uplink.uid, secret["function.producer"])
     assert not readable_by(1001, secret["core"]) and not readable_by(1001, secret["uplink"])
     assert not readable_by(1001, secret["function.consumer"]) and readable_by(1001, secret["function.producer"])
+    # handed to another uid, a secret is made anew: the uid that could read it holds nothing that works
+    before = load_credentials(credentials, "uplink").password
+    renewed = ensure_credentials(credentials, "uplink", (60151, service.gid)).password
+    assert renewed != before and secret["uplink"].stat().st_uid == 60151
+    assert ensure_credentials(credentials, "uplink", (60151, service.gid)).password == renewed  # kept from now on
+    assert ensure_credentials(credentials, "uplink", (60151, service.gid + 1)).password == renewed  # a gid: chown
+    assert secret["uplink"].stat().st_gid == service.gid + 1
 
 
 def test_log_level_can_be_set_per_component(gateway_factory) -> None:
