@@ -5,7 +5,8 @@ supervisord loads this as an RPC interface factory before it starts any program.
 what the configured system components run (their main modules and everything under them), freezes
 those objects out of the garbage collector's reach (a collection would otherwise write to every page
 and unshare it), and replaces supervisord's execve: in the child supervisord has just forked (pipes,
-process group, uid, directory and umask already set), a command `<this python> -m <system component>`
+process group, directory and umask already set), a component with a uid of its own (MILLGATE_RUN_AS,
+gateway/component_users.py) first drops to it, then a command `<this python> -m <system component>`
 runs the component in place; every other command (mosquitto, functions, which run user code and must
 not carry supervisord's memory) is exec'd as before. The deployment's config is validated here once
 too, and handed to a forked component while it is still the current one. The process title stays the
