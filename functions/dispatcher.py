@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from functions.function_stats import FunctionStats
 from functions.user_log import UserLog
 from functions.worker_process import InvocationTimeout, WorkerFailed, WorkerProcess, WorkerSpec
+from gateway.backoff import Backoff
 from gateway.mqtt import LocalMqtt, MqttError, Received
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ class Worker(Protocol):
     async def stop(self) -> None: ...
 
 
+class WorkerStartDeferred(WorkerFailed):
+    """No worker is started now: the last start failed a moment ago (see FunctionPool._take_worker)."""
+
+
 class FunctionPool:
     """One on-demand function: its queue, its workers, its statistics."""
 
@@ -93,6 +98,10 @@ class FunctionPool:
         self._accepting: set[asyncio.Task[None]] = set()
         self.fingerprint = ""  # the deployed version's config slice (gateway/deploy_plan.py), in heartbeats
         self._generation = 0  # a worker started before the last reconfigure retires after its message
+        # a worker that cannot start (its mounts refused, its code gone) is not started again for
+        # every message: the messages meanwhile get the same error, and the next try waits longer
+        self._start_backoff = Backoff(initial_s=5.0, cap_s=60.0)
+        self._start_refused: tuple[float, str] | None = None  # (retry after, monotonic; why)
 
     async def reconfigure(self, function: Function, spec: WorkerSpec, problems: list[str], fingerprint: str) -> None:
         """Run a new version of this (native) function from now on: new messages go to workers of the
@@ -101,6 +110,8 @@ class FunctionPool:
         self.function, self.spec, self.problems, self.fingerprint = function, spec, problems, fingerprint
         self._generation += 1
         self._slots = asyncio.Semaphore(function.max_concurrency)  # the old one's holders release the old one
+        self._start_backoff.reset()  # the new version may well start
+        self._start_refused = None
         self.user_log.set_cap(int(function.log_max_bytes))
         retired, self.idle = self.idle, []
         log.info(
@@ -219,8 +230,19 @@ class FunctionPool:
                 return worker, self._generation
             await worker.kill()
         generation = self._generation
+        if self._start_refused is not None and time.monotonic() < self._start_refused[0]:
+            retry_in = self._start_refused[0] - time.monotonic()
+            raise WorkerStartDeferred(f"{self._start_refused[1]} (next start in {retry_in:.1f} s)")
         worker = self.new_worker()
-        await worker.start()
+        try:
+            await worker.start()
+        except WorkerFailed as exc:
+            delay = self._start_backoff.next_delay()
+            self._start_refused = (time.monotonic() + delay, str(exc))
+            log.error("function=%s event=worker-start-failed reason=%s retry_in_s=%.1f", self.function.name, exc, delay)
+            raise
+        self._start_backoff.reset()
+        self._start_refused = None
         log.info(
             "function=%s event=worker-started pid=%s workers=%d",
             self.function.name,
@@ -273,6 +295,9 @@ class FunctionPool:
                 worker.pid if worker else None,
                 self.function.timeout_s,
             )
+            await self._reply(invocation, None, "Unhandled", str(exc))
+        except WorkerStartDeferred as exc:
+            self.stats.errors += 1  # logged once, at the start that failed
             await self._reply(invocation, None, "Unhandled", str(exc))
         except WorkerFailed as exc:
             self.stats.errors += 1

@@ -147,6 +147,13 @@ def test_destination_the_kernel_refuses_fails_that_function_alone_and_is_logged(
 
     line = str(wait_until(refusal_line, 10, "the mounts-refused log line"))
     assert "function 'blocked'" in line and "resource 'blocked-out'" in line and "ENOTDIR" in line, line
+    # the next messages get the same error at once, without a worker started (and refused) for each
+    errors = [str(invoke(gw, "blocked", {})["error"]) for _ in range(5)]
+    assert all("could not be mounted" in error for error in errors), errors
+    deferred = [error for error in errors if "next start in" in error]
+    assert len(deferred) >= 4, errors  # the first retry waits 2.5-5 s
+    logged = "\n".join(p.read_text(errors="replace") for p in gw.paths.log_dir.rglob("*.log"))
+    assert logged.count("event=mounts-refused") <= 2, logged.count("event=mounts-refused")
     assert invoke(gw, "viewer", {})["function_error"] is None  # the rest of the gateway runs
     wait_until(lambda: function_status(gw, "keeper")["function_state"] == "ready", 10, "keeper ready")
 
