@@ -54,11 +54,24 @@ def config_digest(config_dir: Path) -> str:
 
 
 def config_files(root: Path) -> Iterator[Path]:
-    """Every file of a config dir, caches and VCS metadata left out."""
-    for directory, dirs, files in os.walk(root):
+    """Every file of a config dir, caches and VCS metadata left out (see _walk)."""
+    for directory, files in _walk(root):
+        yield from (directory / name for name in files)
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(directory, its file names) under `root`, caches and VCS metadata left out. Links to directories
+    are followed, as the deployment's copy follows them (a function's code may live elsewhere), each
+    real directory once, so a link loop ends."""
+    seen: set[str] = set()
+    for directory, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = [d for d in dirs if d not in _SKIP]
-        for name in files:
-            yield Path(directory) / name
+        yield Path(directory), files
 
 
 def _copy_tree(source: Path, target: Path) -> None:
@@ -66,12 +79,10 @@ def _copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=False, ignore=shutil.ignore_patterns(*_SKIP))
     if os.geteuid() != 0:
         return
-    for directory, _, files in os.walk(source):
-        relative = Path(directory).relative_to(source)
-        for name in [".", *files]:
-            original = Path(directory) / name
+    for directory, files in _walk(source):
+        for original in [directory, *(directory / name for name in files)]:
             stat = original.stat()
-            os.chown(target / relative / name, stat.st_uid, stat.st_gid)
+            os.chown(target / original.relative_to(source), stat.st_uid, stat.st_gid)
 
 
 def utc_now() -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.atomic_file import write_atomic
+from gateway.deploy_store import config_files
 
 if TYPE_CHECKING:
     from gateway.config import Function
@@ -42,7 +43,7 @@ def code_version(source: Path) -> str:
     if source.is_file():
         digest.update(source.read_bytes())
     else:
-        for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        for path in sorted(config_files(source)):  # links to directories followed, as the copy does
             digest.update(str(path.relative_to(source)).encode() + b"\0")
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
