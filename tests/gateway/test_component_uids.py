@@ -287,3 +287,48 @@ def test_state_from_the_old_layout_moves_into_the_components_directories(tmp_pat
     assert (paths.bulk_dir / "batch-1.jsonl.gz").read_bytes() == b"batch"
     assert (paths.logship_dir / "logship-offsets.json").read_text() == '{"newer": {}}'
     assert (paths.state_dir / "logship-offsets.json").exists()
+
+
+def test_an_adapter_deployed_later_gets_a_uid_of_its_own_and_the_others_keep_theirs(
+    packaged_gateway: tuple[RunningGateway, int],
+) -> None:
+    gw, _ = packaged_gateway
+    paths = gw.paths
+
+    def pids(names: tuple[str, ...]) -> dict[str, int] | None:
+        if not paths.supervisor_socket.exists():
+            return None
+        processes = gw.status()["processes"]
+        found = {name: processes.get(name, {}).get("pid") for name in names}
+        running = all(processes.get(n, {}).get("state") == "RUNNING" for n in names)
+        return found if running and all(found.values()) else None
+
+    before = wait_until(lambda: pids(("uplink", "adapter-line1")), 30, "uplink and line1 running")
+    assert isinstance(before, dict)
+    allocated = json.loads((paths.state_dir / "component-uids.json").read_text())
+    (gw.config_dir / "adapters" / "line0.toml").write_text(
+        (gw.config_dir / "adapters" / "line1.toml").read_text().replace('name = "line1"', 'name = "line0"')
+    )
+    # deploy as the operator would, on the same machine: inside the gateway's mount namespace, where
+    # the millgate account exists
+    supervisord = gw.process.pid
+    millgate = str(Path(sys.executable).parent / "millgate")
+    argv = ["nsenter", f"--target={supervisord}", "--mount", "--", millgate, "deploy"]
+    deployed = subprocess.run(
+        [*argv, "--config", str(gw.config_dir), "--state", str(paths.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=REPO,
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    after = wait_until(lambda: pids(("uplink", "adapter-line1", "adapter-line0")), 30, "line0 running")
+    assert isinstance(after, dict)
+    now = json.loads((paths.state_dir / "component-uids.json").read_text())
+    assert {k: now[k] for k in allocated} == allocated, "a component's uid never moves"
+    assert now["adapter-line0"] in COMPONENT_UIDS and now["adapter-line0"] not in allocated.values()
+    assert _uid_of(after["adapter-line0"]) == now["adapter-line0"]
+    assert after["uplink"] == before["uplink"] and after["adapter-line1"] == before["adapter-line1"]
+    secret = paths.credentials_dir / "adapter.line0.json"
+    assert secret.stat().st_uid == now["adapter-line0"]
+    assert not readable_by(now["adapter-line1"], secret, SERVICE_UID)
