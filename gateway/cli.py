@@ -11,7 +11,7 @@ from pathlib import Path
 from gateway.bundle_cli import add_bundle_parser
 from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for
 from gateway.deploy_cli import add_deploy_parser
-from gateway.greengrass_import import add_import_parser
+from gateway.greengrass_import_cli import add_import_parser
 from gateway.logs_cli import add_logs_parser
 from gateway.opcua_cli import add_opcua_parser
 from gateway.paths import default_config_dir

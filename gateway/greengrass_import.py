@@ -1,29 +1,23 @@
-"""`millgate import greengrass-v1 EXPORT_DIR --out CONFIG_DIR [--code ZIP_DIR]`: turns a Greengrass v1
-group, as the AWS CLI prints it (get-group-version and get-*-definition-version), and the functions'
-deployment zips into a millgate config dir, listing whatever has no millgate equivalent and why.
+"""`millgate import greengrass-v1`: maps a Greengrass v1 group, as the AWS CLI prints it
+(get-group-version and get-*-definition-version), and the functions' deployment zips onto a millgate
+config, noting whatever has no millgate equivalent and why.
 
-Reading the export is gateway/greengrass/export.py's job; here the group is mapped, the result is
-validated before anything is written, and it is written whole or not at all.
+Reading the export is gateway/greengrass/export.py's job, writing the config dir
+gateway/greengrass_config_writer.py's, the command line gateway/greengrass_import_cli.py's.
 """
 
 from __future__ import annotations
 
-import argparse
 import grp
 import math
-import os
 import pwd
 import re
-import shutil
-import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.config import RESERVED_IDENTITIES, THING_PATTERN
-from gateway.config_loader import ConfigInvalid, load_config
 from gateway.greengrass.arns import (
     DEFAULT_DAEMON_PORT,
     ArnError,
@@ -33,7 +27,6 @@ from gateway.greengrass.arns import (
     system_function_name,
 )
 from gateway.greengrass.export import (
-    GROUP_VERSION_FILE,
     ConnectorDefinition,
     CoreDefinition,
     DeviceDefinition,
@@ -48,12 +41,10 @@ from gateway.greengrass.export import (
     V1FunctionConfiguration,
     read_export,
 )
+from gateway.greengrass_config_writer import write_config
 from gateway.resource_paths import SYSTEM_DIRS, destination_path_refusal, host_path_refusal
 from gateway.topics import TopicError, validate_topic_filter
 
-EXIT_OK, EXIT_FAILED = 0, 1
-
-NOTES_FILE = "GREENGRASS-IMPORT.md"
 LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARN": "warning", "ERROR": "error", "FATAL": "error"}
 MIN_LOG_BYTES = 64 * 1024
 ON_DEMAND_CONCURRENCY = 4  # v1 started containers as needed; a gateway wants a bound
@@ -462,111 +453,6 @@ def plan_import(export: Export, code_dir: Path, options: ImportOptions) -> Plan:
     return plan
 
 
-# ---- writing -----------------------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = []
-        for char in value:
-            if char in '"\\':
-                escaped.append("\\" + char)
-            elif ord(char) < 0x20 or ord(char) == 0x7F:
-                escaped.append(f"\\u{ord(char):04x}")
-            else:
-                escaped.append(char)
-        return '"' + "".join(escaped) + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
-
-
-def render_gateway_toml(plan: Plan, source: Path) -> str:
-    lines = [
-        f"# Imported from the Greengrass v1 group export in {source} by `millgate import greengrass-v1`.",
-        f"# What did not map, and why: {NOTES_FILE}.",
-        "",
-        "[gateway]",
-        f"thing_name = {_toml_value(plan.thing_name)}",
-        "",
-    ]
-    discovery = []
-    if plan.group_id:
-        discovery.append(f"group_id = {_toml_value(plan.group_id)}  # devices keep discovering this group")
-    if plan.group_name:
-        discovery.append(f"group_name = {_toml_value(plan.group_name)}  # AWS_GREENGRASS_GROUP_NAME")
-    if discovery:
-        lines += ["[discovery]", *discovery, ""]
-    if plan.logging:
-        lines += ["[logging]", *(f"{k} = {_toml_value(v)}" for k, v in plan.logging.items()), ""]
-    for table, items in (
-        ("resources", plan.resources),
-        ("functions", plan.functions),
-        ("subscriptions", plan.subscriptions),
-        ("shadows", plan.shadows),
-    ):
-        for item in items:
-            lines.append(f"[[{table}]]")
-            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
-def render_notes(plan: Plan, export: Export) -> str:
-    group = export.group_name or export.group_id or str(export.directory)
-    lines = [f"# Greengrass v1 group {group}: import notes", ""]
-    lines += ["## Devices", ""]
-    if plan.devices:
-        lines.append("Device certificates are re-issued by this gateway's group CA:")
-        lines += ["", *(f"    millgate device add {d}" for d in plan.devices)]
-    else:
-        lines.append("The group has no devices.")
-    lines += ["", "## Not mapped, or mapped with a change", ""]
-    lines += [f"- {n}" for n in plan.notes] or ["Everything mapped."]
-    return "\n".join(lines) + "\n"
-
-
-def write_config(plan: Plan, export: Export, out: Path) -> None:
-    """Write the config dir whole, after it validates; `out` must not exist yet (or be empty)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ImportFailed(f"{out}: already exists and is not empty; choose a new --out directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (staging / "functions").mkdir()
-        for name, code in plan.code.items():
-            if code.is_file():
-                shutil.copyfile(code, staging / "functions" / f"{name}.zip")
-            else:
-                shutil.copytree(code, staging / "functions" / name)
-        (staging / "gateway.toml").write_text(render_gateway_toml(plan, export.directory), encoding="utf-8")
-        (staging / NOTES_FILE).write_text(render_notes(plan, export), encoding="utf-8")
-        try:
-            load_config(staging)
-        except ConfigInvalid as exc:
-            shown = str(exc).replace(str(staging), str(out))
-            raise ImportFailed(
-                f"the imported config does not validate (a millgate bug; please report it):\n{shown}"
-            ) from None
-        os.chmod(staging, 0o755)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def import_group(
     export_dir: Path, out: Path, code_dir: Path | None = None, options: ImportOptions | None = None
 ) -> Plan:
@@ -577,64 +463,3 @@ def import_group(
     plan = plan_import(export, code, options or ImportOptions())
     write_config(plan, export, out)
     return plan
-
-
-# ---- command line ----------------------------------------------------------------------------------
-
-
-def _run_as_argument(value: str) -> str:
-    match = re.fullmatch(r"(\d+):(\d+)", value)
-    if not match or int(match.group(1)) == 0 or int(match.group(2)) == 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not UID:GID with neither 0")
-    return value
-
-
-def cmd_import_greengrass_v1(args: argparse.Namespace) -> int:
-    try:
-        plan = import_group(args.export_dir, args.out, args.code, ImportOptions(args.run_as, args.daemon_port))
-    except ImportFailed as exc:
-        print(f"millgate import greengrass-v1: {exc}\nnothing was written", file=sys.stderr)
-        return EXIT_FAILED
-    print(
-        f"{args.out}: {len(plan.functions)} functions, {len(plan.subscriptions)} subscriptions, "
-        f"{len(plan.resources)} resources, {len(plan.devices)} devices to enrol; "
-        f"{len(plan.notes)} notes in {args.out / NOTES_FILE}"
-    )
-    for note in plan.notes:
-        print(f"  note: {note}")
-    return EXIT_OK
-
-
-def add_import_parser(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
-    """`millgate import greengrass-v1 ...`; `common` is unused: --out is the config dir it writes."""
-    del common
-    imports = verbs.add_parser("import", help="turn another runtime's configuration into a millgate config")
-    kinds = imports.add_subparsers(dest="import_kind", required=True, metavar="KIND")
-    v1 = kinds.add_parser(
-        "greengrass-v1",
-        help="a Greengrass v1 group (aws greengrass get-group-version and get-*-definition-version JSON)",
-    )
-    v1.add_argument(
-        "export_dir", type=Path, metavar="EXPORT_DIR", help=f"holds {GROUP_VERSION_FILE} and the definition versions"
-    )
-    v1.add_argument("--out", type=Path, required=True, metavar="CONFIG_DIR", help="the config dir to create")
-    v1.add_argument(
-        "--code", type=Path, default=None, metavar="ZIP_DIR", help="the functions' zips (default: EXPORT_DIR)"
-    )
-    v1.add_argument(
-        "--run-as",
-        type=_run_as_argument,
-        default=None,
-        metavar="UID:GID",
-        help="for functions without RunAs (default: ggc_user:ggc_group of this machine)",
-    )
-    v1.add_argument(
-        "--daemon-port",
-        type=int,
-        default=DEFAULT_DAEMON_PORT,
-        metavar="PORT",
-        help=f"GG_DAEMON_PORT, the v1 API on 127.0.0.1 (default {DEFAULT_DAEMON_PORT})",
-    )
-    v1.set_defaults(handler=cmd_import_greengrass_v1)

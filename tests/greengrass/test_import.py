@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from gateway.config_loader import load_config
-from gateway.greengrass_import import NOTES_FILE, ImportFailed, ImportOptions, add_import_parser, import_group
+from gateway.greengrass_config_writer import NOTES_FILE
+from gateway.greengrass_import import ImportFailed, ImportOptions, import_group
+from gateway.greengrass_import_cli import add_import_parser
 from tests.greengrass.v1_group import GROUP_ID, GROUP_NAME, V1Function, function_arn, thing_arn, write_export
 
 HANDLER = "def function_handler(event, context):\n    return event\n"
