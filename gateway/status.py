@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import threading
 import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -32,6 +34,7 @@ class ProcessStatus:
     uptime_s: float | None
     restarts: int
     description: str
+    uid: int | None = None  # what it runs as (a component uid has no account name: see component-uids.json)
 
 
 @dataclass
@@ -70,8 +73,27 @@ def _processes(paths: GatewayPaths) -> dict[str, ProcessStatus]:
             uptime_s=float(info["now"] - info["start"]) if running and info["start"] else None,
             restarts=int(restarts.get(info["name"], 0)),
             description=info["description"],
+            uid=_uid_of(info["pid"]) if info["pid"] else None,
         )
     return result
+
+
+def _uid_of(pid: int) -> int | None:
+    """The effective uid of a process, None if it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[2]) for line in lines if line.startswith("Uid:")), None)
+
+
+def _user_name(uid: int | None) -> str:
+    if uid is None:
+        return "-"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def read_component_status(paths: GatewayPaths) -> tuple[dict[str, dict[str, Any]], str | None]:
@@ -131,10 +153,11 @@ def render_status(report: StatusReport, as_json: bool) -> str:
     if not report.supervisor_reachable:
         lines = [f"gateway not running: {report.supervisor_error}"]
     else:
-        lines = [f"{'PROCESS':<24} {'STATE':<10} {'PID':>7} {'UPTIME':>10} {'RESTARTS':>8}"]
+        lines = [f"{'PROCESS':<24} {'STATE':<10} {'PID':>7} {'USER':<10} {'UPTIME':>10} {'RESTARTS':>8}"]
         for name, p in sorted(report.processes.items()):
             uptime = f"{p.uptime_s:.0f}s" if p.uptime_s is not None else "-"
-            lines.append(f"{name:<24} {p.state:<10} {p.pid or '-':>7} {uptime:>10} {p.restarts:>8}")
+            user = _user_name(p.uid)
+            lines.append(f"{name:<24} {p.state:<10} {p.pid or '-':>7} {user:<10} {uptime:>10} {p.restarts:>8}")
     broker = "reachable" if report.broker_reachable else f"NOT reachable ({report.broker_error})"
     lines.append(f"broker: {broker}")
     for name, status in sorted(report.components.items()):

@@ -222,6 +222,11 @@ def test_uplink_and_each_adapter_run_under_uids_of_their_own_and_cannot_read_eac
     for component in own:
         assert uids[component] == allocated[component] and uids[component] in COMPONENT_UIDS
     assert len({uids[component] for component in own}) == len(own)
+    # `millgate status` shows who each runs as
+    shown = gw.status()["processes"]
+    assert {name: shown[name]["uid"] for name in programs} == uids
+    listing = gw.cli("status").stdout
+    assert f" {uids['uplink']} " in next(line for line in listing.splitlines() if line.startswith("uplink "))
 
     # the adapter's data reaches the uplink's spool, in the directory the uplink alone owns
     def spooled() -> int:
