@@ -26,6 +26,7 @@ from gateway.atomic_file import write_atomic
 from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
 from gateway.device_registry import DeviceCert
 from gateway.ip_detector import interface_addresses
+from gateway.owned_dirs import make_owned_dir
 from gateway.paths import GatewayPaths
 from gateway.service_user import SERVICE_USER, service_user
 
@@ -132,10 +133,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def ensure_ca_dir(paths: GatewayPaths, owner: tuple[int, int] | None) -> None:
-    paths.ca_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(paths.ca_dir, 0o700)
-    if owner is not None:
-        os.chown(paths.ca_dir, *owner)
+    make_owned_dir(paths.ca_dir, 0o700, owner)
 
 
 # --- the CA itself -------------------------------------------------------------------------------

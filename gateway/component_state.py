@@ -18,6 +18,7 @@ from gateway.acl import UPLINK, adapter_component, needs_uplink
 from gateway.adapter_config import ModbusAdapter
 from gateway.component_users import ComponentUser, component_users
 from gateway.config_loader import LoadedConfig
+from gateway.owned_dirs import make_owned_dir
 from gateway.paths import GatewayPaths
 from gateway.resource_grants import setfacl
 from gateway.service_user import ServiceUser
@@ -92,7 +93,7 @@ def ensure_component_dirs(
     owned = [(paths.uplink_dir, UPLINK), (paths.logship_dir, LOGSHIP)]
     opcua = [name for name, a in loaded.adapters.items() if a.config.protocol == "opcua"]
     if opcua:
-        _make_dir(paths.state_dir / "opcua", 0o755, service.owner)
+        _make_dir(paths.state_dir / "opcua", 0o755, (0, service.gid) if os.geteuid() == 0 else service.owner)
         owned += [(paths.opcua_dir(name), adapter_component(name)) for name in opcua]
     for directory, component in owned:
         account = accounts.get(component)
@@ -101,23 +102,9 @@ def ensure_component_dirs(
 
 def _make_dir(path: Path, mode: int, owner: tuple[int, int]) -> None:
     try:
-        path.mkdir(mode=mode, exist_ok=True)
-        os.chmod(path, mode)
-        if os.geteuid() == 0:
-            _chown_tree(path, owner)
+        make_owned_dir(path, mode, owner if os.geteuid() == 0 else None, whole_tree=True)
     except OSError as exc:
         raise ComponentStateError(f"{path}: cannot create or hand to uid {owner[0]}: {exc.strerror}") from exc
-
-
-def _chown_tree(root: Path, owner: tuple[int, int]) -> None:
-    """`root` and what is under it to `owner`, touching only what is someone else's (links themselves,
-    never what they point to)."""
-    for directory, dirnames, filenames in os.walk(root):
-        for name in [None, *dirnames, *filenames]:
-            path = directory if name is None else os.path.join(directory, name)
-            info = os.lstat(path)
-            if (info.st_uid, info.st_gid) != owner:
-                os.chown(path, *owner, follow_symlinks=False)
 
 
 def grant_cloud_files(loaded: LoadedConfig, accounts: dict[str, ComponentUser]) -> None:

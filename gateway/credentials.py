@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.atomic_file import write_atomic
+from gateway.owned_dirs import is_regular_file
 
 # mosquitto 2.x password hash: PBKDF2-SHA512, 101 iterations, 12-byte salt ("$7$" in mosquitto_passwd).
 _PBKDF2_ITERATIONS = 101
@@ -42,7 +43,7 @@ def ensure_credentials(credentials_dir: Path, identity: str, owner: tuple[int, i
     created anew if they belong to another uid: what another user could read is no secret (an upgrade
     gives the uplink and adapters uids of their own; a function may change its run_as)."""
     path = credential_path(credentials_dir, identity)
-    if path.exists():
+    if is_regular_file(path):  # a link in its place is replaced, never followed
         creds = load_credentials(credentials_dir, identity)
         found = path.stat()
         if owner is None or found.st_uid == owner[0]:

@@ -29,6 +29,7 @@ from gateway.credentials import ensure_credentials, password_file_text
 from gateway.deploy_plan import fingerprints
 from gateway.device_registry import load_records, revoked_things
 from gateway.function_deploy import DeployedFunction, DeployError, deploy_function, read_manifest, write_manifest
+from gateway.owned_dirs import make_owned_dir
 from gateway.paths import GatewayPaths
 from gateway.resource_grants import grant_resources
 from gateway.service_user import ServiceUser, service_user
@@ -43,25 +44,26 @@ class StateDirError(RuntimeError):
 
 def _make_dir(path: Path, mode: int, owner: tuple[int, int]) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, mode)
-        if os.geteuid() == 0:
-            os.chown(path, *owner)
+        make_owned_dir(path, mode, owner if os.geteuid() == 0 else None)
     except OSError as exc:
         raise StateDirError(f"{path}: cannot create or use: {exc.strerror}") from exc
 
 
 def ensure_state_dirs(paths: GatewayPaths, user: ServiceUser) -> None:
+    """Under root, what only root writes is root's (the state dir itself, generated files, secrets,
+    logs), so neither mosquitto nor a component can leave a link there for root to follow; the
+    service user owns only what mosquitto writes (its persistence and its socket's directory)."""
     too_long = paths.too_long_sockets()
     if too_long:
         raise StateDirError(f"{too_long[0]}: unix socket path longer than 107 bytes; use a shorter --state")
-    _make_dir(paths.state_dir, 0o755, user.owner)
-    _make_dir(paths.generated_dir, 0o750, user.owner)
+    root = (0, user.gid) if os.geteuid() == 0 else user.owner
+    _make_dir(paths.state_dir, 0o755, root)
+    _make_dir(paths.generated_dir, 0o750, root)  # mosquitto reads its config through the group
     _make_dir(paths.run_dir, 0o755, user.owner)  # function workers must reach the broker socket
-    _make_dir(paths.credentials_dir, 0o711, user.owner)  # open your own secret by name, list nothing
+    _make_dir(paths.credentials_dir, 0o711, root)  # open your own secret by name, list nothing
     _make_dir(paths.state_dir / "broker", 0o700, user.owner)
-    _make_dir(paths.system_log_dir, 0o755, user.owner)
-    _make_dir(paths.user_log_dir, 0o755, user.owner)
+    _make_dir(paths.system_log_dir, 0o755, root)
+    _make_dir(paths.user_log_dir, 0o755, root)
 
 
 def prepare(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
@@ -146,7 +148,7 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
         for p in programs(loaded, paths, mosquitto)
     ]
     conf = supervisord_conf_text(config, paths, user, program_list)
-    write_atomic(paths.supervisord_conf, conf, 0o640, owner)
+    write_atomic(paths.supervisord_conf, conf, 0o600, (0, 0) if os.geteuid() == 0 else None)  # root's alone
     return paths.supervisord_conf
 
 

@@ -29,6 +29,8 @@ from moto.server import ThreadedMotoServer
 from gateway.component_state import move_legacy_state
 from gateway.component_users import ComponentUidError, allocate, component_users
 from gateway.config_loader import ConfigInvalid, load_config
+from gateway.credentials import ensure_credentials
+from gateway.owned_dirs import NotADirectory, make_owned_dir
 from gateway.paths import GatewayPaths
 from storage.spool import Message, Spool
 from tests.fixtures.gateway import REPO, RunningGateway, free_port, readable_by, wait_until
@@ -167,10 +169,10 @@ def packaged_gateway() -> Iterator[tuple[RunningGateway, int]]:
     cloudwatch.start()
     config, state = base / "etc", base / "s"
     (config / "adapters").mkdir(parents=True)
-    # as the package makes /var/log/millgate: 0750, the service user's, group adm (logship gets that group)
+    # as the package makes /var/log/millgate: 0750, root's, group adm (logship gets that group)
     logs = base / "log"
     logs.mkdir(mode=0o750)
-    os.chown(logs, SERVICE_UID, grp.getgrnam("adm").gr_gid)
+    os.chown(logs, 0, grp.getgrnam("adm").gr_gid)
     (config / "gateway.toml").write_text(GATEWAY.format(tls=free_port(), discovery=free_port(), moto=moto, logs=logs))
     (config / "adapters" / "line1.toml").write_text(MODBUS.format(port=modbus))
     (config / "adapters" / "line2.toml").write_text(OPCUA.format(port=free_port()))
@@ -337,3 +339,21 @@ def test_an_adapter_deployed_later_gets_a_uid_of_its_own_and_the_others_keep_the
     secret = paths.credentials_dir / "adapter.line0.json"
     assert secret.stat().st_uid == now["adapter-line0"]
     assert not readable_by(now["adapter-line1"], secret, SERVICE_UID)
+
+
+def test_root_follows_no_link_left_where_it_prepares_a_directory_or_a_secret(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    (target / "precious").write_text("x")
+    link = tmp_path / "uplink"
+    link.symlink_to(target)
+    with pytest.raises(NotADirectory, match="a symbolic link or not a directory"):
+        make_owned_dir(link, 0o700, (60123, 60123), whole_tree=True)
+    assert target.stat().st_mode & 0o777 == 0o755 and (target / "precious").stat().st_uid == os.geteuid()
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "core.json").symlink_to(target / "precious")
+    ensure_credentials(credentials, "core", (os.geteuid(), os.getegid()))
+    assert not (credentials / "core.json").is_symlink()  # replaced by a secret of its own
+    assert (target / "precious").read_text() == "x"
