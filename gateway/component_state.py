@@ -26,12 +26,13 @@ from gateway.supervisor_config import LOGSHIP
 
 log = logging.getLogger(__name__)
 
-# millgate 0.1's places for the uplink's and logship's files, relative to the state dir
-LEGACY_UPLINK_FILES = (
-    *("spool.db", "spool.db-wal", "spool.db-shm", "spool.db.reserve"),
-    *("bulk.db", "bulk.db-wal", "bulk.db-shm", "bulk"),
+# millgate 0.1's places for the uplink's and logship's files, relative to the state dir, in the groups
+# that move together (an SQLite database with its WAL and shared memory is one thing)
+LEGACY_GROUPS = (
+    ("uplink", ("spool.db", "spool.db-wal", "spool.db-shm", "spool.db.reserve")),
+    ("uplink", ("bulk.db", "bulk.db-wal", "bulk.db-shm", "bulk")),
+    ("logship", ("logship-offsets.json",)),
 )
-LEGACY_OFFSETS = "logship-offsets.json"
 
 
 class ComponentStateError(RuntimeError):
@@ -75,14 +76,25 @@ def component_accounts(loaded: LoadedConfig, paths: GatewayPaths, service: Servi
 
 def move_legacy_state(paths: GatewayPaths) -> None:
     """Before anything runs: the spool, bulk store and logship offsets from the state dir itself into
-    their components' directories, where no file of the same name is yet."""
-    moves = [(paths.state_dir / name, paths.uplink_dir / name) for name in LEGACY_UPLINK_FILES]
-    moves.append((paths.state_dir / LEGACY_OFFSETS, paths.logship_dir / "logship-offsets.json"))
-    for old, new in moves:
-        if old.exists() and not new.exists():
-            new.parent.mkdir(mode=0o700, exist_ok=True)
-            os.replace(old, new)
-            log.info("event=state-moved from=%s to=%s", old, new)
+    their components' directories, each group of files whole, and only where none of the group is yet
+    (both places holding some: left as they are, and said)."""
+    for component, names in LEGACY_GROUPS:
+        old = [paths.state_dir / name for name in names]
+        new = [paths.state_dir / component / name for name in names]
+        if not any(os.path.lexists(path) for path in old):
+            continue
+        if any(os.path.lexists(path) for path in new):
+            log.warning(
+                "event=state-not-moved files=%s reason=%s/ has its own already; the older ones stay where they are",
+                ",".join(names),
+                component,
+            )
+            continue
+        new[0].parent.mkdir(mode=0o700, exist_ok=True)
+        for source, target in zip(old, new, strict=True):
+            if os.path.lexists(source):
+                os.replace(source, target)
+        log.info("event=state-moved files=%s to=%s", ",".join(names), new[0].parent)
 
 
 def ensure_component_dirs(

@@ -296,6 +296,16 @@ def test_state_from_the_old_layout_moves_into_the_components_directories(tmp_pat
     assert (paths.state_dir / "logship-offsets.json").exists()
 
 
+def test_a_database_is_not_moved_in_part(tmp_path: Path) -> None:
+    paths = GatewayPaths.resolve(tmp_path / "etc", tmp_path / "s", None)
+    paths.uplink_dir.mkdir(parents=True)
+    (paths.state_dir / "spool.db").write_bytes(b"old database")
+    (paths.uplink_dir / "spool.db-wal").write_bytes(b"a newer WAL")  # not the old database's
+    move_legacy_state(paths)
+    assert (paths.state_dir / "spool.db").read_bytes() == b"old database"
+    assert not paths.spool_db.exists()
+
+
 def test_an_adapter_deployed_later_gets_a_uid_of_its_own_and_the_others_keep_theirs(
     packaged_gateway: tuple[RunningGateway, int],
 ) -> None:
