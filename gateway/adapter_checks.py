@@ -20,7 +20,7 @@ from gateway.adapter_config import (
     overlap_conflict,
     register_map_path,
 )
-from gateway.config_problems import Problem, duplicates
+from gateway.config_problems import Problem, duplicate_names, duplicates
 
 
 class TopicClaims:
@@ -95,14 +95,7 @@ def modbus_tag_checks(
 
 def modbus_cross_checks(adapter: ModbusAdapter, adapter_dir: Path, shown: str) -> list[Problem]:
     problems: list[Problem] = []
-    for index, first in duplicates([d.name for d in adapter.devices]):
-        problems.append(
-            Problem(
-                shown,
-                f"devices[{index}].name",
-                f"duplicate device name {adapter.devices[index].name!r} (also devices[{first}])",
-            )
-        )
+    problems += duplicate_names(shown, "devices", [d.name for d in adapter.devices], "device")
     for index, first in duplicates([f"{d.bus}|{d.unit}" for d in adapter.devices]):
         device = adapter.devices[index]
         problems.append(
@@ -191,26 +184,12 @@ def adapter_cross_checks(adapter: AdapterConfig, adapter_dir: Path, shown: str) 
 
 def opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
     problems: list[Problem] = []
-    for index, first in duplicates([n.name for n in adapter.nodes]):
-        problems.append(
-            Problem(
-                shown,
-                f"nodes[{index}].name",
-                f"duplicate node name {adapter.nodes[index].name!r} (also nodes[{first}])",
-            )
-        )
-    for index, first in duplicates([m.name for m in adapter.methods]):
-        problems.append(
-            Problem(
-                shown,
-                f"methods[{index}].name",
-                f"duplicate method name {adapter.methods[index].name!r} (also methods[{first}])",
-            )
-        )
+    problems += duplicate_names(shown, "nodes", [n.name for n in adapter.nodes], "node")
+    problems += duplicate_names(shown, "methods", [m.name for m in adapter.methods], "method")
     claims = TopicClaims()
-    duplicate_names = {f"nodes[{index}]" for index, _ in duplicates([n.name for n in adapter.nodes])}
+    duplicate_nodes = {f"nodes[{index}]" for index, _ in duplicates([n.name for n in adapter.nodes])}
     nodes = [(f"nodes[{index}]", adapter.node_topic(node)) for index, node in enumerate(adapter.nodes)]
-    problems += claims.values(nodes, duplicate_names, shown)
+    problems += claims.values(nodes, duplicate_nodes, shown)
     for index, method in enumerate(adapter.methods):
         topic = adapter.method_topic(method)
         for used in (topic, topic + "/result"):
@@ -218,14 +197,7 @@ def opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
             if clash is not None:
                 problems.append(Problem(shown, f"methods[{index}].topic", f"topic {used!r} is also used by {clash[1]}"))
         claims.reserve(f"methods[{index}]", (topic, topic + "/result"))
-    for index, first in duplicates([e.name for e in adapter.events]):
-        problems.append(
-            Problem(
-                shown,
-                f"events[{index}].name",
-                f"duplicate events name {adapter.events[index].name!r} (also events[{first}])",
-            )
-        )
+    problems += duplicate_names(shown, "events", [e.name for e in adapter.events], "events")
     duplicate_events = {index for index, _ in duplicates([e.name for e in adapter.events])}
     for index, events in enumerate(adapter.events):
         topic = adapter.events_topic(events)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from gateway.adapter_checks import adapter_cross_checks, serial_line_checks
 from gateway.adapter_config import ADAPTER_MODELS, AdapterConfig, ModbusAdapter
 from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
-from gateway.config_problems import Problem, duplicates
+from gateway.config_problems import Problem, duplicate_names, duplicates
 from gateway.resource_paths import destination_refusal, protected_dirs, refusal, shared_destinations
 
 GATEWAY_FILE = "gateway.toml"
@@ -198,8 +198,7 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
         problems.append(Problem(shown, path, message))
 
     for table, items in (("functions", cfg.functions), ("resources", cfg.resources)):
-        for index, first in duplicates([item.name for item in items]):
-            add(f"{table}[{index}].name", f"duplicate name {items[index].name!r} (also {table}[{first}])")
+        problems += duplicate_names(shown, table, [item.name for item in items])
 
     resources = {r.name: r for r in cfg.resources}
     protected = protected_dirs(config_dir, cfg.gateway.state_dir, cfg.gateway.log_dir)

@@ -27,3 +27,12 @@ def duplicates(names: Sequence[str]) -> list[tuple[int, int]]:
         else:
             first.setdefault(name, index)
     return found
+
+
+def duplicate_names(file: str, table: str, names: Sequence[str], noun: str = "") -> list[Problem]:
+    """One problem per repeated name in `table` (`table[i].name: duplicate <noun> name ...`)."""
+    what = f"duplicate {noun} name" if noun else "duplicate name"
+    return [
+        Problem(file, f"{table}[{index}].name", f"{what} {names[index]!r} (also {table}[{first}])")
+        for index, first in duplicates(names)
+    ]
