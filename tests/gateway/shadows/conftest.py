@@ -3,14 +3,13 @@ identity, which may use every $aws topic)."""
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.gateway import MINIMAL_GATEWAY, RunningGateway, start_gateway
+from tests.fixtures.gateway import MINIMAL_GATEWAY, RunningGateway, gateway_in
 from tests.fixtures.shadows import ShadowClient
 
 
@@ -20,13 +19,8 @@ def shadow_gateway() -> Iterator[RunningGateway]:
     config = root / "etc"
     (config / "adapters").mkdir(parents=True)
     (config / "gateway.toml").write_text(MINIMAL_GATEWAY)
-    gw = start_gateway(config, root / "s")
-    try:
+    with gateway_in(root) as gw:
         yield gw
-    finally:
-        gw.stop()
-        gw.kill_leftovers()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
