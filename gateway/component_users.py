@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from functions.privileges import drop_privileges
 from gateway.atomic_file import write_atomic
 
 ALLOCATION_FILE = "component-uids.json"
@@ -104,13 +105,6 @@ def component_users(
     return {name: ComponentUser(uid, gid, components[name]) for name, uid in allocated.items()}
 
 
-def drop_privileges(user: ComponentUser) -> None:
-    """Become `user` for good (real, effective and saved ids), with exactly its groups."""
-    os.setgroups(list(user.groups))
-    os.setgid(user.gid)
-    os.setuid(user.uid)
-
-
 def drop_from_environment(env: Mapping[str, str]) -> None:
     """In a component's process: become the user MILLGATE_RUN_AS names, if any. Already that user:
     nothing to do; neither root nor that user: refuse, rather than run as someone else."""
@@ -122,4 +116,4 @@ def drop_from_environment(env: Mapping[str, str]) -> None:
         return
     if os.geteuid() != 0:
         raise ComponentUidError(f"{RUN_AS_ENV} names uid {user.uid}, but this process is uid {os.geteuid()}")
-    drop_privileges(user)
+    drop_privileges(user.uid, user.gid, list(user.groups))
