@@ -152,12 +152,11 @@ def _hand_to_adapter(adapter_dir: Path) -> None:
     user before any run (the next run hands it on)."""
     if os.geteuid() != 0 or not adapter_dir.exists():
         return
+    from gateway.owned_dirs import chown_tree
     from gateway.service_user import service_user
 
     info = adapter_dir.stat()
-    owner = (info.st_uid, info.st_gid) if info.st_uid != 0 else service_user().owner
-    for path in (adapter_dir, *adapter_dir.rglob("*")):
-        os.chown(path, *owner, follow_symlinks=False)
+    chown_tree(adapter_dir, (info.st_uid, info.st_gid) if info.st_uid != 0 else service_user().owner)
 
 
 def cmd_opcua_trust_list(args: argparse.Namespace) -> int:

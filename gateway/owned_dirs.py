@@ -32,6 +32,12 @@ def make_owned_dir(path: Path, mode: int, owner: tuple[int, int] | None, whole_t
         _chown_below(path, owner)
 
 
+def chown_tree(root: Path, owner: tuple[int, int]) -> None:
+    """`root` and everything under it to `owner`, links themselves, never what they point to."""
+    os.chown(root, *owner, follow_symlinks=False)
+    _chown_below(root, owner)
+
+
 def _chown_below(root: Path, owner: tuple[int, int]) -> None:
     """What is under `root` to `owner`, touching only what is someone else's; links themselves, never
     what they point to (os.walk does not descend into them)."""
