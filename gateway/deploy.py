@@ -107,9 +107,10 @@ def _deploy_locked(
         render(new, live)
         if not running:
             return _finish(store, entry, "staged", "gateway not running: the next `millgate run` starts this config")
-        changes = _apply(live, access_before, in_core_before)
+        in_core_after = _deployed_in_core(new, live)
+        changes = _apply(live, access_before, in_core_before, in_core_after)
         entry.changes = changes.as_dict()
-        _wait_healthy(live, new, changes, timeout_s)
+        _wait_healthy(live, new, changes, in_core_after, timeout_s)
     except GatewayNotRunning as exc:
         return _finish(store, entry, "staged", f"gateway stopped during the deployment ({exc})")
     except (ApplyFailed, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
@@ -120,15 +121,27 @@ def _deploy_locked(
     return outcome
 
 
-def _apply(live: GatewayPaths, access_before: tuple[str, frozenset[str]], in_core_before: dict[str, str]) -> Changes:
+def _apply(
+    live: GatewayPaths,
+    access_before: tuple[str, frozenset[str]],
+    in_core_before: dict[str, str],
+    in_core_after: dict[str, str],
+) -> Changes:
     """Apply the config just rendered to the running gateway: supervisord, the broker, the core."""
     changes = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
-    reconfigure_core(live, in_core_before, _in_core(live), changes)
+    reconfigure_core(live, in_core_before, in_core_after, changes)
     return changes
 
 
-def _wait_healthy(live: GatewayPaths, loaded: LoadedConfig, changes: Changes, timeout_s: float | None = None) -> None:
-    """Wait for what `changes` started or reconfigured to be healthy (gateway/deploy_apply.py)."""
+def _wait_healthy(
+    live: GatewayPaths,
+    loaded: LoadedConfig,
+    changes: Changes,
+    in_core: dict[str, str],
+    timeout_s: float | None = None,
+) -> None:
+    """Wait for what `changes` started or reconfigured to be healthy (gateway/deploy_apply.py);
+    `in_core`: the fingerprints `loaded` deploys in the core (_deployed_in_core)."""
     from gateway.acl import CORE, function_component
 
     programs, components = changes.started, {}
@@ -138,7 +151,6 @@ def _wait_healthy(live: GatewayPaths, loaded: LoadedConfig, changes: Changes, ti
     elif changes.reconfigured:  # the same core, each reconfigured function's heartbeat from its new version
         programs = [*programs, CORE]
         components[CORE] = [function_component(name) for name in changes.reconfigured]
-    in_core = in_core_fingerprints(loaded, read_manifest(live.state_dir / "functions"))
     fingerprints = {function_component(name): in_core[name] for name in changes.reconfigured}
     settings = loaded.gateway.deployment
     wait_healthy(live, programs, components, timeout_s or settings.health_timeout_s, settings.settle_s, fingerprints)
@@ -148,9 +160,14 @@ def _in_core(paths: GatewayPaths) -> dict[str, str]:
     """What the core should be running of its native on-demand functions, per paths' config and the
     functions deployed for it (none when there is no config yet)."""
     try:
-        return in_core_fingerprints(load_config(paths.config_dir), read_manifest(paths.state_dir / "functions"))
+        return _deployed_in_core(load_config(paths.config_dir), paths)
     except (ConfigInvalid, OSError, ValueError, TypeError):
         return {}
+
+
+def _deployed_in_core(loaded: LoadedConfig, paths: GatewayPaths) -> dict[str, str]:
+    """The native on-demand functions `loaded` has the core run, with their fingerprints."""
+    return in_core_fingerprints(loaded, read_manifest(paths.state_dir / "functions"))
 
 
 def _finish(store: DeploymentStore, entry: HistoryEntry, result: str, message: str) -> DeployOutcome:
@@ -174,8 +191,9 @@ def _roll_back(
         access_before = broker_access_text(live.acl_file, live.password_file)
         render(old, live)
         if running:
-            rollback = _apply(live, access_before, in_core_before)
-            _wait_healthy(live, old, rollback)
+            in_core_after = _deployed_in_core(old, live)
+            rollback = _apply(live, access_before, in_core_before, in_core_after)
+            _wait_healthy(live, old, rollback, in_core_after)
     except (ApplyFailed, GatewayNotRunning, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
         return _finish(store, entry, "rollback-failed", f"{why}; rolling back to deployment {previous} failed: {exc}")
     entry.changes = {**entry.changes, "rollback": rollback.as_dict()}
