@@ -42,7 +42,20 @@ def cmd_push(args: argparse.Namespace) -> int:
     from gateway.deploy_job import VERSION, sha256_file
 
     kind = "package" if args.file.suffix == ".deb" else "deployment"
-    version = args.version or _default_version(args.file, kind)
+    if kind == "package":
+        from gateway.package_version import PackageUnreadable, deb_version, same_release
+
+        try:
+            own = deb_version(args.file)
+        except PackageUnreadable as exc:
+            print(f"millgate bundle push: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        if args.version and args.version != own and not same_release(own, args.version):
+            print(f"millgate bundle push: {args.file} is millgate {own}, not --version {args.version}", file=sys.stderr)
+            return EXIT_INVALID
+        version = args.version or own
+    else:
+        version = args.version or _bundle_version(args.file)
     if not VERSION.match(version):
         print(f"millgate bundle push: --version {version!r}: use A-Z a-z 0-9 . _ + ~ : -", file=sys.stderr)
         return EXIT_INVALID
@@ -66,10 +79,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _default_version(file: Path, kind: str) -> str:
-    """A .deb named millgate_<version>_<arch>.deb carries its version; a bundle defaults to its digest."""
-    if kind == "package" and file.name.count("_") == 2:
-        return file.name.split("_")[1]
+def _bundle_version(file: Path) -> str:
+    """A bundle's version defaults to its digest."""
     from gateway.deploy_job import sha256_file
 
     return sha256_file(file)[:12]
@@ -90,7 +101,7 @@ def add_bundle_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     push.add_argument("file", type=Path, metavar="FILE")
     push.add_argument("--bucket", required=True)
     push.add_argument("--key", required=True)
-    push.add_argument("--version", default=None, help="default: a .deb's own version, a bundle's sha256 (12 hex)")
+    push.add_argument("--version", default=None, help="default: a .deb's own Version, a bundle's sha256 (12 hex)")
     push.add_argument("--region", default=None)
     push.add_argument("--endpoint-url", default=None, metavar="URL")
     push.set_defaults(handler=cmd_push)

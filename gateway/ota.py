@@ -1,7 +1,7 @@
 """Core OTA, run by the detached package job: install a verified .deb with [deployment]
 ota_install_command, restart the service with ota_restart_command, wait for a core that started after
-the restart to report online, and put the previous package (kept under <state>/packages) back when
-none does within ota_health_timeout_s.
+the restart to report online running the package's version, and put the previous package (kept under
+<state>/packages) back when none does within ota_health_timeout_s.
 
 It decides and runs commands; fetching and checksums are gateway/deploy_job.py's.
 """
@@ -22,6 +22,7 @@ from gateway.atomic_file import write_atomic
 from gateway.config import DeploymentSection
 from gateway.config_loader import load_config
 from gateway.deploy_job import JobRefused, Request, fetch_verified
+from gateway.package_version import PackageUnreadable, deb_version, same_release
 from gateway.paths import GatewayPaths
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,10 @@ def _run(what: str, argv: list[str], cwd: Path | None = None) -> str | None:
     return None
 
 
-def fresh_core_problem(paths: GatewayPaths, since: float) -> str | None:
-    """None when the core heartbeat is online from a process started after `since`, else what is missing."""
+def fresh_core_problem(paths: GatewayPaths, since: float, expected: str | None) -> str | None:
+    """None when the core heartbeat is online from a process started after `since` and running the
+    package version `expected` (when given), else what is missing. A core that reports no version
+    predates the check and is taken as it is."""
     from gateway.status import read_component_status
 
     beats, error = read_component_status(paths)
@@ -86,37 +89,64 @@ def fresh_core_problem(paths: GatewayPaths, since: float) -> str | None:
         return "the core running is the one from before the restart"
     if core.get("state") != "online":
         return f"core: {core.get('state')}"
+    running = core.get("version")
+    if expected is not None and running is not None and not same_release(expected, str(running)):
+        return f"the restarted core runs millgate {running}, not the package's {expected}"
     return None
 
 
-def wait_restarted(paths: GatewayPaths, settings: DeploymentSection) -> str | None:
-    """Restart the service and wait for it; None when it came back healthy, else why not."""
+def wait_restarted(paths: GatewayPaths, settings: DeploymentSection, expected: str | None) -> str | None:
+    """Restart the service and wait for it to run version `expected` (any, when None); None when it
+    came back healthy, else why not."""
     since = time.time()
     failed = _run("restart", _command(settings.ota_restart_command))
     if failed is not None:
         return failed
     deadline = time.monotonic() + settings.ota_health_timeout_s
-    problem = fresh_core_problem(paths, since)
+    problem = fresh_core_problem(paths, since, expected)
     while problem is not None:
         if time.monotonic() > deadline:
             return f"not healthy within {settings.ota_health_timeout_s:g} s after the restart: {problem}"
         time.sleep(POLL_S)
-        problem = fresh_core_problem(paths, since)
+        problem = fresh_core_problem(paths, since, expected)
     return None
 
 
-def _install_and_restart(deb: Path, paths: GatewayPaths, settings: DeploymentSection) -> str | None:
-    return _run("install", _command(settings.ota_install_command, deb)) or wait_restarted(paths, settings)
+def _rollback(previous: Kept, paths: GatewayPaths, settings: DeploymentSection) -> str | None:
+    """Reinstall the kept package and wait for it; a kept file whose version cannot be read (kept by a
+    millgate from before versions were checked) is waited for as any fresh core."""
+    try:
+        expected: str | None = deb_version(previous.deb)
+    except PackageUnreadable as exc:
+        log.warning("event=ota-rollback-version-unknown reason=%s", exc)
+        expected = None
+    failed = _run("install", _command(settings.ota_install_command, previous.deb))
+    return failed or wait_restarted(paths, settings, expected)
 
 
-def _keep(state_dir: Path, incoming: Path, request: Request) -> None:
+def _keep(state_dir: Path, incoming: Path, request: Request, version: str) -> None:
     directory = packages_dir(state_dir)
     current = directory / CURRENT_DEB
     if current.exists():
         current.replace(directory / "previous.deb")
     incoming.replace(current)
-    info = {"version": request.version, "sha256": request.sha256}
+    info = {"version": version, "sha256": request.sha256}
     write_atomic(directory / CURRENT_INFO, json.dumps(info), 0o600)
+
+
+def _package_version(incoming: Path, request: Request) -> str:
+    """The fetched file's own Version, which must be the one the request names; raises JobRefused."""
+    where = f"s3://{request.bucket}/{request.key}"
+    with incoming.open("rb") as deb:
+        if deb.read(len(DEB_MAGIC)) != DEB_MAGIC:
+            raise JobRefused(f"{where}: not a Debian package")
+    try:
+        version = deb_version(incoming)
+    except PackageUnreadable as exc:
+        raise JobRefused(f"{where}: {exc}") from exc
+    if version != request.version and not same_release(version, request.version):
+        raise JobRefused(f"{where} is millgate {version}, not the requested version {request.version}")
+    return version
 
 
 def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tuple[str, str]:
@@ -129,9 +159,7 @@ def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tupl
     incoming = directory / INCOMING_DEB
     try:
         fetch_verified(request, incoming, settings)
-        with incoming.open("rb") as deb:
-            if deb.read(len(DEB_MAGIC)) != DEB_MAGIC:
-                raise JobRefused(f"s3://{request.bucket}/{request.key}: not a Debian package")
+        version = _package_version(incoming, request)
     except JobRefused as exc:
         incoming.unlink(missing_ok=True)
         return "refused", str(exc)
@@ -142,14 +170,14 @@ def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tupl
         reason = _after_failed_install(failed, previous, directory, settings)
         log.error("event=ota-install-failed version=%s reason=%s", request.version, reason)
         return "failed", reason
-    problem = wait_restarted(paths, settings)
+    problem = wait_restarted(paths, settings, version)
     if problem is None:
-        _keep(state_dir, incoming, request)
-        return "ok", f"package {request.version} installed; the restarted gateway is healthy"
+        _keep(state_dir, incoming, request, version)
+        return "ok", f"package {version} installed; the restarted gateway runs it and is healthy"
     log.error("event=ota-unhealthy version=%s reason=%s", request.version, problem)
     if previous is None:
         return "failed", f"{problem}; no previous package kept under {directory} to roll back to"
-    rollback = _install_and_restart(previous.deb, paths, settings)
+    rollback = _rollback(previous, paths, settings)
     incoming.unlink(missing_ok=True)
     if rollback is not None:
         return "rollback-failed", f"{problem}; rolling back to package {previous.version} failed: {rollback}"
@@ -184,8 +212,12 @@ def _keep_installed_now(state_dir: Path, settings: DeploymentSection) -> Kept | 
         if failed is not None:
             log.warning("event=ota-no-rollback-package reason=%s", failed)
             return None
-        parts = built[0].name.split("_")
-        keep_installed(state_dir, built[0], parts[1] if len(parts) == 3 else "installed")
+        try:
+            version = deb_version(built[0])
+        except PackageUnreadable as exc:
+            log.warning("event=ota-no-rollback-package reason=%s", exc)
+            return None
+        keep_installed(state_dir, built[0], version)
         return kept_package(state_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)

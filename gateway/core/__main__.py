@@ -18,6 +18,7 @@ from gateway.core.health import ComponentHealth
 from gateway.core.socket_access import keep_socket_open_to_local_users
 from gateway.discovery import DiscoveryServer
 from gateway.mqtt import LocalMqtt
+from gateway.package_version import running_version
 from gateway.shadows.router import TopicRouter
 from gateway.shadows.service import ShadowService
 from gateway.topics import STATUS_FILTER
@@ -55,6 +56,9 @@ async def main() -> None:
     greengrass = GreengrassService.for_config(ctx.loaded, ctx.paths)
     if greengrass is not None:
         router.add([f for f, _ in greengrass.subscriptions], greengrass.on_shadow_answer)
+    # in the heartbeat: an OTA is healthy only once the restarted core runs the package's version
+    running = running_version()
+    version = {"version": running} if running is not None else {}
     mqtt = LocalMqtt(
         ctx.paths.broker_socket,
         ctx.creds,
@@ -69,6 +73,7 @@ async def main() -> None:
         on_message=router.dispatch,
         status_fields=lambda: {
             "thing_name": ctx.loaded.gateway.gateway.thing_name,
+            **version,
             **health.summary(),
             **shadows.status_fields(),
             **(greengrass.status_fields() if greengrass else {}),

@@ -25,7 +25,9 @@ from gateway.deploy_bundle import unpack_bundle
 from gateway.deploy_job import JobRefused, Request, sha256_file
 from gateway.function_deploy import read_manifest
 from gateway.ota import keep_installed, kept_package, run_package_job
+from gateway.package_version import running_version
 from tests.fixtures.aws_shadows import AwsCloudBroker, CloudShadows
+from tests.fixtures.debs import make_deb
 from tests.fixtures.gateway import RunningGateway, free_port, run_cli, wait_until
 from tests.uplink.conftest import CloudBroker, make_pki
 
@@ -54,7 +56,9 @@ run_as = "1002:1002"
 """
 OTHER = "VERSION = {version}\n\ndef function_handler(event, context):\n    return VERSION\n"
 RECORDER = "import sys\nwith open(sys.argv[1], 'a') as calls:\n    calls.write(sys.argv[2] + '\\n')\n"
-FAKE_DEB = b"!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n"
+# the version the running code reports in the core heartbeat: a stand-in install changes no code, so a
+# package of this version is "running" after the restart and any other is not
+RUNNING = running_version() or "unknown"
 
 
 @pytest.fixture
@@ -241,28 +245,84 @@ def test_core_ota_refuses_a_bad_checksum_and_installs_a_good_package_across_a_co
     gateway_factory, short_tmp: Path, s3_url: str
 ) -> None:
     gw = _start(gateway_factory, short_tmp, s3_url)
+    body = make_deb(short_tmp / "new.deb", RUNNING)
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
-    s3.put_object(Bucket=BUCKET, Key="pkg/millgate_9.0_amd64.deb", Body=FAKE_DEB)
-    good = {"version": "9.0", "bucket": BUCKET, "key": "pkg/millgate_9.0_amd64.deb"}
+    s3.put_object(Bucket=BUCKET, Key=f"pkg/millgate_{RUNNING}_all.deb", Body=body)
+    good = {"version": RUNNING, "bucket": BUCKET, "key": f"pkg/millgate_{RUNNING}_all.deb"}
     calls = short_tmp / "calls.txt"
     core_before = _pids(gw)["core"]
+    assert gw.status()["components"]["core"]["version"] == RUNNING  # the core says what it runs
 
     _desire(gw, "package", {**good, "version": "9.0-bad", "sha256": "f" * 64})
     refused = _wait_reported(gw, "package", "9.0-bad")
     assert refused["result"] == "refused" and "sha256 mismatch" in refused["reason"], refused
+    # the file is sound but is not the version asked for: refused before anything is installed
+    _desire(gw, "package", {**good, "version": "9.1", "sha256": hashlib.sha256(body).hexdigest()})
+    refused = _wait_reported(gw, "package", "9.1")
+    assert refused["result"] == "refused", refused
+    assert f"is millgate {RUNNING}, not the requested version 9.1" in refused["reason"], refused
     assert not calls.exists()
     assert _pids(gw)["core"] == core_before
 
-    import hashlib
-
-    _desire(gw, "package", {**good, "sha256": hashlib.sha256(FAKE_DEB).hexdigest()})
-    done = _wait_reported(gw, "package", "9.0")
-    assert done["result"] == "ok", done
+    _desire(gw, "package", {**good, "sha256": hashlib.sha256(body).hexdigest()})
+    done = _wait_reported(gw, "package", RUNNING)
+    assert done["result"] == "ok" and "runs it" in done["reason"], done
     # the job survived the restart of the core that spawned it, and the new core reported its result
     assert _pids(gw)["core"] != core_before
     assert calls.read_text().splitlines() == [str(gw.state_dir / "packages" / "incoming.deb")]
     kept = kept_package(gw.state_dir)
-    assert kept is not None and kept.version == "9.0" and kept.deb.read_bytes() == FAKE_DEB
+    assert kept is not None and kept.version == RUNNING and kept.deb.read_bytes() == body
+
+
+def test_ota_whose_restarted_core_still_runs_the_old_version_rolls_back(
+    gateway_factory, short_tmp: Path, s3_url: str
+) -> None:
+    # the install "succeeds" and the service restarts, but the code that comes back is the old one (here
+    # the stand-in install changes nothing): a fresh heartbeat is not enough, the version must be the package's
+    socket = short_tmp / "s0" / "run" / "supervisor.sock"
+    toml = _gateway_toml(s3_url, short_tmp, socket).replace("ota_health_timeout_s = 15", "ota_health_timeout_s = 4")
+    gw = gateway_factory(toml, files={"functions/other/main.py": OTHER.format(version=1)}, expect=_PROGRAMS)
+    old = make_deb(short_tmp / f"millgate_{RUNNING}_all.deb", RUNNING)
+    keep_installed(gw.state_dir, short_tmp / f"millgate_{RUNNING}_all.deb", RUNNING)
+    body = make_deb(short_tmp / "new.deb", "9.0")
+    boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").put_object(
+        Bucket=BUCKET, Key="millgate_9.0_all.deb", Body=body
+    )
+    sha256 = hashlib.sha256(body).hexdigest()
+
+    _desire(gw, "package", {"version": "9.0", "bucket": BUCKET, "key": "millgate_9.0_all.deb", "sha256": sha256})
+    done = _wait_reported(gw, "package", "9.0", timeout_s=60)
+    assert done["result"] == "rolled-back", done
+    assert f"the restarted core runs millgate {RUNNING}, not the package's 9.0" in done["reason"], done
+    assert f"rolled back to package {RUNNING}" in done["reason"], done
+    calls = (short_tmp / "calls.txt").read_text().splitlines()
+    assert calls == [str(gw.state_dir / "packages" / "incoming.deb"), str(gw.state_dir / "packages" / "current.deb")]
+    kept = kept_package(gw.state_dir)
+    assert kept is not None and kept.version == RUNNING and kept.deb.read_bytes() == old
+
+
+def test_bundle_push_of_a_package_names_the_version_inside_it(short_tmp: Path, s3_url: str) -> None:
+    deb = short_tmp / "millgate_9.9_all.deb"  # the name says 9.9; the control file is what counts
+    body = make_deb(deb, "1.4.0")
+    pushed = run_cli("bundle", "push", str(deb), "--bucket", BUCKET, "--key", "pkg/a.deb", "--endpoint-url", s3_url)
+    assert pushed.returncode == 0, pushed.stderr
+    desired = json.loads(pushed.stdout)["state"]["desired"]["package"]
+    assert desired == {
+        "version": "1.4.0",
+        "bucket": BUCKET,
+        "key": "pkg/a.deb",
+        "sha256": hashlib.sha256(body).hexdigest(),
+    }
+
+    wrong = run_cli("bundle", "push", str(deb), "--bucket", BUCKET, "--key", "pkg/b.deb", "--version", "1.5.0")
+    assert wrong.returncode == 2 and f"{deb} is millgate 1.4.0, not --version 1.5.0" in wrong.stderr
+    broken = short_tmp / "broken.deb"
+    broken.write_bytes(b"not a package")
+    refused = run_cli("bundle", "push", str(broken), "--bucket", BUCKET, "--key", "pkg/c.deb")
+    assert refused.returncode == 2 and "broken.deb: not a readable Debian package" in refused.stderr
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="pkg/")["Contents"]}
+    assert "pkg/a.deb" in keys and not keys & {"pkg/b.deb", "pkg/c.deb"}  # a refused file is not uploaded
 
 
 def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp: Path, s3_url: str) -> None:
@@ -277,10 +337,9 @@ def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp
     )
     (config / "gateway.toml").write_text(toml)
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
-    s3.put_object(Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=FAKE_DEB + b"new")
-    import hashlib
-
-    request = Request("2.0", BUCKET, "millgate_2.0_amd64.deb", hashlib.sha256(FAKE_DEB + b"new").hexdigest())
+    new = make_deb(short_tmp / "new.deb", "2.0")
+    s3.put_object(Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=new)
+    request = Request("2.0", BUCKET, "millgate_2.0_amd64.deb", hashlib.sha256(new).hexdigest())
     calls = short_tmp / "calls.txt"
 
     result, reason = run_package_job(request, config, state)
@@ -288,7 +347,7 @@ def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp
 
     calls.unlink()
     old = short_tmp / "millgate_1.0_amd64.deb"
-    old.write_bytes(FAKE_DEB + b"old")
+    old_body = make_deb(old, "1.0")
     keep_installed(state, old, "1.0")
     result, reason = run_package_job(request, config, state)
     # no gateway runs here, so the reinstalled old package cannot come up healthy either: said so
@@ -298,7 +357,7 @@ def test_ota_that_does_not_come_up_healthy_reinstalls_the_kept_package(short_tmp
         str(state / "packages" / "current.deb"),
     ]
     kept = kept_package(state)
-    assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == FAKE_DEB + b"old"
+    assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == old_body
 
 
 def test_first_ota_keeps_the_installed_package_rebuilt_from_its_files_and_rolls_back_to_it(
@@ -312,7 +371,7 @@ def test_first_ota_keeps_the_installed_package_rebuilt_from_its_files_and_rolls_
     (config / "functions/other/main.py").write_text(OTHER.format(version=1))
     state = short_tmp / "state"  # no gateway runs here: the restart never yields a fresh core heartbeat
     installed = short_tmp / "installed.deb"
-    installed.write_bytes(FAKE_DEB + b"installed")
+    installed_body = make_deb(installed, "1.5")
     toml = _gateway_toml(s3_url, short_tmp, state / "run" / "supervisor.sock")
     toml = toml.replace("ota_health_timeout_s = 15", "ota_health_timeout_s = 1").replace(
         f"{Path(sys.executable).parent / 'supervisorctl'} -s unix://{state / 'run' / 'supervisor.sock'} restart core",
@@ -321,7 +380,7 @@ def test_first_ota_keeps_the_installed_package_rebuilt_from_its_files_and_rolls_
     keep = f'ota_keep_command = "cp {installed} millgate_1.5_all.deb"'
     toml = toml.replace("ota_health_timeout_s = 1", f"ota_health_timeout_s = 1\n{keep}")
     (config / "gateway.toml").write_text(toml)
-    body = FAKE_DEB + b"new"
+    body = make_deb(short_tmp / "new.deb", "2.0")
     boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").put_object(
         Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=body
     )
@@ -334,7 +393,7 @@ def test_first_ota_keeps_the_installed_package_rebuilt_from_its_files_and_rolls_
     calls = (short_tmp / "calls.txt").read_text().splitlines()
     assert calls == [str(state / "packages" / "incoming.deb"), str(state / "packages" / "current.deb")]
     kept = kept_package(state)
-    assert kept is not None and kept.version == "1.5" and kept.deb.read_bytes() == FAKE_DEB + b"installed"
+    assert kept is not None and kept.version == "1.5" and kept.deb.read_bytes() == installed_body
     assert not list((state / "packages").glob("keep-*")), "the scratch directory is removed"
 
 
@@ -384,13 +443,14 @@ def test_ota_whose_install_fails_restarts_nothing_and_says_why(gateway_factory, 
     toml = re.sub(r"ota_install_command = .*", 'ota_install_command = "false"', toml)
     gw = gateway_factory(toml, files={"functions/other/main.py": OTHER.format(version=1)}, expect=_PROGRAMS)
     installed = short_tmp / "millgate_1.0_amd64.deb"
-    installed.write_bytes(FAKE_DEB + b"old")
+    old = make_deb(installed, "1.0")
     keep_installed(gw.state_dir, installed, "1.0")
+    new = make_deb(short_tmp / "new.deb", "2.0")
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
-    s3.put_object(Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=FAKE_DEB + b"new")
+    s3.put_object(Bucket=BUCKET, Key="millgate_2.0_amd64.deb", Body=new)
     before = _pids(gw)
 
-    sha256 = hashlib.sha256(FAKE_DEB + b"new").hexdigest()
+    sha256 = hashlib.sha256(new).hexdigest()
     _desire(gw, "package", {"version": "2.0", "bucket": BUCKET, "key": "millgate_2.0_amd64.deb", "sha256": sha256})
     failed = _wait_reported(gw, "package", "2.0")
     assert failed["result"] == "failed", failed
@@ -398,7 +458,7 @@ def test_ota_whose_install_fails_restarts_nothing_and_says_why(gateway_factory, 
     assert "nothing was restarted, package 1.0 still runs" in failed["reason"], failed
     assert _pids(gw) == before  # the core was never restarted
     kept = kept_package(gw.state_dir)
-    assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == FAKE_DEB + b"old"
+    assert kept is not None and kept.version == "1.0" and kept.deb.read_bytes() == old
     assert not (gw.state_dir / "packages" / "incoming.deb").exists()
 
 
