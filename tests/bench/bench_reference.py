@@ -6,6 +6,8 @@
 - reference_pss_mb_idle / reference_pss_mb (under load): sum of PSS (/proc/<pid>/smaps_rollup) over
   every process of the deployment, supervisord and the broker included, on-demand workers too; the
   stand-ins (simulators, the cloud broker, moto) are not part of it. Baseline: the 128 MB budget.
+- reference_pss_mb_idle_without_line1_uplink: the idle deployment again, after adapter-line1 and then
+  the uplink are stopped outright: a lower bound for merging them into other processes.
 - e2e_latency_p50_ms / e2e_latency_p99_ms: a tag change on the simulated press (the simulator writes
   the wall clock into the tag) to the message at the cloud broker, at 1,000 changes/s, while the
   OPC-UA line adds 1,000 items/s to S3 and the functions run. Baseline: a bare pymodbus poller at the
@@ -682,6 +684,59 @@ def reference_plant(shape: PlantShape | None = None) -> Iterator[ReferencePlant]
             shutil.rmtree(root, ignore_errors=True)
 
 
+def start_standins_and_cloud(plant: ReferencePlant, idle: bool) -> CloudWatcher:
+    """The cloud, its line, S3 and the OPC-UA server (static values when `idle`); a watcher at the cloud."""
+    plant.cloud.workdir.mkdir(parents=True, exist_ok=True)
+    plant.cloud.start()
+    plant.line.up()
+    plant.start_s3()
+    plant.start_opcua(period_s=3600 if idle else None)
+    watcher = CloudWatcher(plant.cloud)
+    watcher.start()
+    return watcher
+
+
+def run_until_healthy(plant: ReferencePlant, watcher: CloudWatcher, beats: list[Heartbeats], idle: bool) -> float:
+    """The Modbus press (static when `idle`), then `millgate run`; seconds until every component is healthy."""
+    plant.start_modbus(rate=0 if idle else None)
+    watcher.first_clock.clear()
+    plant.run()
+    if idle:  # the first value of every clock tag (0) reaches the cloud too; count it as a first tag
+        watcher.first_clock.set()
+    return wait_healthy(plant, beats, watcher, 90)
+
+
+def run_without(shape: PlantShape, stopped: list[str], settle_s: float, out: Callable[..., Any]) -> dict:
+    """The idle deployment's PSS, then again after each program in `stopped` is stopped in turn (its work
+    done nowhere): a lower bound for merging those programs into the others, which would do their work."""
+    with reference_plant(shape) as plant:
+        watcher = start_standins_and_cloud(plant, idle=True)
+        beats: list[Heartbeats] = []
+        run_until_healthy(plant, watcher, beats, idle=True)
+        time.sleep(settle_s)
+        steps = {"all": plant.pss()}
+        supervisor = supervisor_proxy(plant.paths).supervisor
+        for name in stopped:
+            supervisor.stopProcess(name)
+            time.sleep(settle_s / 3)
+            steps[f"without {', '.join(stopped[: stopped.index(name) + 1])}"] = plant.pss()
+        for beat in beats:
+            beat.close()
+        watcher.stop()
+    totals = {step: round(sum(pss.values()), 2) for step, pss in steps.items()}
+    name = "reference_pss_mb_idle_without_" + "_".join(n.removeprefix("adapter-") for n in stopped)
+    out(
+        name,
+        list(totals.values())[-1],
+        "MB",
+        BUDGET_MB,
+        "idle deployment with " + ", ".join(stopped) + " stopped, their work done nowhere: a lower bound "
+        "for merging them into other processes; baseline: the 128 MB budget; "
+        + "; ".join(f"{step}: {total}" for step, total in totals.items()),
+    )
+    return steps
+
+
 def run_reference(
     shape: PlantShape, latency_s: float, idle_s: float, deploy: bool, out: Callable[..., Any], bare_s: float = 0
 ) -> dict:
@@ -689,25 +744,14 @@ def run_reference(
     skips the raw latency baseline, deploy = False the deployment figure."""
     figures: dict[str, Any] = {}
     with reference_plant(shape) as plant:
-        plant.cloud.workdir.mkdir(parents=True, exist_ok=True)
-        plant.cloud.start()
-        plant.line.up()
-        plant.start_s3()
         # idle equipment first (values that do not change), unless the run skips the idle phase
-        plant.start_opcua(period_s=3600 if idle_s else None)
-        watcher = CloudWatcher(plant.cloud)
-        watcher.start()
+        watcher = start_standins_and_cloud(plant, idle=bool(idle_s))
         bare: list[float] = []
         if bare_s:
             plant.start_modbus(rate=shape.modbus_rate)  # the raw baseline reads the same live press
             bare = bare_latency(plant, watcher, bare_s)
-        plant.start_modbus(rate=0 if idle_s else None)
-        watcher.first_clock.clear()
         beats: list[Heartbeats] = []
-        plant.run()
-        if idle_s:  # the first value of every clock tag (0) reaches the cloud too; count it as a first tag
-            watcher.first_clock.set()
-        start_s = wait_healthy(plant, beats, watcher, 90)
+        start_s = run_until_healthy(plant, watcher, beats, idle=bool(idle_s))
         programs = len(plant.processes())
         bare_start = supervisord_bare_start_s(plant.root / "bare-sd", programs)
         figures["reference_start_s"] = out(
@@ -797,6 +841,13 @@ def test_bench_reference() -> None:
     print(json.dumps(figures.get("deploy", {}), indent=2))
 
 
+@pytest.mark.bench
+@pytest.mark.timeout(180)
+def test_bench_reference_memory_lower_bound() -> None:
+    for step, pss in run_without(PlantShape(), ["adapter-line1", "uplink"], 10, record).items():
+        _print_pss(f"PSS idle, {step}", pss)
+
+
 def test_bench_reference_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A reduced plant for a few seconds, so the harness and every figure's code path stay working."""
     import tests.bench.results as results
@@ -807,3 +858,5 @@ def test_bench_reference_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert figures["reference_pss_mb"]["value"] > 0
     assert figures["deploy"]["sent"] > 0, figures["deploy"]
     assert figures["e2e_latency_p50_ms"]["value"] > 0
+    steps = run_without(shape, ["uplink"], 1.5, results.record)
+    assert set(steps) == {"all", "without uplink"} and "uplink" not in steps["without uplink"], steps
