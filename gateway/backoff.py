@@ -8,6 +8,11 @@ import random
 from dataclasses import dataclass, field
 
 
+# past this many doublings every delay is the cap anyway; the exponent stops here so that a link down
+# for days (an attempt a minute) never overflows a float
+MAX_EXPONENT = 64
+
+
 @dataclass
 class Backoff:
     initial_s: float = 0.1
@@ -17,7 +22,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The wait before the next attempt: uniform in [c/2, c] with c = min(cap, initial * factor**n)."""
-        ceiling = min(self.cap_s, self.initial_s * self.factor**self._attempt)
+        ceiling = min(self.cap_s, self.initial_s * self.factor ** min(self._attempt, MAX_EXPONENT))
         self._attempt += 1
         return random.uniform(ceiling / 2, ceiling)
 
