@@ -7,7 +7,6 @@ import contextlib
 import random
 from dataclasses import dataclass, field
 
-
 # past this many doublings every delay is the cap anyway; the exponent stops here so that a link down
 # for days (an attempt a minute) never overflows a float
 MAX_EXPONENT = 64

@@ -133,6 +133,8 @@ class SpoolSection(Strict):
     # group commit: one fsync for every message that arrived while the previous commit ran, up to this many
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     topics: list[SpoolRule] = []
+    # what can never be sent is kept for the operator up to this size; beyond it the oldest go, counted
+    dead_letter_max_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), gt=0)
 
 
 def _window(value: str) -> str:

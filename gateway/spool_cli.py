@@ -21,6 +21,7 @@ from storage.spool import Spool, SpoolError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_INVALID = 2
 
 
 def _open(args: argparse.Namespace) -> tuple[Spool, bool]:
@@ -125,13 +126,20 @@ def cmd_spool_export(args: argparse.Namespace) -> int:
 
 
 def cmd_spool_purge(args: argparse.Namespace) -> int:
+    if args.topic is None and not args.dead_letters:
+        print("millgate spool purge: say what to purge: --topic PREFIX, or --dead-letters", file=sys.stderr)
+        return EXIT_INVALID
     try:
         with closing(_open(args)[0]) as spool:
-            count = spool.purge(args.topic)
+            count = spool.purge_dead_letters(args.topic or "") if args.dead_letters else spool.purge(args.topic)
     except SpoolError as exc:
         print(f"millgate spool: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"purged {count} waiting messages whose topic starts with {args.topic!r} (counted as purged.operator)")
+    if args.dead_letters:
+        which = f" whose topic starts with {args.topic!r}" if args.topic else ""
+        print(f"purged {count} dead letters{which}")
+    else:
+        print(f"purged {count} waiting messages whose topic starts with {args.topic!r} (counted as purged.operator)")
     return EXIT_OK
 
 
@@ -148,6 +156,11 @@ def add_spool_parser(verbs: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--dead-letters", action="store_true", help="export the dead letters instead")
     export.set_defaults(handler=cmd_spool_export)
 
-    purge = actions.add_parser("purge", help="delete waiting messages by topic prefix", parents=[common])
-    purge.add_argument("--topic", required=True, metavar="PREFIX", help="topic prefix, e.g. plant/line1/")
+    purge = actions.add_parser(
+        "purge", help="delete waiting messages by topic prefix, or dead letters", parents=[common]
+    )
+    purge.add_argument("--topic", default=None, metavar="PREFIX", help="topic prefix, e.g. plant/line1/")
+    purge.add_argument(
+        "--dead-letters", action="store_true", help="delete dead letters instead (all, or those under --topic)"
+    )
     purge.set_defaults(handler=cmd_spool_purge)

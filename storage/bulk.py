@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from storage.disk_reserve import DiskReserve
 from storage.spool import DISK_CAP_FRACTION
-from storage.spool_file import PAGE_CACHE_KIB, Transaction, is_disk_full
+from storage.spool_file import PAGE_CACHE_KIB, WAL_SIZE_LIMIT, Transaction, is_disk_full
 from storage.spool_records import (
     DROPPED_DISK_FULL,
     REJECTED_DISK_FULL,
@@ -115,6 +115,7 @@ class BulkStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")  # the WAL shrinks back after a big write
             self._db.executescript(SCHEMA)
             self._remove_orphans()
         except (sqlite3.OperationalError, OSError) as exc:
@@ -270,11 +271,14 @@ class BulkStore:
         return Batch(batch_id, file, rows[0][3], rows[-1][3], len(rows), size)
 
     def done(self, batch: Batch) -> None:
-        """The batch is safely stored elsewhere: forget it and remove its file."""
-        self._write(lambda: self._db.execute("DELETE FROM batches WHERE id=?", (batch.id,)))
+        """The batch is safely stored elsewhere: forget it and remove its file. A full store may have
+        dropped it meanwhile (drop-oldest, while it was uploading): its bytes were given back then."""
+        gone = self._write(
+            lambda: self._db.execute("DELETE FROM batches WHERE id=? RETURNING bytes", (batch.id,)).fetchall()
+        )
         with contextlib.suppress(OSError):  # left over, it is an orphan the next start removes
             batch.file.unlink(missing_ok=True)
-        self._bytes -= batch.bytes
+        self._bytes -= sum(size for (size,) in gone)
 
     # ---- reading ----------------------------------------------------------------------------
 

@@ -13,12 +13,21 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from storage.disk_reserve import DiskReserve
-from storage.spool_file import PAGE_CACHE_KIB, SCHEMA, Transaction, is_disk_full, upgrade_message_ids
+from storage.spool_file import (
+    PAGE_CACHE_KIB,
+    SCHEMA,
+    WAL_SIZE_LIMIT,
+    Transaction,
+    is_disk_full,
+    upgrade_message_ids,
+)
 from storage.spool_records import (
+    DEAD_DROPPED,
     DEAD_LINK_DROPPED,
     DEAD_REFUSED,
     DEAD_TOO_LARGE,
@@ -43,6 +52,7 @@ from storage.spool_records import (
 
 # what the rest of millgate imports from here (the records and the file layout live in their own modules)
 __all__ = [
+    "DEAD_DROPPED",
     "DEAD_LINK_DROPPED",
     "DEAD_REFUSED",
     "DEAD_TOO_LARGE",
@@ -73,8 +83,12 @@ log = logging.getLogger(__name__)
 DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
 # on a full disk the spool keeps to this share of what it held when the disk filled: its file's pages
 DISK_CAP_FRACTION = 0.98
+# rows per transaction for the deletions and rule updates that can touch the whole spool
+CHUNK_ROWS = 500
 T = TypeVar("T")
 _PER_ROW_OVERHEAD = 32  # what SQLite spends per row beyond topic, payload and properties, roughly
+# a dead letter's bytes, counted as a message's are
+_DEAD_SIZE = f"length(topic) + length(payload) + coalesce(length(properties), 0) + {_PER_ROW_OVERHEAD}"
 
 
 class Spool:
@@ -88,6 +102,7 @@ class Spool:
         policy: Policy = "drop-oldest",
         rules: Sequence[Rule] | None = (),
         max_payload_bytes: int | None = None,
+        dead_letter_max_bytes: int | None = None,
         durable: bool = True,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ):
@@ -97,6 +112,7 @@ class Spool:
         # longest prefix first, so the most specific rule wins; None: keep the stored priorities (tools)
         self.rules = sorted(rules or (), key=lambda r: len(r.prefix), reverse=True)
         self.max_payload_bytes = max_payload_bytes
+        self.dead_letter_max_bytes = dead_letter_max_bytes  # None: no cap (the operator's tools)
         self._db = self._open(durable)
         self._disk_cap: int | None = None  # bytes the file holds, while the disk is full
         self._reserve = DiskReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
@@ -105,9 +121,11 @@ class Spool:
         # the reserve, the reserve is always enough to checkpoint on a full disk
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         self._db.execute(f"PRAGMA wal_autocheckpoint={max(reserve_bytes // 4 // page_size, 16)}")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._levels: set[int] = {0, *(r.priority for r in self.rules)}
         self._count = 0
         self._bytes = 0
+        self._dead_bytes = 0
         self._data_version = -1
         if rules is not None:
             self._apply_rules_if_changed()
@@ -165,25 +183,51 @@ class Spool:
         return None
 
     def _apply_rules_if_changed(self) -> None:
-        """Stored messages take the current rules, so one topic never has two priorities (its order)."""
+        """Stored messages take the current rules, so one topic never has two priorities (its order).
+        CHUNK_ROWS ids per transaction, so the WAL stays within the reserve on a big spool; the new
+        rules are recorded last, so a run cut short is done again from the start at the next open."""
         fingerprint = json.dumps([[r.prefix, r.priority, r.ttl_s] for r in self.rules])
         row = self._db.execute("SELECT value FROM meta WHERE key='rules'").fetchone()
         if row is not None and row[0] == fingerprint:
             return
-        with self._transaction():
-            self._db.execute("UPDATE messages SET priority=0, expires_at=NULL WHERE priority != 0 OR expires_at")
-            for rule in reversed(self.rules):  # shortest first: longer prefixes overwrite
-                self._db.execute(
-                    "UPDATE messages SET priority=?, expires_at=CASE WHEN ? IS NULL THEN NULL ELSE ts + ? END "
-                    "WHERE substr(topic, 1, ?) = ?",
-                    (rule.priority, rule.ttl_s, rule.ttl_s, len(rule.prefix), rule.prefix),
-                )
+        after = 0
+        while True:
+            row = self._db.execute(
+                "SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", (after, CHUNK_ROWS - 1)
+            ).fetchone()
+            high = row[0] if row else self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+            if high > after:
+                self._write(partial(self._apply_rules, after + 1, high))
+            if row is None:
+                break
+            after = high
+        self._write(lambda: self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rules', ?)", (fingerprint,)))
+
+    def _apply_rules(self, low: int, high: int) -> None:
+        within = "id BETWEEN :low AND :high"
+        bounds = {"low": low, "high": high}
+        self._db.execute(
+            f"UPDATE messages SET priority=0, expires_at=NULL WHERE {within} AND (priority != 0 OR expires_at)", bounds
+        )
+        for rule in reversed(self.rules):  # shortest first: longer prefixes overwrite
             self._db.execute(
-                "UPDATE messages SET expires_at = json_extract(properties, :key) WHERE properties IS NOT NULL "
-                "AND (expires_at IS NULL OR json_extract(properties, :key) < expires_at)",
-                {"key": f"$.{MESSAGE_DEADLINE}"},
+                "UPDATE messages SET priority=:priority, "
+                "expires_at=CASE WHEN :ttl IS NULL THEN NULL ELSE ts + :ttl END "
+                f"WHERE {within} AND substr(topic, 1, :length) = :prefix",
+                {
+                    **bounds,
+                    "priority": rule.priority,
+                    "ttl": rule.ttl_s,
+                    "length": len(rule.prefix),
+                    "prefix": rule.prefix,
+                },
             )
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rules', ?)", (fingerprint,))
+        self._db.execute(
+            "UPDATE messages SET expires_at = json_extract(properties, :key) "
+            f"WHERE {within} AND properties IS NOT NULL "
+            "AND (expires_at IS NULL OR json_extract(properties, :key) < expires_at)",
+            {**bounds, "key": f"$.{MESSAGE_DEADLINE}"},
+        )
 
     # ---- writing ----------------------------------------------------------------------------
 
@@ -367,6 +411,7 @@ class Spool:
         letters with the last reason, counted under `counter`. Returns how many were buried."""
         if not refusals:
             return 0
+        self._refresh_totals()
         now = time.time()
 
         def count_and_bury() -> int:
@@ -394,27 +439,54 @@ class Spool:
     def expire(self, now: float | None = None) -> int:
         """Delete messages past their time-to-live, counted, never sent."""
         now = time.time() if now is None else now
-        return self._delete_counted(
-            "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ? RETURNING size", (now,), EXPIRED
-        )
+        return self._delete_counted("expires_at IS NOT NULL AND expires_at <= ?", (now,), EXPIRED)
 
     def purge(self, prefix: str) -> int:
         """Delete every waiting message whose topic starts with `prefix` (an operator's decision)."""
-        return self._delete_counted(
-            "DELETE FROM messages WHERE substr(topic, 1, ?) = ? RETURNING size", (len(prefix), prefix), PURGED
+        return self._delete_counted("substr(topic, 1, ?) = ?", (len(prefix), prefix), PURGED)
+
+    def purge_dead_letters(self, prefix: str = "") -> int:
+        """Delete the dead letters whose topic starts with `prefix` (all by default): an operator's
+        decision once they were exported or looked at."""
+        deleted = self._write(
+            lambda: self._db.execute(
+                f"DELETE FROM dead_letters WHERE substr(topic, 1, ?) = ? RETURNING {_DEAD_SIZE}", (len(prefix), prefix)
+            ).fetchall()
         )
+        self._dead_bytes -= sum(size for (size,) in deleted)
+        return len(deleted)
 
-    def _delete_counted(self, sql: str, parameters: tuple[object, ...], counter: str) -> int:
-        def delete() -> list[tuple[int]]:
-            sizes = self._db.execute(sql, parameters).fetchall()
-            if sizes:
-                self._bump(counter, len(sizes))
-            return sizes
+    def _delete_counted(self, condition: str, parameters: tuple[object, ...], counter: str) -> int:
+        """Delete the messages matching `condition`, counted, CHUNK_ROWS per transaction: one
+        transaction for all could outgrow the reserve on a full disk, and would hold the write lock
+        (the other side waits at most 10 s) for as long as it takes on a slow card."""
+        deleted = 0
+        after = 0
+        while True:
+            ids = [
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT id FROM messages WHERE id > ? AND {condition} ORDER BY id LIMIT ?",
+                    (after, *parameters, CHUNK_ROWS),
+                )
+            ]
+            if not ids:
+                return deleted
+            after = ids[-1]
+            chosen = json.dumps(ids)
 
-        sizes = self._write(delete)
-        self._count -= len(sizes)
-        self._bytes -= sum(s for (s,) in sizes)
-        return len(sizes)
+            def delete(chosen: str = chosen) -> list[tuple[int]]:
+                sizes = self._db.execute(
+                    "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) RETURNING size", (chosen,)
+                ).fetchall()
+                if sizes:
+                    self._bump(counter, len(sizes))
+                return sizes
+
+            sizes = self._write(delete)
+            self._count -= len(sizes)
+            self._bytes -= sum(size for (size,) in sizes)
+            deleted += len(sizes)
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -498,11 +570,28 @@ class Spool:
         )
 
     def _bury(self, message: Message, properties: str | None, tries: int, reason: str, now: float) -> None:
-        self._db.execute(
+        """Keep `message` as a dead letter; past dead_letter_max_bytes the oldest ones go, counted (a
+        device that keeps sending what the cloud refuses must not fill the disk with it)."""
+        size = self._db.execute(
             "INSERT INTO dead_letters (topic, payload, qos, ts, properties, tries, reason, dead_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_DEAD_SIZE}",
             (message.topic, message.payload, message.qos, message.ts, properties, tries, reason, now),
-        )
+        ).fetchone()[0]
+        self._dead_bytes += size
+        cap = self.dead_letter_max_bytes
+        if cap is None or self._dead_bytes <= cap:
+            return
+        dropped = 0
+        while self._dead_bytes > cap:
+            oldest = self._db.execute(
+                f"DELETE FROM dead_letters WHERE id = (SELECT min(id) FROM dead_letters) RETURNING {_DEAD_SIZE}"
+            ).fetchone()
+            if oldest is None:
+                break
+            self._dead_bytes -= oldest[0]
+            dropped += 1
+        self._bump(DEAD_DROPPED, dropped)
+        log.warning("event=dead-letters-full dropped=%d max_bytes=%d", dropped, cap)
 
     def _refresh_totals(self, force: bool = False) -> None:
         """Recount after another connection (the operator's CLI) changed the file."""
@@ -510,6 +599,9 @@ class Spool:
         if force or version != self._data_version:
             count, size = self._db.execute("SELECT count(*), coalesce(sum(size), 0) FROM messages").fetchone()
             self._count, self._bytes = count, size
+            self._dead_bytes = self._db.execute(f"SELECT coalesce(sum({_DEAD_SIZE}), 0) FROM dead_letters").fetchone()[
+                0
+            ]
             self._data_version = version
 
 

@@ -12,6 +12,9 @@ import sqlite3
 # touches and is kept while it is open; the spool and the bulk store append and read in order, which
 # 512 KiB serves as fast (bench_spool unchanged), and the reference uplink holds ~1.7 MB less.
 PAGE_CACHE_KIB = 512
+# PRAGMA journal_size_limit: after a big transaction (a mass expiry) the WAL file is cut back to this at
+# the next checkpoint instead of keeping its largest size on disk
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 # AUTOINCREMENT: ids must never be reused. The drain hands messages out by "id greater than the last one
 # sent"; a plain INTEGER PRIMARY KEY restarts at max(id)+1 once the tail is deleted, and a new message

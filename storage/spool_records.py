@@ -20,6 +20,7 @@ DEAD_TOO_LARGE = "dead.payload-too-large"
 DEAD_REFUSED = "dead.refused"
 DEAD_LINK_DROPPED = "dead.link-dropped"  # the cloud hung up on it each time it was sent (no reason code)
 PURGED = "purged.operator"
+DEAD_DROPPED = "dropped.dead-letters-full"  # the oldest dead letters, past dead_letter_max_bytes
 # a message's own absolute deadline in its properties (MQTT 5 message expiry, made absolute when it
 # arrived): the spool expires the message at the earlier of this and its prefix's TTL
 MESSAGE_DEADLINE = "message_expiry_at"

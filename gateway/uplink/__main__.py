@@ -23,12 +23,16 @@ from gateway.uplink.ingest import Ingest
 from gateway.uplink.metrics import UplinkMetrics
 from gateway.uplink.shadow_relay import ShadowRelay, cloud_filters, synced_shadows
 from storage.bulk import BulkStore
-from storage.spool import Rule, Spool, SpoolError
+from storage.spool import Rule, Spool, SpoolCorrupt, SpoolError
 
 log = logging.getLogger("gateway.uplink")
 
+# a damaged spool file: supervisord leaves the uplink stopped (exitcodes), the file untouched for the operator
 EXIT_STORAGE = 3
 EXIT_CONFIG = 2
+# any other storage failure (a write lock held too long, a disk still full after freeing room): exit
+# unexpectedly so supervisord starts the uplink again; what was not yet stored is redelivered by the broker
+EXIT_RETRY = 1
 EXPIRE_EVERY_S = 30.0
 DEFAULT_MAX_PAYLOAD = 128 * 1024
 
@@ -45,7 +49,17 @@ def open_spool(ctx: ComponentContext) -> Spool:
         policy=config.spool.policy,
         rules=[Rule(r.prefix, r.priority, r.ttl_s) for r in config.spool.topics],
         max_payload_bytes=int(config.cloud.max_payload_bytes) if config.cloud else DEFAULT_MAX_PAYLOAD,
+        dead_letter_max_bytes=int(config.spool.dead_letter_max_bytes),
     )
+
+
+def storage_failure_status(exc: BaseException) -> int:
+    """Log why the spool or bulk store failed; the exit status that tells supervisord what to do."""
+    if isinstance(exc, SpoolCorrupt):
+        log.error("event=spool-unusable %s", exc)
+        return EXIT_STORAGE
+    log.error("event=spool-write-failed %s; the uplink restarts and tries again", exc)
+    return EXIT_RETRY
 
 
 def warn_about_echoes(to_cloud: list[str], from_cloud: list[str]) -> None:
@@ -98,9 +112,8 @@ async def main() -> int:
             else None
         )
     except SpoolError as exc:
-        log.error("event=spool-unusable %s", exc)
         storage.close()
-        return EXIT_STORAGE
+        return storage_failure_status(exc)
 
     metrics = UplinkMetrics()
     metrics.spool = storage.run(spool.stats)
@@ -225,8 +238,7 @@ async def main() -> int:
             for worker in workers:
                 worker.cancel()
     except* SpoolError as group:
-        log.error("event=spool-unusable %s", group.exceptions[0])
-        status = EXIT_STORAGE
+        status = storage_failure_status(group.exceptions[0])
     storage.run(spool.close)
     if bulk_store is not None:
         storage.run(bulk_store.close)

@@ -42,6 +42,12 @@ class LinkDown(Exception):
     """The cloud connection went away; whatever was in flight must be sent again."""
 
 
+# PUBACK reason codes (MQTT 5.0, 3.4.2.1) for a publish the cloud may well take later: 0x91 packet
+# identifier in use, 0x97 quota exceeded (a throttling limit). Every other failure counts toward
+# dead_letter_after.
+TRANSIENT_PUBACK_CODES = frozenset({0x91, 0x97})
+
+
 @dataclass(frozen=True)
 class CloudMessage:
     topic: str
@@ -57,6 +63,8 @@ class Ack:
 
     mid: int
     refused: str | None
+    # the refusal says "not now", not "never" (a quota, a packet id still in use): retried, never buried
+    transient: bool = False
 
 
 AckHandler = Callable[[int, Ack], None]
@@ -223,7 +231,8 @@ class CloudLink:
         def on_publish(_c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
             # one loop wake-up per burst of PUBACKs, not one per message
             with self._acks_lock:
-                self._acks.append((session, Ack(mid, str(reason) if reason.is_failure else None)))
+                refused = str(reason) if reason.is_failure else None
+                self._acks.append((session, Ack(mid, refused, transient=reason.value in TRANSIENT_PUBACK_CODES)))
                 wake, self._acks_scheduled = not self._acks_scheduled, True
             if wake:
                 loop.call_soon_threadsafe(self._deliver_acks)

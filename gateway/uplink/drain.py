@@ -179,6 +179,16 @@ class Drain:
         if ack.refused is None:
             self._acked.append(spool_id)
             self.metrics.drained.add()
+        elif ack.transient:
+            # left in the spool and sent again after a backoff, without counting a try against it
+            self._refused_this_pass = True
+            self.metrics.throttled_by_cloud += 1
+            if self._refusing != ack.refused:
+                self._refusing = ack.refused
+                log.warning(
+                    "event=cloud-throttling reason=%s action=retried with backoff, not counted toward the dead letters",
+                    ack.refused,
+                )
         else:
             self._refusals[spool_id] = ack.refused
             self._refused_this_pass = True

@@ -38,6 +38,7 @@ class UplinkMetrics:
     received_bytes: Rate = field(default_factory=Rate)
     drained: Rate = field(default_factory=Rate)
     refused_by_cloud: int = 0
+    throttled_by_cloud: int = 0  # PUBACKs saying "not now" (quota exceeded): retried, never dead-lettered
     cloud_state: str = "disabled"
     cloud_reason: str | None = None
     spool: SpoolStats | None = None
@@ -75,6 +76,7 @@ class UplinkMetrics:
             "drained_msgs_per_s": round(self.drained.per_s, 1),
             "drained_total": self.drained.total,
             "refused_by_cloud": self.refused_by_cloud,
+            "throttled_by_cloud": self.throttled_by_cloud,
             "downlinked_total": self.downlinked,
             "outage_hours_absorbable": self.outage_hours_absorbable(),
             "bulk": {

@@ -106,3 +106,27 @@ def test_each_batch_keeps_its_own_records_while_earlier_ones_wait_for_their_wind
         [json.loads(line)["ts"] for line in gzip.decompress(b.file.read_bytes()).splitlines()] for b in store.pending()
     ]
     assert contents == [[float(i) for i in range(d * 10, d * 10 + 10)] for d in range(3)]
+
+
+def test_a_batch_dropped_while_it_uploads_is_not_given_back_twice(tmp_path: Path) -> None:
+    # the uploader holds a batch while the store, at its cap, drops it to make room; its upload then
+    # succeeds and done() gave its bytes back a second time: the count went negative and the cap no
+    # longer held (48,622 bytes under a 20,000 cap once the cloud was away)
+    store = BulkStore(tmp_path / "bulk.db", tmp_path / "bulk", max_bytes=20_000, policy="drop-oldest")
+
+    def real_bytes() -> int:
+        waiting = store._db.execute("SELECT coalesce(sum(size), 0) FROM records").fetchone()[0]
+        return int(waiting + store._db.execute("SELECT coalesce(sum(bytes), 0) FROM batches").fetchone()[0])
+
+    for start in range(0, 150, 30):
+        store.add(records(start, 30, size=500))
+        store.cut(4000, 3600, force=True)
+        uploading = store.pending()  # taken by the uploader
+        assert store.add(records(1000 + start, 30, size=500)).dropped_oldest > 0  # meanwhile, at the cap
+        for batch in uploading:
+            store.done(batch)
+        assert store.bytes == real_bytes()
+    for start in range(2000, 2300, 30):  # the cloud away: nothing is done() any more
+        store.add(records(start, 30, size=500))
+        store.cut(4000, 3600, force=True)
+    assert store.bytes == real_bytes() <= 20_000

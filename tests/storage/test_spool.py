@@ -3,10 +3,12 @@ time-to-live, dead letters, a full disk and a damaged file."""
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from storage.spool import (
+    DEAD_DROPPED,
     DEAD_REFUSED,
     DEAD_TOO_LARGE,
     DROPPED_FULL,
@@ -25,6 +28,7 @@ from storage.spool import (
     SpoolCorrupt,
     SpoolUnwritable,
 )
+from storage.spool_file import WAL_SIZE_LIMIT
 
 
 def drain_all(spool: Spool, limit: int = 7) -> list[tuple[str, bytes]]:
@@ -282,6 +286,73 @@ def test_a_really_full_filesystem_never_makes_the_spool_unusable(small_filesyste
     spool.close()
     with sqlite3.connect(small_filesystem / "spool.db") as check:
         assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _fill_with_expired(spool: Spool) -> int:
+    """Messages due to expire (an hour's TTL, two hours old: a gateway back after a long stop) until the
+    filesystem is full; how many are waiting."""
+    two_hours_ago = time.time() - 7200
+    for _ in range(1000):
+        if spool.append([Message("tele/x", os.urandom(300), ts=two_hours_ago) for _ in range(50)]).disk_full:
+            return spool.depth[0]
+    pytest.fail("the small filesystem never filled")
+
+
+def test_a_mass_expiry_on_a_full_disk_deletes_everything_due(small_filesystem: Path) -> None:
+    # one transaction for all of them outgrew the reserve: the uplink stopped with "disk is full" for good
+    spool = Spool(small_filesystem / "spool.db", rules=[Rule("tele/", ttl_s=3600)], reserve_bytes=256 * 1024)
+    due = _fill_with_expired(spool)
+    assert due > 1000
+    assert spool.expire() == due
+    assert spool.depth == (0, 0) and spool.stats().counters[EXPIRED] == due
+    assert spool.append([Message("tele/x", b"fresh")]).stored == 1
+    spool.close()
+    with sqlite3.connect(small_filesystem / "spool.db") as check:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_wal_shrinks_back_after_a_mass_expiry(tmp_path: Path) -> None:
+    # without a size limit the WAL kept the size of its biggest transaction (78 MB beside an empty spool)
+    path = tmp_path / "spool.db"
+    spool = Spool(path, rules=[Rule("tele/", ttl_s=3600)])
+    two_hours_ago = time.time() - 7200
+    for _ in range(100):
+        spool.append([Message("tele/x", os.urandom(1000), ts=two_hours_ago) for _ in range(100)])
+    assert spool.expire() == 10_000
+    spool._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # what autocheckpoint does
+    assert path.with_name("spool.db-wal").stat().st_size <= WAL_SIZE_LIMIT
+
+
+def test_changed_rules_apply_to_a_backlog_bigger_than_the_free_space(small_filesystem: Path) -> None:
+    # a deployment changing a rule over a backlog bigger than the free space: one UPDATE of every row
+    # needed that much WAL, and the uplink crash-looped on reopening
+    path = small_filesystem / "spool.db"
+    spool = Spool(path, rules=[Rule("tele/", ttl_s=86400)], reserve_bytes=256 * 1024)
+    two_hours_ago = time.time() - 7200
+    while spool.depth[1] < 1_100_000:  # more than half the filesystem, without filling it
+        assert not spool.append([Message("tele/x", os.urandom(300), ts=two_hours_ago) for _ in range(50)]).disk_full
+    waiting = spool.depth[0]
+    spool.close()
+    spool = Spool(path, rules=[Rule("tele/", priority=5, ttl_s=3600)], reserve_bytes=256 * 1024)
+    assert spool.stats(by_priority=True).by_priority == {5: waiting}
+    assert spool.expire() == waiting  # the new TTL applies to the stored messages too
+
+
+def test_dead_letters_keep_to_their_cap_dropping_the_oldest_counted(tmp_path: Path) -> None:
+    # a device that keeps sending what the cloud cannot take filled the disk with dead letters
+    path = tmp_path / "spool.db"
+    spool = Spool(path, max_bytes=100_000, max_payload_bytes=1000, dead_letter_max_bytes=200_000)
+    for i in range(200):
+        assert spool.append([Message("big/t", str(i).encode() + b"x" * 50_000)]).dead == 1
+    dead = list(spool.dead_letters())
+    assert 2 <= len(dead) <= 4 and dead[-1].payload.startswith(b"199x")
+    assert sum(len(d.payload) for d in dead) <= 200_000
+    assert spool.stats().counters[DEAD_DROPPED] == 200 - len(dead)
+    spool.close()
+    # the operator clears them once exported
+    operator = Spool(path, rules=None)
+    assert operator.purge_dead_letters() == len(dead)
+    assert operator.stats().dead_letters == 0
 
 
 def test_a_damaged_file_is_refused_with_its_path_and_left_untouched(tmp_path: Path) -> None:

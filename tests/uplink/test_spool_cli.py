@@ -69,6 +69,18 @@ def test_purge_deletes_by_prefix_and_keeps_priorities(filled, capsys) -> None:
     assert stats["messages"] == 1 and stats["by_priority"] == {"5": 1}
 
 
+def test_purge_dead_letters_clears_them_and_leaves_the_waiting_messages(filled, capsys) -> None:
+    assert spool_cli(*filled, "purge") == 2
+    assert "--topic PREFIX, or --dead-letters" in capsys.readouterr().err
+    assert spool_cli(*filled, "purge", "--dead-letters", "--topic", "alarms/") == 0
+    assert "purged 0 dead letters whose topic starts with 'alarms/'" in capsys.readouterr().out
+    assert spool_cli(*filled, "purge", "--dead-letters") == 0
+    assert "purged 1 dead letters" in capsys.readouterr().out
+    spool_cli(*filled, "stats", "--json")
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["dead_letters"] == 0 and stats["messages"] == 3
+
+
 def test_stats_without_a_spool_says_where_it_looked(tmp_path: Path, capsys) -> None:
     (tmp_path / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
     assert spool_cli(tmp_path, tmp_path / "var", "stats") == 1
