@@ -101,8 +101,11 @@ def wrap_command(
     command: Sequence[str],
 ) -> list[str]:
     """`command` run through this module: namespace and mounts first, then the function's identity."""
+    # -I: this runs as root in the function's code dir with the function's environment; neither the
+    # cwd nor PYTHONPATH may decide which code root runs
     return [
         sys.executable,
+        "-I",
         "-m",
         "functions.mount_namespace",
         "--function",

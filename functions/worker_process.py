@@ -32,6 +32,10 @@ class InvocationTimeout(Exception):
     pass
 
 
+# the longest line of a function's output copied to its log whole
+LOG_LINE_MAX = 64 * 1024
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     function: str
@@ -47,8 +51,10 @@ class WorkerSpec:
     mounts: tuple[VolumeMount, ...] = ()  # volumes with a destination, in a mount namespace of its own
 
     def command(self, reply_fd: int) -> list[str]:
+        # -P: the code dir (the cwd) must not shadow the runtime; the worker puts it on sys.path itself
         return [
             sys.executable,
+            "-P",
             "-m",
             "functions.worker",
             "--function",
@@ -205,8 +211,29 @@ class WorkerProcess:
             raise WorkerFailed(f"worker {self.pid} died or broke the protocol (exit {code}): {exc}") from exc
 
     async def _copy_to_log(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self.user_log.write(f"[{self.spec.function} pid={self.pid}] {line.decode(errors='replace')}")
+        """Each line the function prints, to its log; a line longer than LOG_LINE_MAX is cut there (the
+        rest up to its newline dropped, said so) so that one huge print neither stops the copying nor
+        leaves the function blocked on a full pipe."""
+        prefix = f"[{self.spec.function} pid={self.pid}] "
+        pending = b""
+        cut = 0  # bytes of the current line dropped so far
+        while chunk := await stream.read(LOG_LINE_MAX):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if cut:
+                    self.user_log.write(f"{prefix}[... {cut + len(line)} more bytes of that line dropped]\n")
+                    cut = 0
+                else:
+                    self.user_log.write(prefix + line.decode(errors="replace") + "\n")
+            if len(pending) > LOG_LINE_MAX:
+                if not cut:
+                    self.user_log.write(prefix + pending[:LOG_LINE_MAX].decode(errors="replace") + "\n")
+                    cut, pending = len(pending) - LOG_LINE_MAX, b""
+                else:
+                    cut, pending = cut + len(pending), b""
+        if pending and not cut:
+            self.user_log.write(prefix + pending.decode(errors="replace") + "\n")
 
 
 def _read_to_end(fd: int) -> str:

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from gateway.atomic_file import write_atomic
 from gateway.deploy_store import config_files
+from gateway.owned_dirs import make_owned_dir, remove_tree
 
 if TYPE_CHECKING:
     from gateway.config import Function
 
 KEEP_VERSIONS = 2
 MANIFEST = "deployed.json"
+# a function's home under root: others may pass through to the version they own, not list or change it
+HOME_MODE = 0o711
 
 
 class DeployError(RuntimeError):
@@ -83,12 +86,10 @@ def deploy_function(function: Function, source: Path, functions_dir: Path, as_ro
     owner = (function.uid, function.gid) if as_root else None
     home = functions_dir / function.name
     target = home / version
-    home.mkdir(parents=True, exist_ok=True)
-    if owner is not None:
-        os.chown(home, *owner)
-    os.chmod(home, 0o500 if as_root else 0o700)
+    # the function's versions are its own (read-only); the directory holding them stays root's, so the
+    # function cannot swap in a link for root to chown or chmod through at the next deployment
+    make_owned_dir(home, HOME_MODE if as_root else 0o700, (0, 0) if as_root else None)
     if not target.exists():
-        os.chmod(home, 0o700)
         staging = Path(tempfile.mkdtemp(dir=home, prefix=".deploy-"))
         try:
             unpack_code(source, staging / "code")
@@ -96,22 +97,18 @@ def deploy_function(function: Function, source: Path, functions_dir: Path, as_ro
             os.replace(staging / "code", target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            os.chmod(home, 0o500 if as_root else 0o700)
     _prune(home, keep=version)
     return DeployedFunction(function.name, version, str(target))
 
 
 def _prune(home: Path, keep: str) -> None:
     versions = sorted(
-        (p for p in home.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        (p for p in home.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
     for old in [v for v in versions if v.name != keep][KEEP_VERSIONS - 1 :]:
-        os.chmod(home, 0o700)
-        for directory, _, _ in os.walk(old):
-            os.chmod(directory, 0o700)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
 
 
 def write_manifest(functions_dir: Path, deployed: list[DeployedFunction]) -> None:

@@ -24,8 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.config import Function, Resource
-from gateway.function_deploy import code_version, lock_down, unpack_code
+from gateway.function_deploy import HOME_MODE, code_version, lock_down, unpack_code
 from gateway.model_fetch import NOT_MODIFIED
+from gateway.owned_dirs import make_owned_dir, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,15 @@ def deploy_models(
     in_place = [r for _, r in grants if r.kind == "model" and r.source is None]  # granted like a volume
     home = resources_home(state_dir, function.name)
     if not models and not in_place:
-        _remove(home)
+        remove_tree(home)
         return []
     root = state_dir / RESOURCES_DIR
     root.mkdir(mode=0o711, exist_ok=True)
     os.chmod(root, 0o711)
-    home.mkdir(exist_ok=True)
-    os.chmod(home, 0o700)
-    (home / VERSIONS).mkdir(exist_ok=True)
-    os.chmod(home / VERSIONS, 0o700)
+    # root's, as the function's code home is (gateway/function_deploy.py): only the versions and their
+    # files are the function's, so it cannot swap in a link for root to follow here
+    make_owned_dir(home, 0o700, (0, 0) if owner is not None else None)
+    make_owned_dir(home / VERSIONS, 0o700, (0, 0) if owner is not None else None)
     problems: list[str] = []
     current: dict[str, Path] = {}
     seen_env: dict[str, str] = {}
@@ -103,16 +104,13 @@ def deploy_models(
             _swap_link(home / resource.name, Path(resource.path))
         for entry in home.iterdir():
             if entry.name not in (VERSIONS, GG_TREE, *current, *(r.name for r in in_place)):
-                _remove(entry)
+                remove_tree(entry)
         _prune(home / VERSIONS, {v.name for v in current.values()})
         unpacked = [r for _, r in models if r.name in current]
         problems += _build_gg_tree(home, [r for _, r in grants if r.source is None] + unpacked, owner)
     finally:
-        if owner is not None:
-            os.chown(home / VERSIONS, *owner)
-            os.chown(home, *owner)
-        os.chmod(home / VERSIONS, 0o500 if owner else 0o700)
-        os.chmod(home, 0o500 if owner else 0o700)
+        for directory in (home / VERSIONS, home):
+            os.chmod(directory, HOME_MODE if owner else 0o700)
     for problem in problems:
         log.error("function=%s event=model-unavailable problem=%r", function.name, problem)
     return problems
@@ -241,7 +239,7 @@ def _swap_link(link: Path, target: Path) -> None:
 def _build_gg_tree(home: Path, resources: list[Resource], owner: tuple[int, int] | None) -> list[str]:
     """prefix + path finds every granted resource: models in their version, devices and volumes on the host."""
     tree = home / GG_TREE
-    _remove(tree)
+    remove_tree(tree)
     tree.mkdir(mode=0o700)
     problems = []
     for resource in resources:
@@ -256,10 +254,8 @@ def _build_gg_tree(home: Path, resources: list[Resource], owner: tuple[int, int]
             os.symlink(os.path.relpath(home / resource.name, place.parent), place)
         else:
             os.symlink(resource.path, place)
-    for directory, _, _ in os.walk(tree):
-        if owner is not None:
-            os.chown(directory, *owner)
-        os.chmod(directory, 0o550 if owner else 0o700)
+    for directory, _, _ in os.walk(tree):  # root's too: the function passes through, changes nothing
+        os.chmod(directory, HOME_MODE if owner else 0o700)
     return problems
 
 
@@ -275,19 +271,7 @@ def _prune(versions: Path, keep: set[str]) -> None:
         resource = path.name.rsplit("-", 1)[0]
         kept[resource] = kept.get(resource, 0) + 1
         if kept[resource] >= KEEP_VERSIONS or resource not in {k.rsplit("-", 1)[0] for k in keep}:
-            _remove(path)
+            remove_tree(path)
     for record in versions.glob(".*.s3.json"):
         if record.name.removeprefix(".").removesuffix(".s3.json") not in {k.rsplit("-", 1)[0] for k in keep}:
             record.unlink()
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, link or read-only tree (its modes would stop a non-root owner)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    if not path.exists():
-        return
-    for directory, _, _ in os.walk(path):
-        os.chmod(directory, 0o700)
-    shutil.rmtree(path, ignore_errors=True)

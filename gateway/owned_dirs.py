@@ -6,6 +6,7 @@ whatever it points to.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -55,3 +56,18 @@ def is_regular_file(path: Path) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a file, a link (itself) or a tree. Root removes whatever the modes say, so it changes
+    none on the way (a path-based chmod could follow a link swapped in meanwhile); any other user first
+    makes the read-only directories of its own deployments writable."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    if os.geteuid() != 0:
+        for directory, _, _ in os.walk(path):
+            os.chmod(directory, 0o700)
+    shutil.rmtree(path, ignore_errors=True)

@@ -105,7 +105,10 @@ def test_every_source_kind_is_unpacked_read_only_and_named_in_the_environment(so
     assert stat.S_IMODE(model_file.parent.stat().st_mode) == 0o550
     if os.geteuid() == 0:
         assert (model_file.stat().st_uid, model_file.stat().st_gid) == OWNER
-        assert (home.stat().st_uid, stat.S_IMODE(home.stat().st_mode)) == (OWNER[0], 0o500)
+        # the versions are the function's; the directories holding them root's, passable, not listable,
+        # so the function cannot leave a link there for the next deployment (as root) to follow
+        for directory in (home, home / ".versions", home / "gg"):
+            assert (directory.stat().st_uid, stat.S_IMODE(directory.stat().st_mode)) == (0, 0o711), directory
 
 
 def test_a_changed_model_is_a_new_version_and_the_old_one_is_pruned(sources: Path, tmp_path: Path) -> None:
