@@ -11,7 +11,15 @@ import io
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.config import Name, Strict
 from gateway.topics import TopicError, adapter_tag_topic, validate_topic_name
@@ -42,11 +50,11 @@ class ModbusTag(Strict):
     type: Literal["int16", "uint16", "int32", "uint32", "int64", "float32", "float64", "string", "bool"] | None = None
     length: int | None = Field(default=None, ge=1, le=125)  # registers, for type = "string"
     bit: int | None = Field(default=None, ge=0, le=15)  # bit-in-register, for type = "bool" on registers
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: FiniteFloat = 1.0  # NaN or an infinity would turn every reading into one
+    offset: FiniteFloat = 0.0
     units: str | None = None
-    deadband: float = Field(default=0.0, ge=0)
-    deadband_percent: float = Field(default=0.0, ge=0, le=100)
+    deadband: FiniteFloat = Field(default=0.0, ge=0)
+    deadband_percent: FiniteFloat = Field(default=0.0, ge=0, le=100)
     poll_ms: int | None = Field(default=None, ge=10, le=86_400_000)
     writable: bool = False
     word_order: Order | None = None
@@ -119,7 +127,7 @@ class ModbusDevice(Strict):
     max_bits_per_read: int = Field(default=2000, ge=1, le=2000)
     max_gap: int = Field(default=8, ge=0, le=124)  # unused registers a read may span to join two tags
     max_bit_gap: int = Field(default=64, ge=0, le=1999)  # the same for coils and discrete inputs
-    inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)  # rtu: silence between frames
+    inter_frame_ms: FiniteFloat | None = Field(default=None, ge=0, le=1000)  # rtu: silence between frames
     backoff_max_ms: int = Field(default=30_000, ge=100, le=3_600_000)  # longest wait between probes
     word_order: Order = "big"
     byte_order: Order = "big"
@@ -289,8 +297,8 @@ class OpcuaNode(Strict):
     browse_path: BrowsePathText | None = None  # resolved once per session, from the Objects folder
     topic: TopicName | None = None  # default: <adapter>/<name>
     sampling_ms: int = Field(default=1000, ge=0, le=86_400_000)  # monitored item sampling, or the poll period
-    deadband: float = Field(default=0.0, ge=0)  # absolute, in the node's units
-    deadband_percent: float = Field(default=0.0, ge=0, le=100)  # subscribe: of the node's EURange (server side)
+    deadband: FiniteFloat = Field(default=0.0, ge=0)  # absolute, in the node's units
+    deadband_percent: FiniteFloat = Field(default=0.0, ge=0, le=100)  # subscribe: of the node's EURange (server side)
     queue_size: int = Field(default=1, ge=1, le=10_000)  # server-side queue of the monitored item
     mode: Literal["subscribe", "poll"] = "subscribe"  # poll: read every sampling_ms (for unreliable servers)
     writable: bool = False  # true: `<topic>/set` writes the node with its own data type

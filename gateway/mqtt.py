@@ -43,6 +43,25 @@ log = logging.getLogger(__name__)
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
+class PacketTooLarge(PublishRefused):
+    """A payload over the broker's Maximum Packet Size: sent anyway, the broker would drop the connection
+    (MQTT 5.0 section 3.2.2.3.6), so it is refused before sending."""
+
+    def __init__(self, topic: str, payload_bytes: int, limit_bytes: int):
+        super().__init__(
+            f"{topic}: a payload of {payload_bytes} bytes is over the broker's limit of {limit_bytes} bytes"
+        )
+        self.payload_bytes = payload_bytes
+        self.limit_bytes = limit_bytes  # the largest payload that fits a packet on this topic
+
+
+def publish_overhead(topic: str, payload_bytes: int, qos: int) -> int:
+    """Bytes of a PUBLISH packet besides its payload, as paho sends it (no properties)."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + 1 + payload_bytes
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length_bytes + remaining - payload_bytes
+
+
 @dataclass(frozen=True)
 class Received:
     topic: str
@@ -94,6 +113,7 @@ class LocalMqtt:
         self.last_error: str | None = None
         self.dropped_inbound = 0
         self.started_at = time.time()
+        self.max_packet_size: int | None = None  # the broker's, from its CONNACK
         # A manual_ack consumer's QoS 1 messages are never dropped here. Receive Maximum should bound
         # them, but mosquitto 2.0.11 stops holding to it once acknowledgements interleave (measured:
         # 18,408 unacknowledged against 50), so their payload bytes are capped instead, by making
@@ -129,6 +149,11 @@ class LocalMqtt:
         client, loop = self._client, self._loop
         if client is None or loop is None or not self.connected:
             raise NotConnected(f"{self.component}: not connected to the local broker")
+        if self.max_packet_size is not None:
+            size = len(payload.encode() if isinstance(payload, str) else payload)
+            overhead = publish_overhead(topic, size, qos)
+            if size + overhead > self.max_packet_size:
+                raise PacketTooLarge(topic, size, self.max_packet_size - overhead)
         future: asyncio.Future[ReasonCode] = loop.create_future()
         # Never hold self._lock while calling into paho: paho runs on_publish with its own mutex held
         # and on_publish takes self._lock, so holding both in the other order would deadlock.
@@ -205,7 +230,8 @@ class LocalMqtt:
         self._session_number += 1
         self._set_closing(False)
 
-        def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+        def on_connect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, properties: Any) -> None:
+            self.max_packet_size = getattr(properties, "MaximumPacketSize", None)
             loop.call_soon_threadsafe(settle, connack, reason)
 
         def on_disconnect(_c: paho.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:

@@ -2,15 +2,21 @@
 and its outcome (ok with the value written, or the error) is published on `<tag topic>/set/result`.
 
 The protocol adapter does the writing (TagWriter); this module only parses, refuses and reports.
+A stored (retained) command is never replayed: it would be applied again at every reconnect and restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
+import sys
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
+
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from adapters.base.publisher import BrokerLink
 from adapters.base.tag import Point, now_ms
@@ -20,6 +26,7 @@ from gateway.topics import SET_SUFFIX, adapter_set_filter, adapter_tag_topic, se
 log = logging.getLogger(__name__)
 
 MAX_PENDING_WRITES = 1000
+RETAINED_REFUSAL = "retained commands are ignored: publish commands without retain"
 
 
 class WriteRefused(Exception):
@@ -33,12 +40,52 @@ class TagWriter(Protocol):
         ...
 
 
+class UnreadableCommand(ValueError):
+    """A command payload that is not strict JSON, or more than the parser takes."""
+
+
+def command_subscriptions(filters: Iterable[str]) -> list[tuple[str, SubscribeOptions]]:
+    """QoS 1 subscriptions for commands with MQTT 5 Retain Handling 2 (MQTT 5.0 section 3.8.3.1: the
+    broker sends no retained message at subscribe time). A command someone published with retain is
+    applied once, when it arrives (without Retain As Published it comes unflagged), and not again at
+    every reconnect and restart; one a broker hands over flagged anyway is refused (CommandRouter)."""
+    options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+    return [(topic_filter, options) for topic_filter in filters]
+
+
+def _not_json(constant: str) -> Any:
+    raise UnreadableCommand(f"payload holds {constant}, which is not JSON; send a finite number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise UnreadableCommand(f"payload holds {text[:40]}, beyond the largest number a double holds (1.8e308)")
+    return value
+
+
+def load_command(payload: bytes) -> Any:
+    """The payload as strict JSON (no NaN or Infinity: echoed in a result, they would make it invalid
+    JSON); raises UnreadableCommand."""
+    try:
+        return json.loads(payload, parse_constant=_not_json, parse_float=_finite)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableCommand(f"payload is not JSON ({exc})") from None
+    except RecursionError:
+        raise UnreadableCommand("payload is nested too deeply to be a command") from None
+    except UnreadableCommand:
+        raise
+    except ValueError:  # int() refuses the digits: Python's guard against quadratic-time conversion
+        limit = sys.get_int_max_str_digits()
+        raise UnreadableCommand(f"payload holds a number of more than {limit} digits") from None
+
+
 def parse_command(payload: bytes) -> tuple[Any, Any]:
     """(value, id) from `{"value": V, "id": X}` or a bare JSON value (`42`, `true`, `"on"`)."""
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WriteRefused(f'payload is not JSON ({exc}); send a value or {{"value": ...}}') from None
+        body = load_command(payload)
+    except UnreadableCommand as exc:
+        raise WriteRefused(f'{exc}; send a value or {{"value": ...}}') from None
     if isinstance(body, dict):
         if "value" not in body:
             raise WriteRefused('a JSON object command needs a "value" key')
@@ -74,6 +121,12 @@ class CommandRouter:
         point = self._by_set_topic.get(received.topic)
         command_id = None
         try:
+            if received.retain:
+                if not received.payload:
+                    return  # a retained command being cleared: nothing to write, nothing to answer
+                with contextlib.suppress(WriteRefused):
+                    command_id = parse_command(received.payload)[1]
+                raise WriteRefused(RETAINED_REFUSAL)
             value, command_id = parse_command(received.payload)
             if point is None:
                 raise WriteRefused(f"no tag publishes on {tag_topic} in adapter {self.adapter}")
@@ -86,6 +139,12 @@ class CommandRouter:
             self.refused += 1
             log.warning("adapter=%s event=write-refused topic=%s reason=%s", self.adapter, tag_topic, exc)
             await self._result(tag_topic, {"ok": False, "error": str(exc)}, command_id)
+            return
+        except Exception as exc:  # a bug, but the sender still gets an answer
+            self.refused += 1
+            log.exception("adapter=%s event=write-failed topic=%s reason=unexpected error", self.adapter, tag_topic)
+            error = f"write not attempted: unexpected {type(exc).__name__}: {exc}"
+            await self._result(tag_topic, {"ok": False, "error": error}, command_id)
             return
         self.accepted += 1
         task = asyncio.create_task(self._complete(tag_topic, point, pending, command_id))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from adapters.base.commands import CommandRouter
+from adapters.base.commands import CommandRouter, command_subscriptions
 from adapters.base.publisher import Publisher
 from adapters.modbus.register_map import build_register_map
 from adapters.modbus.scheduler import Buses
@@ -41,7 +41,7 @@ async def main() -> None:
         ctx.creds,
         ctx.component,
         status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
-        subscriptions=[(topic_filter, 1) for topic_filter in router.filters()],
+        subscriptions=command_subscriptions(router.filters()),
         on_message=router.handle,
         status_fields=lambda: {"devices": buses.status(), "publish": publisher.stats()},
     )

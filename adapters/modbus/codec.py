@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,15 @@ def _float32_shortest(value: float) -> float:
         if struct.pack(">f", candidate) == packed:
             return candidate
     return value
+
+
+def _brief(value: Any) -> str:
+    """A value for an error message: a 4,000-digit integer is not worth quoting in full."""
+    try:
+        text = repr(value)
+    except ValueError:  # over Python's int-to-text digit limit
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def _tidy(value: float) -> float:
@@ -121,23 +131,45 @@ class TagCodec:
             return self._encode_string(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise CodecError(f"{value!r} is not a number; a {self.type} tag takes a number")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise CodecError(f"{value!r} cannot be written to a {self.type} register")
-        raw: Any = (value - self.offset) / self.scale if self.scaled else value
+        beyond = CodecError(
+            f"{_brief(value)} is outside the {self.type} range"
+            + (f" after scale {self.scale} and offset {self.offset}" if self.scaled else "")
+        )
+        try:
+            raw: Any = (value - self.offset) / self.scale if self.scaled else value
+            if self.type not in INT_RANGES:
+                raw = float(raw)
+        except OverflowError:  # an integer of hundreds of digits: no float holds it
+            raise beyond from None
+        if isinstance(raw, float) and not math.isfinite(raw):  # 1e308 with scale 0.1: no register holds it
+            raise beyond
         fmt = FORMATS[self.type]
         if self.type in INT_RANGES:
             rounded = round(raw)
-            if not math.isclose(raw, rounded, abs_tol=1e-6) and not self.scaled:
+            if isinstance(raw, float) and not math.isclose(raw, rounded, abs_tol=1e-6) and not self.scaled:
                 raise CodecError(f"{value!r} is not a whole number; a {self.type} tag holds integers")
             low, high = INT_RANGES[self.type]
             if not low <= rounded <= high:
-                hint = f" (raw {rounded} after scale {self.scale} and offset {self.offset})" if self.scaled else ""
-                raise CodecError(f"{value!r} is outside the {self.type} range {low}..{high}{hint}")
+                hint = (
+                    f" (raw {_brief(rounded)} after scale {self.scale} and offset {self.offset})" if self.scaled else ""
+                )
+                raise CodecError(f"{_brief(value)} is outside the {self.type} range {low}..{high}{hint}")
             raw = rounded
         elif self.type == "float32" and abs(raw) > 3.4028234663852886e38:
             raise CodecError(f"{value!r} is outside the float32 range")
-        packed = struct.pack(">" + fmt, raw)
-        return self._words(packed)
+        try:
+            packed = struct.pack(">" + fmt, raw)
+        except (struct.error, OverflowError) as exc:
+            raise CodecError(f"{_brief(value)} cannot be written to a {self.type} register: {exc}") from None
+        words = self._words(packed)
+        if self.scaled:  # must read back as a number: the largest float64 with scale 3 overflows on the way back
+            try:
+                self.decode(words, 0)
+            except NotFinite:
+                raise beyond from None
+        return words
 
     def encode_bit(self, value: Any, register: int) -> int:
         """The register with this tag's bit set to `value` and every other bit kept."""

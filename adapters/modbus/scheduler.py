@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -384,11 +385,11 @@ class BusScheduler:
                     if self.frame_gap_s:  # two frames: the line's silence between them too
                         await asyncio.sleep(self.frame_gap_s)
                     await self.link.write_registers(tag.address, [updated], device.unit, device.timeout_s)
-                    written = binding.codec.decode([updated], 0)
+                    written = [updated]
                 else:
                     assert isinstance(job.registers, list)
                     await self.link.write_registers(tag.address, job.registers, device.unit, device.timeout_s)
-                    written = binding.codec.decode(job.registers, 0)
+                    written = job.registers
             except RequestError as exc:
                 device.health.failed(exc.kind)
                 error = exc
@@ -403,7 +404,7 @@ class BusScheduler:
             self._answered()
             device.health.writes_ok += 1
             if not job.future.done():
-                job.future.set_result(written)
+                self._settle_write(job, written)
             self._read_soon(device, tag.table, binding)
             return
         assert error is not None
@@ -423,6 +424,20 @@ class BusScheduler:
             job.future.set_exception(WriteFailed(f"{device.name}: {reason}"))
         if error.kind == "connect":
             self._bus_lost(error.reason)
+
+    @staticmethod
+    def _settle_write(job: WriteJob, written: Any) -> None:
+        """The write's result: the value its registers now hold (a coil's bool as it is)."""
+        if isinstance(written, bool):
+            job.future.set_result(written)
+            return
+        try:
+            job.future.set_result(job.binding.codec.decode(written, 0))
+        except (ValueError, IndexError, struct.error) as exc:  # NotFinite too: encode should never let one by
+            tag = job.binding.tag
+            job.future.set_exception(
+                WriteFailed(f"{job.device.name}: {tag.table} {tag.address} written, but it holds no valid value: {exc}")
+            )
 
     @staticmethod
     def _read_soon(device: DeviceRuntime, table: str, binding: TagBinding) -> None:

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from adapters.base.commands import CommandRouter
+from adapters.base.commands import CommandRouter, command_subscriptions
 from adapters.base.publisher import Publisher
 from adapters.opcua.certificate import CertificateError, ClientCertificate, certificate_for_adapter
 from adapters.opcua.event_map import build_event_bindings
@@ -93,7 +93,7 @@ async def main() -> None:
         ctx.creds,
         ctx.component,
         status_interval_s=ctx.loaded.gateway.gateway.status_interval_s,
-        subscriptions=[(topic_filter, 1) for topic_filter in writes.filters() + calls.filters()],
+        subscriptions=command_subscriptions(writes.filters() + calls.filters()),
         on_message=on_message,
         status_fields=lambda: {
             **session.status(),

@@ -1,7 +1,8 @@
 """The publish queue of OPC-UA events: unlike node values, where only the newest matters, every event
 is published, in the order it arrived, at most `capacity` of them waiting while the broker is away.
 
-When full it drops the oldest event, counts it and says so once per overflow; it does no OPC-UA I/O.
+When full it drops the oldest event, counts it and says so once per overflow; an event too large for
+the broker is dropped and counted, never retried ahead of the rest. It does no OPC-UA I/O.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from collections import deque
 
 from adapters.base.publisher import BrokerLink, log_refusal_once
-from gateway.mqtt import NotConnected, PublishRefused
+from gateway.mqtt import NotConnected, PacketTooLarge, PublishRefused
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,13 @@ class EventOutbox:
         self.published = 0
         self.dropped = 0
         self.refused = 0
+        self.too_large = 0
         self._queue: deque[tuple[str, bytes]] = deque()
         self._capacity = capacity
         self._overflowing = False
         self._wake = asyncio.Event()
         self._refused_topics: set[str] = set()
+        self._too_large_topics: set[str] = set()
 
     def offer(self, topic: str, payload: bytes) -> None:
         """Queue one event; never blocks (the oldest waiting event is dropped when full)."""
@@ -53,6 +56,7 @@ class EventOutbox:
             "published": self.published,
             "dropped": self.dropped,
             "refused": self.refused,
+            "too_large": self.too_large,
             "backlog": len(self._queue),
         }
 
@@ -69,6 +73,13 @@ class EventOutbox:
                 try:
                     await broker.publish(topic, payload, qos=self.qos, retain=False)
                     self.published += 1
+                except PacketTooLarge as exc:
+                    self.too_large += 1
+                    if topic not in self._too_large_topics:
+                        self._too_large_topics.add(topic)
+                        log.error(
+                            "adapter=%s event=event-dropped-too-large topic=%s reason=%s", self.adapter, topic, exc
+                        )
                 except PublishRefused as exc:
                     self.refused += 1
                     log_refusal_once(self.adapter, topic, exc, self._refused_topics)

@@ -1,17 +1,20 @@
 """Routes method calls: a JSON list of input arguments (or `{"args": [...], "id": X}`) on a method's
 topic becomes a call through the session, and its outputs or error go to `<topic>/result`.
 
-The session does the calling; this module only parses, refuses, bounds and reports.
+The session does the calling; this module only parses, refuses, bounds and reports. A retained call
+is never made: it would be made again on every reconnect and restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from adapters.base.commands import UnreadableCommand, load_command
 from adapters.base.publisher import BrokerLink
 from adapters.base.tag import now_ms
 from adapters.opcua.node_map import MethodBinding
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING_CALLS = 100
 RESULT_SUFFIX = "/result"
+RETAINED_REFUSAL = "retained method calls are ignored: publish calls without retain"
 
 Caller = Callable[[MethodBinding, list[Any]], Awaitable[list[Any]]]
 
@@ -31,9 +35,9 @@ def parse_call(payload: bytes) -> tuple[list[Any], Any]:
     if not payload.strip():
         return [], None
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CallRefused(f'payload is not JSON ({exc}); send a list of arguments or {{"args": [...]}}') from None
+        body = load_command(payload)
+    except UnreadableCommand as exc:
+        raise CallRefused(f'{exc}; send a list of arguments or {{"args": [...]}}') from None
     if isinstance(body, list):
         return body, None
     if isinstance(body, dict) and isinstance(body.get("args", []), list):
@@ -60,6 +64,12 @@ class MethodRouter:
             return
         call_id = None
         try:
+            if received.retain:
+                if not received.payload:
+                    return  # a retained call being cleared: nothing to call, nothing to answer
+                with contextlib.suppress(CallRefused):
+                    call_id = parse_call(received.payload)[1]
+                raise CallRefused(RETAINED_REFUSAL)
             args, call_id = parse_call(received.payload)
             if len(self._tasks) >= MAX_PENDING_CALLS:
                 raise CallRefused(f"{MAX_PENDING_CALLS} calls already pending; retry later")
@@ -80,6 +90,12 @@ class MethodRouter:
             outputs = await self.caller(method, args)
         except (CallRefused, CallFailed) as exc:
             await self._refused(method, exc, call_id)
+            return
+        except Exception as exc:  # a bug, but the caller still gets an answer
+            log.exception(
+                "adapter=%s method=%s event=call-failed reason=unexpected error", self.adapter, method.config.name
+            )
+            await self._refused(method, CallFailed(f"unexpected {type(exc).__name__}: {exc}"), call_id)
             return
         self.calls_ok += 1
         log.info("adapter=%s method=%s event=call-done outputs=%d", self.adapter, method.config.name, len(outputs))

@@ -51,6 +51,7 @@ SESSION_TIMEOUT_MS = 120_000  # the server drops a session we abandoned after th
 CLOSE_TIMEOUT_S = 2.0
 MIN_PUBLISHING_MS = 50.0
 BACKOFF_INITIAL_S = 0.5
+PROVEN_AFTER_S = 10.0  # a session up this long has worked, even one that had nothing to read
 EVENTS_PUBLISHING_MS = 200.0  # of the one subscription that carries every [[events]] source
 # a failure of the session or subscription itself, as opposed to one event source being refused
 SESSION_CODES = frozenset(
@@ -167,6 +168,9 @@ class OpcuaSession:
         self._events_by_item: dict[int, EventBinding] = {}  # this session's monitored item id -> source
         self.publish_watch = PublishWatch(config.endpoint, config.keepalive_ms, self.timeout_s)
         self.events_received = 0
+        self._heard: set[str] = set()  # this session's poll groups that answered, "subscriptions" if notified
+        self._needed: set[str] = set()  # what this session must hear from before it counts as working
+        self._running_since: float | None = None
 
     @property
     def points(self) -> list[Point]:
@@ -176,8 +180,11 @@ class OpcuaSession:
 
     async def run(self) -> None:
         """Keep a session up until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
             reason = await self._one_session()
+            if self._running_since is not None and loop.time() - self._running_since >= PROVEN_AFTER_S:
+                self.backoff.reset()
             self._enter(State.LOST, reason)
             self.health.set_down(reason)
             for binding in self.nodes:
@@ -198,6 +205,7 @@ class OpcuaSession:
         self.generation += 1
         self._lost = asyncio.Event()
         self._lost_reason = None
+        self._heard, self._needed, self._running_since = set(), set(), None
         client = self._new_client()
         try:
             self._enter(State.CONNECTING)
@@ -215,7 +223,7 @@ class OpcuaSession:
             self._client = client
             self._enter(State.RUNNING)
             self.health.set_up()
-            self.backoff.reset()
+            self._expect_answers()
             async with asyncio.TaskGroup() as tasks:
                 workers = [tasks.create_task(self._poll(client, ms, group)) for ms, group in self._poll_groups()]
                 workers.append(tasks.create_task(self.publish_watch.run(self.signal_lost)))
@@ -233,6 +241,25 @@ class OpcuaSession:
             self.publish_watch.clear()
             self.generation += 1
             await self._close(client)
+
+    def _expect_answers(self) -> None:
+        """The backoff is reset only once this session has shown it works (every poll group read once,
+        a notification if nodes are subscribed) or after PROVEN_AFTER_S up: one that fails right after
+        RUNNING, a poll timing out every time, backs off instead of reconnecting twice a second."""
+        self._running_since = asyncio.get_running_loop().time()
+        self._needed = {f"poll {ms}" for ms, _ in self._poll_groups()}
+        if any(b.config.mode == "subscribe" and b.problem is None for b in self.nodes):
+            self._needed.add("subscriptions")
+        self._heard_from(None)
+
+    def _heard_from(self, what: str | None) -> None:
+        if what is not None:
+            if what in self._heard:
+                return
+            self._heard.add(what)
+        if self._needed and self._needed <= self._heard:
+            self._needed = set()
+            self.backoff.reset()
 
     def _new_client(self) -> Client:
         client = Client(self.config.endpoint, timeout=self.timeout_s, watchdog_intervall=self.config.watchdog_ms / 1000)
@@ -380,6 +407,7 @@ class OpcuaSession:
         if binding is None:
             return
         self.notifications += 1
+        self._heard_from("subscriptions")
         self.sink(binding.point, reading_of(data))
 
     # ---- polling ------------------------------------------------------------------------------
@@ -413,6 +441,7 @@ class OpcuaSession:
                     self.health.answered(loop.time() - started)
                     for binding, data in zip(chunk, results, strict=True):
                         self.sink(binding.point, reading_of(data))
+                self._heard_from(f"poll {period_ms}")
             except (OSError, TimeoutError, ConnectionError, ua.UaError) as exc:
                 self.health.failed("timeout" if isinstance(exc, TimeoutError) else "exception")
                 self.signal_lost(describe(exc, self.config.endpoint, self.timeout_s))

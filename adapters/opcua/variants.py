@@ -79,7 +79,14 @@ def reading_of(data: ua.DataValue) -> TagValue:
     times = SourceTimes(epoch_ms(data.SourceTimestamp), epoch_ms(data.ServerTimestamp))
     if quality == Quality.BAD:
         return TagValue(None, quality, now_ms(), status_reason(code), times)
-    value = to_json(data.Value.Value if data.Value is not None else None)
+    variant = data.Value
+    raw = variant.Value if variant is not None else None
+    if variant is not None and isinstance(raw, float) and not math.isfinite(raw):
+        # a server (or the PLC behind it) flags a failed measurement with NaN; null and good would hide it
+        what = "NaN" if math.isnan(raw) else ("+Inf" if raw > 0 else "-Inf")
+        sent = f"not a finite number: the server sent {variant.VariantType.name} {what}"
+        return TagValue(None, Quality.BAD, now_ms(), sent, times)
+    value = to_json(raw)
     reason = None if quality == Quality.GOOD else status_reason(code)
     return TagValue(value, quality, now_ms(), reason, times)
 
@@ -106,9 +113,15 @@ def _scalar(value: Any, vtype: ua.VariantType) -> Any:
     if vtype in FLOAT_TYPES:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"{vtype.name} needs a number, not {value!r}")
-        if vtype == VT.Float and math.isfinite(value) and abs(value) > FLOAT32_MAX:
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError(f"an integer this large is out of the {vtype.name} range") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        if vtype == VT.Float and abs(number) > FLOAT32_MAX:
             raise ValueError(f"{value} is out of the Float range (±{FLOAT32_MAX:.4g})")
-        return float(value)
+        return number
     if vtype in (VT.String, VT.XmlElement):
         if not isinstance(value, str):
             raise ValueError(f"{vtype.name} needs a string, not {value!r}")

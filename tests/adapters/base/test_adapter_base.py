@@ -115,3 +115,58 @@ def test_read_only_tag_refuses_a_write_on_set_result() -> None:
     [(topic, body)] = asyncio.run(scenario())
     assert topic == "line1/press/t/set/result"
     assert body["ok"] is False and "read-only" in body["error"] and body["id"] == 7
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b'{"value": 1, "id": NaN}', "NaN, which is not JSON"),
+        (b"Infinity", "Infinity, which is not JSON"),
+        (b'{"value": -Infinity}', "-Infinity, which is not JSON"),
+        (b"1e400", "beyond the largest number"),
+        (b"1" + b"0" * 5000, "more than 4300 digits"),
+        (b"[" * 100_000, "nested too deeply"),
+    ],
+)
+def test_commands_that_are_not_strict_json_or_too_much_for_the_parser_are_refused(payload: bytes, message: str) -> None:
+    with pytest.raises(WriteRefused, match=message):
+        parse_command(payload)
+
+
+def test_every_command_gets_one_valid_json_result_even_when_the_writer_fails_unexpectedly() -> None:
+    """A payload the parser could not take, or a writer that raised something it should not have, used to
+    end in LocalMqtt's handler-failed log and no result; `"id": NaN` came back as invalid JSON."""
+
+    class BrokenWriter:
+        def submit_write(self, point: Point, value: object) -> asyncio.Future:
+            raise OverflowError("int too large to convert to float")
+
+    def strict(payload: bytes | str) -> dict:
+        def refuse(constant: str) -> object:
+            raise AssertionError(f"{constant} in a result is not JSON")
+
+        return json.loads(payload, parse_constant=refuse)
+
+    payloads = [b'{"value": 1, "id": NaN}', b"1" + b"0" * 5000, b"[" * 100_000, b'{"value": 7, "id": "c9"}']
+
+    async def scenario() -> list[tuple[str, dict]]:
+        sent: list[tuple[str, dict]] = []
+
+        class StrictBroker(RecordingBroker):
+            async def publish(
+                self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, timeout_s: float = 10
+            ):
+                sent.append((topic, strict(payload)))
+
+        router = CommandRouter("line1", [Point("press", "t", "line1/press/t", writable=True)], BrokenWriter())
+        router.broker = StrictBroker()
+        for payload in payloads:
+            await router.handle(Received("line1/press/t/set", payload, 1, False))
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [topic for topic, _ in sent] == ["line1/press/t/set/result"] * len(payloads)
+    assert all(body["ok"] is False for _, body in sent)
+    assert "NaN" in sent[0][1]["error"] and "id" not in sent[0][1]
+    assert "digits" in sent[1][1]["error"] and "nested too deeply" in sent[2][1]["error"]
+    assert sent[3][1]["id"] == "c9" and "OverflowError" in sent[3][1]["error"]

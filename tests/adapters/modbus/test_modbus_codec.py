@@ -100,3 +100,39 @@ def test_scaled_integers_round_trip(raw: int, scale: float, offset: float) -> No
     value = tag.decode([raw & 0xFFFF], 0)
     assert math.isfinite(value)
     assert tag.encode(value) == [raw & 0xFFFF]
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "message"),
+    [
+        (codec("int16", 1), 10**400, "outside the int16 range"),  # math.isfinite raised OverflowError
+        (codec("int16", 1, scale=0.1), 1e308, "outside the int16 range after scale 0.1"),  # round(inf)
+        (codec("int64", 4, scale=0.1), 10**400, "outside the int64 range"),
+        (codec("float32", 2), 10**400, "outside the float32 range"),
+        (codec("float64", 4), 10**400, "outside the float64 range"),
+        (codec("float64", 4, scale=0.1), 1e308, "outside the float64 range after scale 0.1"),  # encoded +Inf
+        (codec("float64", 4, scale=3.0), 1.7976931348623157e308, "outside the float64 range"),  # +Inf read back
+        (codec("float64", 4), math.nan, "cannot be written"),
+    ],
+)
+def test_values_no_register_holds_are_refused_with_a_codec_error(tag: TagCodec, value: float, message: str) -> None:
+    with pytest.raises(CodecError, match=message) as refused:
+        tag.encode(value)
+    assert len(str(refused.value)) < 200  # a 400-digit number is not quoted in full
+
+
+@given(
+    st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**400), 10**400),
+    st.sampled_from(["int16", "int64", "float32", "float64"]),
+    st.sampled_from([1.0, 0.1, 3.0, 1e-300, 1e300]),
+    st.sampled_from([0.0, -1e307, 1e307]),
+)
+def test_whatever_encode_accepts_reads_back_as_a_finite_number(
+    value: float, type_: str, scale: float, offset: float
+) -> None:
+    tag = codec(type_, {"int16": 1, "float32": 2}.get(type_, 4), scale=scale, offset=offset)
+    try:
+        registers = tag.encode(value)
+    except CodecError:
+        return
+    assert math.isfinite(tag.decode(registers, 0))  # type: ignore[arg-type]

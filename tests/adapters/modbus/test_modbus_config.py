@@ -151,3 +151,22 @@ def test_two_tags_publishing_on_one_topic_are_refused_across_devices_and_csv_row
     # a duplicate name is one problem, not also a duplicate topic
     found = problems(short_tmp, HEAD + tag("t", 0, "int16") + tag("t", 2, "int16"))
     assert len(found) == 1 and "duplicate tag name" in found[0], found
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [("scale = nan", "scale"), ("offset = inf", "offset"), ("offset = -inf", "offset"), ("deadband = inf", "deadband")],
+)
+def test_a_number_that_is_not_finite_is_refused_with_file_and_key(short_tmp: Path, extra: str, key: str) -> None:
+    # TOML has nan and inf; scale = nan turned every reading into NaN, deadband = inf published nothing again
+    found = problems(short_tmp, HEAD + tag("t", 0, "float32", extra))
+    where = f"line1.toml: devices[0].tags[0].{key}: "
+    assert any(where in p and "should be a finite number" in p for p in found), found
+
+
+def test_a_number_that_is_not_finite_in_a_register_map_is_refused_naming_the_row(short_tmp: Path) -> None:
+    csv_text = "name,table,address,type,scale,offset,deadband\na,holding,0,int16,nan,,\nb,holding,1,int16,,-inf,\n"
+    csv_text += "c,holding,2,int16,,,Infinity\n"
+    found = problems(short_tmp, HEAD + 'tags_csv = "map.csv"\n', {"map.csv": csv_text})
+    for where in ("row 2.scale", "row 3.offset", "row 4.deadband"):
+        assert any(f"map.csv: {where}: " in p and "should be a finite number" in p for p in found), (where, found)

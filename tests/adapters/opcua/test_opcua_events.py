@@ -254,6 +254,6 @@ def test_the_outbox_publishes_every_event_in_order_and_drops_the_oldest_when_ful
         task.cancel()
         assert [payload for _, payload, _ in broker.received] == [b"2", b"3", b"4"]
         assert not any(retain for _, _, retain in broker.received)
-        assert outbox.stats() == {"published": 3, "dropped": 2, "refused": 0, "backlog": 0}
+        assert outbox.stats() == {"published": 3, "dropped": 2, "refused": 0, "too_large": 0, "backlog": 0}
 
     asyncio.run(scenario())

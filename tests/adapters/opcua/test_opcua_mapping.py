@@ -99,3 +99,15 @@ topic = "line2/a/set"
     text = str(caught.value)
     assert "nodes[1].topic: topic 'line2/a' is also used by nodes[0]" in text
     assert "methods[0].topic: topic 'line2/a/set' is also used by nodes[0]" in text
+
+
+def test_a_deadband_that_is_not_finite_is_refused_with_file_and_key(tmp_path) -> None:
+    (tmp_path / "adapters").mkdir()
+    (tmp_path / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
+    (tmp_path / "adapters" / "line2.toml").write_text(
+        'name = "line2"\nprotocol = "opcua"\nendpoint = "opc.tcp://127.0.0.1:4840/"\n\n'
+        '[[nodes]]\nname = "a"\nnode_id = "ns=2;s=A"\ndeadband = inf\n'
+    )
+    with pytest.raises(ConfigInvalid) as caught:
+        load_config(tmp_path)
+    assert "line2.toml: nodes[0].deadband: input should be a finite number (got inf)" in str(caught.value)

@@ -253,3 +253,39 @@ def test_every_security_policy_and_mode_with_a_generated_client_certificate(
             await plain.wait_for(lambda: plain.session.health.state == "down", what="the unsecured attempt refused")
 
     asyncio.run(scenario())
+
+
+def test_a_nan_or_infinity_from_the_server_is_a_bad_reading_with_the_reason(opcua_simulator) -> None:
+    """It used to be published as {"value": null, "quality": "good"}: a failed measurement passed as fine."""
+    sim = opcua_simulator("--period", "60")
+    config = adapter_config(
+        sim.endpoint,
+        [
+            {"name": "speed", "node_id": "ns=2;s=Line2.Speed", "sampling_ms": 20},
+            {"name": "speed_polled", "node_id": "ns=2;s=Line2.Speed", "mode": "poll", "sampling_ms": 50},
+        ],
+    )
+
+    async def scenario() -> None:
+        async with Harness(config) as h:
+            for value, reason in (
+                (float("nan"), "not a finite number: the server sent Double NaN"),
+                (1.5, None),
+                (float("-inf"), "not a finite number: the server sent Double -Inf"),
+            ):
+                await write_server(sim.endpoint, "ns=2;s=Line2.Speed", ua.Variant(value, ua.VariantType.Double))
+                for name in ("speed", "speed_polled"):
+
+                    def arrived(n: str = name, v: float = value, why: str | None = reason) -> bool:
+                        r = h.latest(n)
+                        return r is not None and (r.reason == why if why else r.value == v)
+
+                    await h.wait_for(arrived, what=f"{name} after writing {value}")
+                    reading = h.latest(name)
+                    assert reading is not None and reading.times is not None and reading.times.source_ms
+                    if reason is None:
+                        assert reading.quality == Quality.GOOD
+                    else:
+                        assert reading.quality == Quality.BAD and reading.value is None
+
+    asyncio.run(scenario())
