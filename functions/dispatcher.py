@@ -72,6 +72,19 @@ class WorkerStartDeferred(WorkerFailed):
     """No worker is started now: the last start failed a moment ago (see FunctionPool._take_worker)."""
 
 
+class WorkerCannotRun(WorkerFailed):
+    """The worker cannot take work now (its handler did not load); said once, where it was found out."""
+
+
+@dataclass(frozen=True)
+class ResidentWorker:
+    """What a long-lived function's pool says in its heartbeat of the one worker supervisord runs for
+    it: that worker's pid once known, and why it cannot take work, if it cannot."""
+
+    pid: int | None
+    problem: str | None
+
+
 class FunctionPool:
     """One on-demand function: its queue, its workers, its statistics."""
 
@@ -93,6 +106,7 @@ class FunctionPool:
         self.stats = FunctionStats()
         self.idle: list[Worker] = []
         self.busy: set[Worker] = set()
+        self._stopping: set[Worker] = set()  # idle too long, being stopped by the reaper
         self.mqtt: LocalMqtt | None = None
         self._slots = asyncio.Semaphore(function.max_concurrency)
         self._accepting: set[asyncio.Task[None]] = set()
@@ -102,6 +116,9 @@ class FunctionPool:
         # every message: the messages meanwhile get the same error, and the next try waits longer
         self._start_backoff = Backoff(initial_s=5.0, cap_s=60.0)
         self._start_refused: tuple[float, str] | None = None  # (retry after, monotonic; why)
+        # a long-lived function's worker, which supervisord runs as fn-<name>: the heartbeat under that
+        # name is this pool's, so it carries that worker's pid and problem (gateway/deploy_apply.py waits on it)
+        self.resident: Callable[[], ResidentWorker] | None = None
 
     async def reconfigure(self, function: Function, spec: WorkerSpec, problems: list[str], fingerprint: str) -> None:
         """Run a new version of this (native) function from now on: new messages go to workers of the
@@ -123,11 +140,26 @@ class FunctionPool:
         )
         await asyncio.gather(*(w.stop() for w in retired), return_exceptions=True)
 
+    def follow_limits(self, timeout_s: float, queue_size: int) -> None:
+        """A long-lived function's worker restarted with new settings (a deployment restarts fn-<name>,
+        not the core): time and bound its messages by them from now on."""
+        if (timeout_s, queue_size) == (self.function.timeout_s, self.function.queue_size):
+            return
+        log.info(
+            "function=%s event=limits-followed timeout_s=%g queue_size=%d", self.function.name, timeout_s, queue_size
+        )
+        self.function = self.function.model_copy(update={"timeout_s": timeout_s, "queue_size": queue_size})
+
     def status(self) -> dict[str, Any]:
+        problems = list(self.problems)
+        resident = self.resident() if self.resident is not None else None
+        if resident is not None and resident.problem is not None:
+            problems.append(resident.problem)
         return {
-            "function_state": "failed" if self.problems else "ready",
+            **({"pid": resident.pid} if resident is not None and resident.pid is not None else {}),
+            "function_state": "failed" if problems else "ready",
             "fingerprint": self.fingerprint,
-            "problems": self.problems,
+            "problems": problems,
             "lifecycle": self.function.lifecycle,
             "workers": len(self.idle) + len(self.busy),
             "busy": len(self.busy),
@@ -205,7 +237,8 @@ class FunctionPool:
                 scheduler.cancel()
                 reaper.cancel()
         finally:
-            await asyncio.gather(*(w.kill() for w in [*self.idle, *self.busy]), return_exceptions=True)
+            workers = [*self.idle, *self.busy, *self._stopping]
+            await asyncio.gather(*(w.kill() for w in workers), return_exceptions=True)
             self.user_log.close()
 
     async def _schedule(self) -> None:
@@ -296,8 +329,8 @@ class FunctionPool:
                 self.function.timeout_s,
             )
             await self._reply(invocation, None, "Unhandled", str(exc))
-        except WorkerStartDeferred as exc:
-            self.stats.errors += 1  # logged once, at the start that failed
+        except (WorkerStartDeferred, WorkerCannotRun) as exc:
+            self.stats.errors += 1  # logged once, where it was found out
             await self._reply(invocation, None, "Unhandled", str(exc))
         except WorkerFailed as exc:
             self.stats.errors += 1
@@ -329,10 +362,14 @@ class FunctionPool:
             now = time.monotonic()
             if self.function.lifecycle == "long-lived":
                 continue  # a long-lived function's one worker is supervisord's to keep, not the pool's
-            for worker in [w for w in self.idle if now - w.idle_since > self.function.idle_s]:
-                self.idle.remove(worker)
+            # all taken out before the first stop: a message arriving meanwhile may take any idle worker
+            expired = [w for w in self.idle if now - w.idle_since > self.function.idle_s]
+            self.idle = [w for w in self.idle if w not in expired]
+            self._stopping.update(expired)
+            for worker in expired:
                 log.info("function=%s event=worker-idle-stopped pid=%s", self.function.name, worker.pid)
                 await worker.stop()
+                self._stopping.discard(worker)
 
     async def _reply(
         self, invocation: Invocation, result: Any, function_error: str | None, error: Any, payload: str | None = None

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,11 +137,15 @@ class PinnedFunction:
 
     async def on_message(self, message: Received) -> None:
         with self.wakeup:
-            accepted = len(self.inbox) < self.queue_size and not self.without_handler
+            cannot_run = bool(self.problems)
+            accepted = len(self.inbox) < self.queue_size and not self.without_handler and not cannot_run
             if accepted:
                 self.inbox.append(message)
                 self.wakeup.notify()
         if accepted:
+            return
+        if cannot_run:
+            await self.refuse_cannot_run(message)
             return
         if self.without_handler:
             await self.refuse_without_handler(message)
@@ -204,6 +208,11 @@ class PinnedFunction:
             if handler is not None:
                 break
             if init == "failed":
+                with self.wakeup:
+                    waiting = list(self.inbox)
+                    self.inbox.clear()
+                for message in waiting:
+                    self.refuse_from_thread(message, self.refuse_cannot_run)
                 return
             if init == "done":
                 with self.wakeup:
@@ -211,7 +220,7 @@ class PinnedFunction:
                     waiting = list(self.inbox)
                     self.inbox.clear()
                 for message in waiting:
-                    self.refuse_from_thread(message)
+                    self.refuse_from_thread(message, self.refuse_without_handler)
                 return
             with self.wakeup:
                 self.wakeup.wait(delay)  # woken early when the import ends
@@ -281,11 +290,16 @@ class PinnedFunction:
         await self.reply(message, None, "Unhandled", f"long-lived function {self.name} has no handler")
         self.acknowledge(message)
 
-    def refuse_from_thread(self, message: Received) -> None:
+    async def refuse_cannot_run(self, message: Received) -> None:
+        """Answer at once, as the dispatcher does for an on-demand function with problems: the
+        function's deployment or import failed, so nothing would ever take the message."""
+        self.stats.errors += 1  # as the dispatcher counts them; the problems were logged when found
+        await self.reply(message, None, "Unhandled", f"function cannot run: {'; '.join(self.problems)}")
+        self.acknowledge(message)
+
+    def refuse_from_thread(self, message: Received, refuse: Callable[[Received], Coroutine[Any, Any, None]]) -> None:
         if self.loop is not None:
-            asyncio.run_coroutine_threadsafe(self.refuse_without_handler(message), self.loop).result(
-                REPLY_TIMEOUT_S + 1
-            )
+            asyncio.run_coroutine_threadsafe(refuse(message), self.loop).result(REPLY_TIMEOUT_S + 1)
 
     def reply_from_thread(self, message: Received, result: Any, function_error: str | None, error: Any) -> None:
         """Answer an SDK `invoke` (a message with a response topic) as the on-demand dispatcher does."""

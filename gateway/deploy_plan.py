@@ -11,7 +11,10 @@ The slices (documented for operators in docs/operations.md):
   Greengrass v1 on-demand functions (entry, code version, granted resources) and the subscriptions
   that involve `shadow` or an on-demand function. A native on-demand function's own slice (entry, code
   version, granted resources) is not the core's: a change to it alone is a reconfiguration of that
-  function inside the running core (in_core_fingerprints; functions/runtime.py swaps it in)
+  function inside the running core (in_core_fingerprints; functions/runtime.py swaps it in).
+  Of a long-lived Greengrass v1 function the core holds its token, port, ARN, deployment problems and
+  routes (its pool and its slot in the v1 API); its code version, timeout and queue size are read again
+  from its runner spec when its restarted worker reports in (functions/greengrass/service.py)
 - uplink: [broker], [cloud], [spool], [bulk], [[shadows]] and the subscriptions involving `cloud` or `shadow`
 - adapter-<name>: adapters/<name>.toml, its register-map CSVs and the subscriptions naming `adapter:<name>`
 - fn-<name> (long-lived): its entry, code version, granted resources and the subscriptions naming it
@@ -70,6 +73,11 @@ def _adapter_slice(config: GatewayConfig, name: str, adapter: AdapterFile) -> li
     return [_dump(adapter.config), maps, _routes(config, [f"adapter:{name}"])]
 
 
+def _resident_v1_slice(function: Function, deployed: DeployedFunction | None) -> list[Any]:
+    """What the core holds of a long-lived v1 function, whose worker supervisord runs."""
+    return [function.name, function.daemon_port, function.arn, None if deployed is None else deployed.problems]
+
+
 def reconfigurable_in_core(function: Function) -> bool:
     """A native on-demand function: its pool in the core can take a new version without a restart."""
     return function.lifecycle == "on-demand" and function.runtime == "native"
@@ -90,6 +98,7 @@ def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mo
     config = loaded.gateway
     common = [_dump(config.gateway), _dump(config.logging)]
     on_demand = [f for f in config.functions if f.lifecycle == "on-demand"]
+    resident_v1 = [f for f in config.functions if f.lifecycle == "long-lived" and f.runtime == "greengrass-v1"]
     found = {
         "broker": _digest(mosquitto_conf),
         "core": _digest(
@@ -98,7 +107,8 @@ def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mo
             [_dump(s) for s in config.shadows],
             [f.name for f in on_demand],
             [_function_slice(config, f, deployed.get(f.name)) for f in on_demand if not reconfigurable_in_core(f)],
-            _routes(config, ["shadow", *(f"function:{f.name}" for f in on_demand)]),
+            _routes(config, ["shadow", *(f"function:{f.name}" for f in [*on_demand, *resident_v1])]),
+            *([[_resident_v1_slice(f, deployed.get(f.name)) for f in resident_v1]] if resident_v1 else []),
         ),
         UPLINK: _digest(
             common,

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
+import socket
 import threading
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +26,27 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # v1 allowed 6 MB to a local Lambda; mosquitto caps MQTT lower
 MAX_CONNECTIONS = 512  # each v1 worker holds one long poll
+# a connection that sends nothing for this long (no request line, headers or body) is dropped, so
+# sockets left idle by any local process cannot hold the connection slots every v1 function needs
+READ_TIMEOUT_S = 5.0
+PEER_CHECK_S = 0.5  # how often a waiting long poll looks whether its worker is still there
 BIND_RETRY_S = 10.0
+
+
+def peer_gone(connection: socket.socket) -> bool:
+    """Whether the client closed its end (or reset it): nobody is left to read an answer."""
+    # poll, not a non-blocking recv: a socket with a timeout waits that long for data despite MSG_DONTWAIT
+    poller = select.poll()
+    poller.register(connection, select.POLLIN)
+    events = poller.poll(0)
+    if not events:
+        return False
+    if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+        return True
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""  # readable: EOF, or a request sent early
+    except OSError:
+        return True
 
 
 class _Server(BoundedThreadingHTTPServer):
@@ -34,16 +57,33 @@ class _Server(BoundedThreadingHTTPServer):
         self.loop = loop
         super().__init__((HOST, port), _Handler, MAX_CONNECTIONS)
 
-    def answer(self, request: ApiRequest) -> ApiResponse:
-        """Run the service's handler on the core's loop and wait (work requests wait for work)."""
+    def answer(self, request: ApiRequest, connection: socket.socket) -> ApiResponse | None:
+        """Run the service's handler on the core's loop and wait (work requests wait for work); None
+        if the client went away meanwhile (its request is then withdrawn)."""
         try:
-            return asyncio.run_coroutine_threadsafe(self.service.handle(request), self.loop).result()
+            pending: Future[ApiResponse] = asyncio.run_coroutine_threadsafe(self.service.handle(request), self.loop)
         except RuntimeError:  # the loop is shutting down
             return ApiResponse(503, b'{"message": "the gateway is stopping"}')
+        while True:
+            try:
+                return pending.result(PEER_CHECK_S)
+            except TimeoutError:
+                pass
+            # a long poll (GET) whose worker died must not take the next work item to a closed connection
+            if request.method == "GET" and peer_gone(connection) and pending.cancel():
+                log.info("event=greengrass-poll-withdrawn peer=%s path=%s", request.peer, request.path)
+                return None
+
+    def give_back(self, response: ApiResponse) -> None:
+        """`response` carried work its worker never got: return it to its slot, on the core's loop."""
+        if response.undelivered is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway is stopping anyway
+                self.loop.call_soon_threadsafe(response.undelivered)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT_S  # per read and write on the connection; a long poll's wait reads nothing
     protocol_version = "HTTP/1.1"
     server_version = "millgate-greengrass"
     sys_version = ""
@@ -77,9 +117,19 @@ class _Handler(BaseHTTPRequestHandler):
             body,
             self.client_address[0],
         )
-        self._send(self.server.answer(request))
+        response = self.server.answer(request, self.connection)
+        if response is None:
+            self.close_connection = True
+            return
+        if response.undelivered is not None and peer_gone(self.connection):
+            self.server.give_back(response)  # the worker died as its work was found: the next one gets it
+            self.close_connection = True
+            return
+        if not self._send(response):
+            self.server.give_back(response)
 
-    def _send(self, response: ApiResponse) -> None:
+    def _send(self, response: ApiResponse) -> bool:
+        """Whether the response was written (not whether it was read)."""
         try:
             self.send_response(response.status)
             for name, value in response.headers.items():
@@ -87,10 +137,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(response.body)))
             self.end_headers()
             self.wfile.write(response.body)
-        except (BrokenPipeError, ConnectionResetError):
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             # a worker killed (timeout, stop) while its long poll was open: nobody left to answer
             log.debug("event=greengrass-api-peer-gone peer=%s status=%d", self.client_address[0], response.status)
             self.close_connection = True
+            return False
+        return True
 
 
 async def serve(service: GreengrassService, stop: asyncio.Event) -> None:

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from functions.dispatcher import Answer, FunctionPool
+from functions.dispatcher import Answer, FunctionPool, ResidentWorker
 from functions.greengrass.credentials import CredentialProvider, CredentialsUnavailable
 from functions.greengrass.environment import my_function_arn, pinned_token
 from functions.greengrass.shadow_calls import Publish, ShadowCalls, custom_of
 from functions.greengrass.slot import WorkerRetired, WorkerSlot, WorkResult, failed
+from functions.runner_spec import read_spec
 from gateway.config import Function, Subscription
 from gateway.config_loader import LoadedConfig
 from gateway.function_deploy import read_manifest
@@ -66,6 +68,8 @@ class ApiResponse:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # work handed to a poll: the transport calls this (on the core's loop) if it could not deliver it
+    undelivered: Callable[[], None] | None = None
 
 
 def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> ApiResponse:
@@ -96,6 +100,7 @@ class GreengrassService:
     ):
         self.v1_functions = v1_functions
         self.arns = arns  # v1 function -> MY_FUNCTION_ARN
+        self.paths: GatewayPaths | None = None  # where long-lived workers' runner specs are (for_config)
         self.all_functions = {f.name: f for f in all_functions}
         self.ports = sorted({f.daemon_port for f in v1_functions.values()})
         self.slots: dict[str, WorkerSlot] = {}
@@ -119,6 +124,7 @@ class GreengrassService:
         manifest = read_manifest(paths.state_dir / "functions")
         arns = {name: my_function_arn(f, manifest[name].version) for name, f in v1.items()}
         service = cls(v1, arns, list(functions), list(loaded.gateway.subscriptions))
+        service.paths = paths
         for name, function in v1.items():
             if function.lifecycle == "long-lived":
                 service.register(name, pinned_token(paths.credentials_dir, name))
@@ -137,6 +143,12 @@ class GreengrassService:
         self.pools[name] = pool
         if pool.mqtt is not None:
             self.connections[name] = pool.mqtt
+        slot = next((s for s in self.slots.values() if s.function == name), None)
+        if slot is not None and pool.function.lifecycle == "long-lived":
+            # supervisord runs its worker as fn-<name>; the pool's heartbeat, under that name, speaks for it
+            pool.resident = lambda: ResidentWorker(
+                slot.pid, None if slot.init_failure is None else f"handler could not load: {slot.init_failure}"
+            )
 
     def register(self, function: str, token: str) -> WorkerSlot:
         slot = WorkerSlot(function, self.arns[function], token)
@@ -146,14 +158,14 @@ class GreengrassService:
     def unregister(self, token: str) -> None:
         slot = self.slots.pop(token, None)
         if slot is not None:
-            slot.retired.set()
+            slot.retire()
             self._retired[token] = None
             while len(self._retired) > MAX_RETIRED_REMEMBERED:
                 self._retired.popitem(last=False)
 
     def retire_all(self) -> None:
         for slot in self.slots.values():
-            slot.retired.set()
+            slot.retire()
 
     def status_fields(self) -> dict[str, Any]:
         return {
@@ -196,7 +208,7 @@ class GreengrassService:
         if target.endswith("/work"):
             return await self._work(slot, request, target.removesuffix("/work"))
         if target.endswith("/initialized"):
-            return self._initialized(slot, request, target.removesuffix("/initialized"))
+            return await self._initialized(slot, request, target.removesuffix("/initialized"))
         if request.method == "POST":
             return await self._invoke(slot, request, target)
         if request.method == "GET":
@@ -268,7 +280,10 @@ class GreengrassService:
             except WorkerRetired:
                 return _json(410, {"message": "this worker has been stopped"})
             return ApiResponse(
-                200, item.payload, {H_INVOCATION_ID: item.invocation_id, H_CLIENT_CONTEXT: item.client_context}
+                200,
+                item.payload,
+                {H_INVOCATION_ID: item.invocation_id, H_CLIENT_CONTEXT: item.client_context},
+                functools.partial(slot.give_back, item),
             )
         if request.method == "POST":
             invocation_id = request.headers.get(H_INVOCATION_ID.lower(), "")
@@ -279,7 +294,7 @@ class GreengrassService:
             return _json(404, {"message": f"no invocation {invocation_id!r} is waiting for this worker"})
         return _json(405, {"message": "use GET or POST"})
 
-    def _initialized(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
+    async def _initialized(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
         if not slot.owns(arn):
             return self._refuse(request, 403, f"a worker of {slot.arn} may not report for {arn}", slot.function)
         try:
@@ -288,10 +303,31 @@ class GreengrassService:
         except (ValueError, AttributeError):
             return _json(400, {"message": 'the body must be {"Success": bool, "Response": str}'})
         # millgate's runtime adds its pid: supervisord, not the core, starts (and restarts) a long-lived worker
-        if isinstance(report.get("ProcessId"), int):
-            slot.pid = report["ProcessId"]
-        slot.mark_initialized(success, response)
+        pid = report.get("ProcessId") if isinstance(report.get("ProcessId"), int) else None
+        pool = self.pools.get(slot.function)
+        if pool is not None and pool.function.lifecycle == "long-lived":
+            await self._follow_runner_spec(slot, pool)
+        slot.mark_initialized(success, response, pid)
+        if not success:
+            log.error("event=greengrass-init-failed function=%s pid=%s response=%r", slot.function, slot.pid, response)
         return ApiResponse(202)
+
+    async def _follow_runner_spec(self, slot: WorkerSlot, pool: FunctionPool) -> None:
+        """A long-lived worker (re)started, perhaps by a deployment that changed only its function (which
+        restarts fn-<name>, not the core): adopt what its runner spec says of it now — its ARN, qualified
+        with the deployed code version, and the timeout and queue size its messages get."""
+        if self.paths is None:
+            return
+        try:
+            spec = await asyncio.to_thread(read_spec, self.paths, slot.function)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("event=greengrass-runner-spec-unreadable function=%s reason=%s", slot.function, exc)
+            return
+        arn = spec.environment.get("MY_FUNCTION_ARN", slot.arn)
+        if arn != slot.arn and slot.owns(arn):
+            log.info("event=greengrass-worker-version function=%s arn=%s previous=%s", slot.function, arn, slot.arn)
+            slot.arn = self.arns[slot.function] = arn
+        pool.follow_limits(spec.timeout_s, spec.queue_size)
 
     async def _result(self, slot: WorkerSlot, request: ApiRequest) -> ApiResponse:
         invocation_id = request.headers.get(H_INVOCATION_ID.lower(), "")
@@ -421,7 +457,9 @@ class GreengrassService:
         """GGRouter: publish as the calling function; None when done, else the refusal."""
         custom = custom_of(context)
         source, subject = custom.get("source"), custom.get("subject")
-        if source != slot.arn:
+        # any version of the caller's own function: a redeployed long-lived worker publishes under its
+        # new version's ARN from its import on, before it reports in (contract section 7: no other function's)
+        if not isinstance(source, str) or not slot.owns(source):
             return self._refuse(
                 request, 403, f"publish source {source!r} is not this worker's function {slot.arn}", slot.function
             )

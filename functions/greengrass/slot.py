@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 from gateway.greengrass.arns import ArnError, parse_function_arn
@@ -32,12 +33,15 @@ def failed(kind: str, message: str) -> WorkResult:
 
 
 class WorkerRetired(Exception):
-    """The worker was stopped while it waited for work."""
+    """The worker was stopped, or replaced by a new process, while it waited for work."""
 
 
 class WorkerSlot:
     """One v1 worker as the API knows it: its token, its function, the work handed to it and the
-    results it owes. The dispatcher decides which worker runs what; the slot only carries it."""
+    results it owes. The dispatcher decides which worker runs what; the slot only carries it.
+
+    Work waits in the mailbox only until a poll (GET /work) takes it; a poll that goes away first (its
+    worker died) is withdrawn, and an item it took but could not deliver is given back, first in line."""
 
     def __init__(self, function: str, arn: str, token: str):
         self.function = function
@@ -47,10 +51,17 @@ class WorkerSlot:
         self.pid: int | None = None
         self.state = "Starting"  # the v1 health API's WorkerState
         self.initialized: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
-        self.retired = asyncio.Event()
-        self._mailbox: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self.init_failure: str | None = None  # the last import report's error, until one succeeds
+        self.retired = False
+        # bounded by the dispatcher: one item per invocation in flight, withdrawn when it gives up
+        self._mailbox: deque[WorkItem] = deque()
+        self._polls: deque[asyncio.Future[WorkItem]] = deque()  # GET /work requests waiting, oldest first
         self._results: dict[str, asyncio.Future[WorkResult]] = {}
-        self._abandoned: set[str] = set()
+
+    @property
+    def polling(self) -> bool:
+        """Whether a poll of this worker waits for work now."""
+        return any(not poll.done() for poll in self._polls)
 
     def owns(self, arn: str) -> bool:
         """Whether `arn` names this worker's function (qualified or not)."""
@@ -64,33 +75,71 @@ class WorkerSlot:
     def submit(self, item: WorkItem) -> asyncio.Future[WorkResult]:
         result: asyncio.Future[WorkResult] = asyncio.get_running_loop().create_future()
         self._results[item.invocation_id] = result
-        self._mailbox.put_nowait(item)
+        self._deliver(item, first=False)
         return result
+
+    def give_back(self, item: WorkItem) -> None:
+        """A poll took `item` but its worker never got it (the connection was gone): next in line, if
+        the dispatcher still waits for its result."""
+        if item.invocation_id in self._results:
+            self._deliver(item, first=True)
+
+    def _deliver(self, item: WorkItem, first: bool) -> None:
+        while self._polls:
+            poll = self._polls.popleft()
+            if not poll.done():
+                poll.set_result(item)
+                return
+        if first:
+            self._mailbox.appendleft(item)
+        else:
+            self._mailbox.append(item)
 
     def abandon(self, invocation_id: str) -> None:
         """The dispatcher gave up on it (timeout, worker gone): never hand it out, drop a late result."""
         if self._results.pop(invocation_id, None) is not None:
-            self._abandoned.add(invocation_id)
+            for item in self._mailbox:
+                if item.invocation_id == invocation_id:
+                    self._mailbox.remove(item)
+                    break
 
     async def next_work(self) -> WorkItem:
+        if self.retired:
+            raise WorkerRetired
         self.state = "Waiting"
-        while True:
-            getter = asyncio.ensure_future(self._mailbox.get())
-            retired = asyncio.ensure_future(self.retired.wait())
-            await asyncio.wait({getter, retired}, return_when=asyncio.FIRST_COMPLETED)
-            retired.cancel()
-            if not getter.done():
-                getter.cancel()
-                raise WorkerRetired
-            item = getter.result()
-            if item.invocation_id in self._abandoned:
-                self._abandoned.discard(item.invocation_id)
-                continue
+        if self._mailbox:
             self.state = "Working"
-            return item
+            return self._mailbox.popleft()
+        poll: asyncio.Future[WorkItem] = asyncio.get_running_loop().create_future()
+        self._polls.append(poll)
+        try:
+            item = await poll
+        except asyncio.CancelledError:
+            # the poll's connection went away; an item handed to it just before goes to the next one
+            if poll.done() and not poll.cancelled() and poll.exception() is None:
+                self.give_back(poll.result())
+            else:
+                poll.cancel()
+            raise
+        finally:
+            if poll in self._polls:
+                self._polls.remove(poll)
+        self.state = "Working"
+        return item
+
+    def retire_polls(self) -> None:
+        """Answer every waiting poll WorkerRetired (its worker was replaced, or stopped)."""
+        polls, self._polls = self._polls, deque()
+        for poll in polls:
+            if not poll.done():
+                poll.set_exception(WorkerRetired())
+
+    def retire(self) -> None:
+        """The worker was stopped: its polls, waiting or to come, are answered WorkerRetired."""
+        self.retired = True
+        self.retire_polls()
 
     def complete(self, invocation_id: str, result: WorkResult) -> bool:
-        self._abandoned.discard(invocation_id)
         future = self._results.pop(invocation_id, None)
         self.state = "Waiting"
         if future is None or future.done():
@@ -98,8 +147,19 @@ class WorkerSlot:
         future.set_result(result)
         return True
 
-    def mark_initialized(self, success: bool, response: str) -> None:
+    def mark_initialized(self, success: bool, response: str, pid: int | None = None) -> None:
+        """The worker's import report (PUT /initialized), or a poll's implied one. A report from a new
+        process (supervisord restarted a long-lived worker) retires the polls left by the old one."""
+        if pid is not None:
+            if self.pid is not None and pid != self.pid:
+                self.retire_polls()
+            self.pid = pid
         if not self.initialized.done():
             self.initialized.set_result((success, response))
-        if self.state == "Starting":
-            self.state = "Initialized" if success else "FailedInitialization"
+        if success:
+            self.init_failure = None
+            if self.state in ("Starting", "FailedInitialization"):
+                self.state = "Initialized"
+        else:
+            self.init_failure = response or "the handler module did not load"
+            self.state = "FailedInitialization"

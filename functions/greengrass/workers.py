@@ -17,6 +17,7 @@ import xmlrpc.client
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from functions.dispatcher import WorkerCannotRun
 from functions.greengrass.service import GreengrassService
 from functions.greengrass.slot import WorkerSlot, WorkItem, WorkResult
 from functions.user_log import UserLog
@@ -212,6 +213,10 @@ class PinnedV1Worker:
     async def invoke(
         self, request_id: str, topic: str, payload: bytes, timeout_s: float, client_context: str | None = None
     ) -> dict[str, Any]:
+        failure = self.slot.init_failure
+        if failure is not None and not self.slot.polling:
+            # its handler did not load (the service logged it): nothing would take the message
+            raise WorkerCannotRun(f"function cannot run: the handler could not load: {failure}")
         item = WorkItem(request_id, payload, _client_context(topic, client_context))
         try:
             result = await _hand_over(self.slot, item, timeout_s, None)
