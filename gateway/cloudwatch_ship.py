@@ -5,7 +5,8 @@ what is saved across restarts is, per log, where the last line CloudWatch acknow
 buffered during an outage are read again after a restart rather than skipped.
 
 It never imports boto3: each flush runs `python -m gateway.cloudwatch_put` as a short-lived child, so
-the 40 MB of boto3 is paid only while a batch is on its way.
+the 40 MB of boto3 is paid only while a batch is on its way. The child reports each batch CloudWatch
+answered as it goes, so what went before a hung child was killed is not sent again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.atomic_file import write_atomic
 from gateway.backoff import Backoff
@@ -59,12 +61,17 @@ class Shipper:
         self.state = "starting"
         self.reported_dropped = 0
         self.sent = 0
+        self.rejected = 0  # lines CloudWatch refused for good (too old, too new, expired): not sent
+        self.rejecting = False
 
     def _load_offsets(self) -> dict[str, FollowedFile]:
         """Every log where its last acknowledged line ends (a log never acknowledged starts at 0)."""
         try:
             saved = json.loads(self.offsets_file.read_text())
-            return {name: FollowedFile(Path(e["path"]), e["inode"], e["position"]) for name, e in saved.items()}
+            return {
+                name: FollowedFile(Path(e["path"]), e["inode"], e["position"], str(e.get("head", "")))
+                for name, e in saved.items()
+            }
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -108,6 +115,7 @@ class Shipper:
             "path": str(self.files[component].path),
             "inode": last.mark.inode,
             "position": last.mark.position,
+            "head": last.mark.head,
         }
 
     def flush(self) -> bool:
@@ -122,29 +130,35 @@ class Shipper:
             "timeout_s": self.settings.request_timeout_s,
             "streams": {s: [[e.timestamp_ms, e.message] for e in events] for s, events in pending.items()},
         }
-        error = None
-        try:
-            child = subprocess.run(
-                [sys.executable, "-m", "gateway.cloudwatch_put"],
-                input=json.dumps(request),
-                capture_output=True,
-                text=True,
-                timeout=CHILD_TIMEOUT_S,
-            )
-            result = json.loads(child.stdout or "{}")
-            if child.returncode != 0:
-                last_words = child.stderr.strip().splitlines()
-                error = result.get("error") or (last_words[-1] if last_words else f"exit {child.returncode}")
-        except (subprocess.TimeoutExpired, ValueError, OSError) as exc:
-            result, error = {}, f"{type(exc).__name__}: {exc}"
-        done = {stream: int(count) for stream, count in (result.get("done") or {}).items() if int(count) > 0}
+        reports, error = _run_child(request)
+        done: dict[str, int] = {}
+        rejected: dict[str, int] = {}
+        for stream, count, refused in reports:
+            done[stream] = done.get(stream, 0) + count
+            rejected[stream] = rejected.get(stream, 0) + refused
         for stream, count in done.items():
             self._acknowledge(stream, count)
-            self.sent += count
+            self.sent += count - rejected[stream]
         if done:
             self._save_offsets()
+        self._note_rejected({s: n for s, n in rejected.items() if n}, bool(done))
         self._set_state("failing" if error else "ok", error)
         return error is None
+
+    def _note_rejected(self, rejected: dict[str, int], answered: bool) -> None:
+        """Say once when CloudWatch starts refusing lines for good, and once when it takes them again."""
+        self.rejected += sum(rejected.values())
+        if rejected and not self.rejecting:
+            log.warning(
+                "event=lines-rejected group=%s streams=%s rejected_total=%d reason=stamped too old, too new or "
+                "expired for CloudWatch action=skipped; check the gateway's clock and the logs' time zone",
+                self.log_group,
+                ",".join(f"{s}:{n}" for s, n in sorted(rejected.items())),
+                self.rejected,
+            )
+        elif answered and not rejected and self.rejecting:
+            log.info("event=lines-accepted-again group=%s rejected_total=%d", self.log_group, self.rejected)
+        self.rejecting = bool(rejected) or (self.rejecting and not answered)
 
     def _set_state(self, state: str, error: str | None) -> None:
         if state == self.state:
@@ -156,6 +170,42 @@ class Shipper:
             )
         else:
             log.info("event=cloudwatch-ok group=%s sent_total=%d", self.log_group, self.sent)
+
+
+def _run_child(request: dict[str, Any]) -> tuple[list[tuple[str, int, int]], str | None]:
+    """Run the boto3 child on `request`: (stream, events done with, of those rejected) for each batch it
+    reported, even when it was killed half-way, and why it did not finish (None: it did)."""
+    error = None
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-m", "gateway.cloudwatch_put"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as child:
+            try:
+                output, errors = child.communicate(json.dumps(request), timeout=CHILD_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                output, errors = child.communicate()  # what it wrote before, per subprocess's docs
+                error = f"killed after {CHILD_TIMEOUT_S:.0f}s without finishing"
+    except OSError as exc:
+        return [], f"{type(exc).__name__}: {exc}"
+    reports: list[tuple[str, int, int]] = []
+    for line in output.splitlines():
+        try:
+            item = json.loads(line)
+            if "stream" in item:
+                reports.append((str(item["stream"]), int(item["done"]), int(item["rejected"])))
+            elif item.get("error"):
+                error = str(item["error"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a line cut short by the kill
+    if error is None and child.returncode != 0:
+        last_words = errors.strip().splitlines()
+        error = last_words[-1] if last_words else f"exit {child.returncode}"
+    return reports, error
 
 
 def run(shipper: Shipper, stop: threading.Event) -> None:
@@ -195,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     shipper = Shipper(paths, settings, config.gateway.thing_name)
     log.info("event=starting group=%s log_dir=%s", shipper.log_group, paths.log_dir)
     run(shipper, stop)
-    log.info("event=stopped sent_total=%d buffered=%d", shipper.sent, len(shipper.buffer))
+    log.info(
+        "event=stopped sent_total=%d rejected_total=%d buffered=%d", shipper.sent, shipper.rejected, len(shipper.buffer)
+    )
     return 0
 
 

@@ -175,6 +175,10 @@ class DiscoveryServer:
         caller = _common_name(peer)
         if caller is None:
             return 403, {"errorMessage": "a client certificate from the group CA is required"}
+        if caller != thing:
+            # refused before any lookup, as AWS answers 403 to a device without greengrass:Discover on
+            # that thing: whether another thing is enrolled is none of the caller's business
+            return 403, {"errorMessage": f"this certificate (CN={caller}) may not discover thing {thing}"}
         try:
             ca = load_ca(self.paths)
             records = device_registry.load_records(self.paths.device_registry)
@@ -184,8 +188,6 @@ class DiscoveryServer:
         now = now_utc()
         if not any(r.thing == thing and r.state(ca.serial, now) == "valid" for r in records):
             return 404, {"errorMessage": f"thing {thing} is not a device of this group"}
-        if caller != thing:
-            return 403, {"errorMessage": f"this certificate (CN={caller}) may not discover thing {thing}"}
         return 200, discover_response(self.config, ca.pem.decode())
 
     async def run(self, stop: asyncio.Event) -> None:

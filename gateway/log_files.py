@@ -7,22 +7,30 @@ It reads; it never writes, truncates or rotates a log.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
-# our components: 2024-05-01T10:00:00.123Z; mosquitto: 2024-05-01T10:00:00: ; supervisord: 2024-05-01 10:00:00,123
-_STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?Z?")
+# our components: 2024-05-01T10:00:00.123Z (UTC); mosquitto (log_timestamp_format): 2024-05-01T10:00:00: and
+# supervisord, Python's logging default: 2024-05-01 10:00:00,123, both in local time (strftime of
+# localtime(3), the process's TZ), which is what a stamp without a zone is read as
+_STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?")
+# how much of a file's start tells it apart from a newer file that was given the same inode number
+HEAD_BYTES = 64
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Where to read on from: `position` bytes into the file whose inode is `inode`."""
+    """Where to read on from: `position` bytes into the file whose inode is `inode` and whose first
+    bytes are `head` (see `file_head`; empty: not known, the inode alone decides)."""
 
     inode: int
     position: int
+    head: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,26 +59,45 @@ def log_sources(log_dir: Path) -> dict[str, LogSource]:
 
 
 def line_time(line: str) -> float | None:
-    """The UTC epoch seconds a log line starts with, or None (a traceback's continuation, a bare print)."""
+    """The epoch seconds a log line starts with, or None (a traceback's continuation, a bare print). A
+    stamp without a zone is local time, as mosquitto and supervisord write it."""
     match = _STAMP.match(line)
     if not match:
         return None
-    day, clock, fraction = match.groups()
+    day, clock, fraction, zone = match.groups()
     try:
-        stamp = datetime.fromisoformat(f"{day}T{clock}").replace(tzinfo=UTC).timestamp()
-    except ValueError:
+        # naive: timestamp() goes through mktime(3), which applies TZ and daylight saving like they did
+        stamp = datetime.fromisoformat(f"{day}T{clock}{zone or ''}").timestamp()
+    except (ValueError, OverflowError):
         return None
     return stamp + (float(f"0.{fraction}") if fraction else 0.0)
 
 
+def file_head(handle: BinaryIO) -> str:
+    """A fingerprint of an open file's first HEAD_BYTES (fewer while it is shorter): its length and hash."""
+    data = os.pread(handle.fileno(), HEAD_BYTES, 0)
+    return f"{len(data)}:{hashlib.blake2b(data, digest_size=8).hexdigest()}"
+
+
+def starts_with(handle: BinaryIO, head: str) -> bool:
+    """Whether an open file's first bytes are the ones `head` fingerprints (an unknown head: True)."""
+    if not head:
+        return True
+    length = int(head.partition(":")[0])
+    data = os.pread(handle.fileno(), length, 0)
+    return len(data) == length and f"{length}:{hashlib.blake2b(data, digest_size=8).hexdigest()}" == head
+
+
 class FollowedFile:
     """New complete lines of one log file since the last read, across rotation. `position` is where the
-    next read starts in the file whose inode is `inode`, so a caller can persist and resume it."""
+    next read starts in the file whose inode is `inode` (and whose start `head` fingerprints), so a
+    caller can persist and resume it."""
 
-    def __init__(self, path: Path, inode: int | None = None, position: int = 0):
+    def __init__(self, path: Path, inode: int | None = None, position: int = 0, head: str = ""):
         self.path = path
         self.inode = inode
         self.position = position
+        self.head = head
 
     def at_end(self) -> FollowedFile:
         try:
@@ -91,24 +118,28 @@ class FollowedFile:
             stat = self.path.stat()
         except FileNotFoundError:
             return lines
-        if self.inode is not None and stat.st_ino != self.inode:
+        if self.inode is not None and (stat.st_ino != self.inode or not self._starts_as_read(self.path)):
             # rotated, perhaps several times while nobody read: finish the file we were in (now
-            # <name>.N) and every newer generation, oldest first, before starting on the live one
-            for path, inode, size in self._rotated_since(self.inode):
-                if inode != self.inode:
-                    self.inode, self.position = inode, 0
-                lines += self._read(path, limit_bytes)
+            # <name>.N) and every newer generation, oldest first, before starting on the live one. (A
+            # live file with our inode but not our first bytes is a new file that reused the number.)
+            generations, resume_first = self._rotated_since()
+            for index, (path, inode, size) in enumerate(generations):
+                if index > 0 or not resume_first:
+                    self.inode, self.position, self.head = inode, 0, ""
+                lines += self._read(path, inode, limit_bytes, finished=True)
                 if self.position < size:  # stopped at limit_bytes: carry on in this file next time
                     return lines
-            self.inode, self.position = stat.st_ino, 0
-        elif stat.st_size < self.position:  # truncated in place
-            self.position = 0
+            self.inode, self.position, self.head = stat.st_ino, 0, ""
         self.inode = stat.st_ino
-        return lines + self._read(self.path, limit_bytes)
+        return lines + self._read(self.path, stat.st_ino, limit_bytes)
 
-    def _rotated_since(self, inode: int) -> list[tuple[Path, int, int]]:
-        """The rotated generations from the one whose inode is `inode` to <name>.1, oldest first, each
-        with its inode and size; empty when that file is gone (rotated out of the backups)."""
+    def _rotated_since(self) -> tuple[list[tuple[Path, int, int]], bool]:
+        """The rotated generations still to read, oldest first, each with its inode and size, and
+        whether reading resumes at `position` in the first. That first is the file we were in; when it
+        is gone (rotated out of the backups while nobody read), every generation left is newer than it,
+        so all of them are read from their start, and so is a file that only reuses its inode number.
+        (The one case where that reads lines again: the live file truncated or removed by hand, as
+        `supervisorctl clear` does, with its backups left; repeating them beats skipping a rotation.)"""
         found = []
         for path in LogSource("", self.path).generations()[:-1]:
             try:
@@ -116,29 +147,50 @@ class FollowedFile:
             except FileNotFoundError:
                 continue
             found.append((path, stat.st_ino, stat.st_size))
-        starts = [i for i, (_, ino, _) in enumerate(found) if ino == inode]
-        return found[starts[0] :] if starts else []
+        for index, (path, inode, size) in enumerate(found):
+            if inode == self.inode and size >= self.position and self._starts_as_read(path):
+                return found[index:], True
+        return found, False
 
-    def _read(self, path: Path, limit_bytes: int) -> list[tuple[str, Resume]]:
+    def _starts_as_read(self, path: Path) -> bool:
         try:
             with path.open("rb") as handle:
-                inode = os.fstat(handle.fileno()).st_ino
+                return starts_with(handle, self.head)
+        except OSError:
+            return False
+
+    def _read(self, path: Path, inode: int, limit_bytes: int, finished: bool = False) -> list[tuple[str, Resume]]:
+        """Complete lines from `position` on in the file at `path`, if that still is the one whose inode is
+        `inode` (else none: rotated again since we looked, and the next read follows it). In a `finished`
+        file (rotated, so nothing more is written to it) a last line without its newline is complete too."""
+        try:
+            with path.open("rb") as handle:
+                stat = os.fstat(handle.fileno())
+                if stat.st_ino != inode:
+                    return []
+                if stat.st_size < self.position or not starts_with(handle, self.head):
+                    # truncated in place, or a new file given the old one's inode: nothing of it read yet
+                    self.position = 0
+                head = file_head(handle)
                 handle.seek(self.position)
                 data = handle.read(limit_bytes)
         except OSError:
             return []
         end = data.rfind(b"\n")
+        if finished and data and len(data) < limit_bytes:
+            end = len(data) - 1
         if end < 0:
             return []
+        self.head = head
         found: list[tuple[str, Resume]] = []
         start = self.position
         for raw in data[: end + 1].splitlines(keepends=True):
             # a byte line may decode to several text lines (a lone \r): all but its last resume at
             # its start, so stopping half-way through repeats lines rather than skipping them
             parts = raw.decode("utf-8", errors="replace").splitlines()
-            found += [(part, Resume(inode, start)) for part in parts[:-1]]
+            found += [(part, Resume(inode, start, head)) for part in parts[:-1]]
             if parts:
-                found.append((parts[-1], Resume(inode, start + len(raw))))
+                found.append((parts[-1], Resume(inode, start + len(raw), head)))
             start += len(raw)
         self.position += end + 1
         return found

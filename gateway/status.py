@@ -21,7 +21,7 @@ from gateway.acl import OPERATOR
 from gateway.credentials import load_credentials
 from gateway.mqtt_blocking import MqttError, connect_blocking, paho_client
 from gateway.paths import GatewayPaths
-from gateway.topics import STATUS_FILTER
+from gateway.topics import STATUS_FILTER, status_component
 
 BROKER_PROBE_TIMEOUT_S = 2.0
 RETAINED_QUIET_S = 0.15
@@ -108,12 +108,15 @@ def read_component_status(paths: GatewayPaths) -> tuple[dict[str, dict[str, Any]
     last_message = [time.monotonic()]
 
     def on_message(_c: Any, _u: Any, message: Any) -> None:
+        last_message[0] = time.monotonic()
+        component = status_component(message.topic)
         try:
             status = json.loads(message.payload)
-            found[str(status["component"])] = status
-        except (ValueError, KeyError, TypeError):
-            pass
-        last_message[0] = time.monotonic()
+        except ValueError:
+            return
+        # a heartbeat speaks for the component whose topic it is on, never for another one
+        if component is not None and isinstance(status, dict) and status.get("component") == component:
+            found[component] = status
 
     client.on_message = on_message
     client.on_subscribe = lambda *_: subscribed.set()

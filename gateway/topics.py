@@ -6,6 +6,8 @@ It does no I/O.
 
 from __future__ import annotations
 
+import re
+
 MAX_TOPIC_BYTES = 65535
 
 
@@ -13,11 +15,21 @@ class TopicError(ValueError):
     """A topic name or filter that MQTT does not allow."""
 
 
+# MQTT 5 section 1.5.4: no U+0000, and the control characters U+0001-U+001F and U+007F-U+009F are
+# refused as malformed by mosquitto (mosquitto_validate_utf8); a newline would also end a line of the
+# generated ACL file, which the topic is written into
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _check_common(topic: str) -> None:
     if not topic:
         raise TopicError("must not be empty")
-    if "\x00" in topic:
-        raise TopicError("must not contain a NUL character")
+    control = _CONTROL.search(topic)
+    if control:
+        raise TopicError(f"{topic!r} holds the control character U+{ord(control.group()):04X} at {control.start()}")
+    if topic != topic.strip():
+        # almost always a slip, and invisible in the generated ACL line, whose parser need not keep it
+        raise TopicError(f"{topic!r} begins or ends with whitespace")
     try:
         size = len(topic.encode("utf-8"))
     except UnicodeEncodeError:
@@ -93,6 +105,15 @@ def component_prefix(component: str) -> str:
 
 
 STATUS_FILTER = "millgate/+/status"
+
+
+def status_component(topic: str) -> str | None:
+    """The component whose heartbeat `topic` carries (millgate/<component>/status), or None. The
+    broker lets only that component write there, so this, not what the payload says, names it."""
+    levels = topic.split("/")
+    if len(levels) == 3 and levels[0] == "millgate" and levels[2] == "status" and levels[1]:
+        return levels[1]
+    return None
 
 
 SET_SUFFIX = "/set"

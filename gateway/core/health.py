@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.mqtt import Received
+from gateway.topics import status_component
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,17 @@ class ComponentHealth:
         self._on_offline.setdefault(component, []).append(callback)
 
     async def on_status(self, message: Received) -> None:
+        component = status_component(message.topic)
         try:
             status = json.loads(message.payload)
-            component = str(status["component"])
+            claimed = status["component"]
             state = str(status["state"])
         except (ValueError, KeyError, TypeError):
             log.warning("event=bad-status topic=%s payload=%r", message.topic, message.payload[:200])
+            return
+        if component is None or claimed != component:
+            # only `component` may write on its status topic (the ACL): it does not speak for another
+            log.warning("event=bad-status topic=%s claims=%r reason=not the topic's component", message.topic, claimed)
             return
         previous = self.seen.get(component, {}).get("state")
         self.seen[component] = status

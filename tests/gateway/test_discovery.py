@@ -1,7 +1,10 @@
 """The gateway's own Greengrass discovery API (issue 3, item 6): mutual TLS with the device's
-certificate, AWS's JSON shape with the core's connectivity and the group CA, 404 for a thing that is
-not a device of the group, 403 for another device's thing or a client without a certificate, and a
-TLS refusal (logged with the reason) for a revoked or foreign certificate.
+certificate, AWS's JSON shape with the core's connectivity and the group CA, 403 for any thing but the
+caller's own (enrolled or not, so the answer tells nothing about other things) or a client without a
+certificate, 404 for a caller whose own thing is not a device of the group, and a TLS refusal (logged
+with the reason) for a revoked or foreign certificate. AWS's 403 and 404: "Troubleshooting client
+devices", AWS IoT Greengrass developer guide (403: no permission to call greengrass:Discover for that
+thing; 404: the thing provided for discovery was not found).
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from gateway import ca as group_ca
 from gateway.config import GatewayConfig
 from gateway.discovery import discover_response
 from gateway.ip_detector import interface_addresses
@@ -99,11 +104,32 @@ def test_known_thing_gets_the_aws_shaped_answer_with_connectivity_and_group_ca(g
         peer_certificate(gw.tls_port, as_sdk, host=entry["HostAddress"])
 
 
-def test_thing_that_is_not_a_device_of_the_group_is_404(gw, short_tmp) -> None:
-    files = enrol(gw.paths, "sensor-2", short_tmp)
-    status, body = discover(gw.discovery_port, "never-enrolled", files, files.ca)
+def unrecorded(gw: RunningGateway, thing: str, out: Path) -> DeviceFiles:
+    """A certificate from the group CA for `thing` that the device registry holds no record of."""
+    ca = group_ca.load_ca(gw.paths)
+    issued = group_ca.issue_device_cert(ca, thing, 30)
+    assert issued.key_pem is not None
+    files = DeviceFiles(thing, out / f"{thing}.cert.pem", out / f"{thing}.key.pem", gw.paths.ca_cert)
+    files.cert.write_bytes(issued.cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(issued.key_pem)
+    return files
+
+
+def test_own_thing_that_is_not_a_device_of_the_group_is_404(gw, short_tmp) -> None:
+    files = unrecorded(gw, "sensor-2", short_tmp)
+    status, body = discover(gw.discovery_port, "sensor-2", files, files.ca)
     assert status == 404
     assert "not a device of this group" in body["errorMessage"]
+
+
+def test_another_thing_is_403_whether_it_is_enrolled_or_not(gw, short_tmp) -> None:
+    files = enrol(gw.paths, "sensor-5", short_tmp)
+    enrol(gw.paths, "sensor-6", short_tmp)
+    answers = {thing: discover(gw.discovery_port, thing, files, files.ca) for thing in ("sensor-6", "never-enrolled")}
+    assert {thing: status for thing, (status, _) in answers.items()} == {"sensor-6": 403, "never-enrolled": 403}
+    assert answers["never-enrolled"][1]["errorMessage"] == (
+        "this certificate (CN=sensor-5) may not discover thing never-enrolled"
+    )
 
 
 def test_another_devices_thing_is_403(gw, short_tmp) -> None:

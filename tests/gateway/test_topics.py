@@ -22,9 +22,11 @@ from gateway.topics import (
     validate_topic_name,
 )
 
-# A level: any text without the separator, the wildcards, NUL or lone surrogates (not UTF-8); may be empty.
-level_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="/+#\x00")
-plain_level = st.text(level_chars, max_size=4) | st.sampled_from(["", "a", "b", "line1", "$SYS", "$aws"])
+# A level: any text without the separator, the wildcards, control characters (Cc: U+0000-U+001F and
+# U+007F-U+009F), lone surrogates (not UTF-8) or whitespace, which a topic may hold inside but not at
+# either end (the sampled "a b" keeps one inside); may be empty.
+level_chars = st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters="/+#")
+plain_level = st.text(level_chars, max_size=4) | st.sampled_from(["", "a", "b", "a b", "line1", "$SYS", "$aws"])
 topic_levels = st.lists(plain_level, min_size=1, max_size=6)
 
 
@@ -140,15 +142,44 @@ def test_topic_name_with_a_wildcard_is_rejected(levels: list[str], position: int
     ("bad", "why"),
     [
         ("", "must not be empty"),
-        ("a/\x00/b", "NUL"),
+        ("a/\x00/b", "control character U\\+0000"),
         ("a/\ud800", "UTF-8"),
         ("é" * (MAX_TOPIC_BYTES // 2 + 1), f"longer than {MAX_TOPIC_BYTES} bytes"),
+        ("line1/x\ntopic readwrite line2/secret", "control character U\\+000A at 7"),
+        ("a/\x7f", "control character U\\+007F"),
+        ("a/\x9fb", "control character U\\+009F"),
+        (" a/b", "begins or ends with whitespace"),
+        ("a/b\u3000", "begins or ends with whitespace"),
     ],
-    ids=["empty", "nul", "lone-surrogate", "too-long-in-bytes"],
+    ids=[
+        "empty",
+        "nul",
+        "lone-surrogate",
+        "too-long-in-bytes",
+        "newline",
+        "delete",
+        "c1-control",
+        "lead-space",
+        "ideographic-space",
+    ],
 )
 def test_topics_mqtt_cannot_carry_are_rejected(validate, bad: str, why: str) -> None:
     with pytest.raises(TopicError, match=why):
         validate(bad)
+
+
+@given(topics(), st.sampled_from([*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0))]), st.data())
+def test_a_control_character_anywhere_is_rejected(topic: str, control: str, data: st.DataObject) -> None:
+    """MQTT 5 section 1.5.4 and mosquitto_validate_utf8: U+0000-U+001F and U+007F-U+009F are malformed."""
+    at = data.draw(st.integers(0, len(topic)))
+    bad = topic[:at] + control + topic[at:]
+    for validate in (validate_topic_name, validate_topic_filter):
+        with pytest.raises(TopicError, match=f"control character U\\+{ord(control):04X}"):
+            validate(bad)
+
+
+def test_whitespace_inside_a_topic_is_kept() -> None:
+    assert validate_topic_name("hall 2/press 01") == "hall 2/press 01"
 
 
 def test_longest_topic_is_accepted() -> None:
