@@ -1,5 +1,6 @@
 """`millgate shadow get|update|delete THING [DOCUMENT] [--name N]`: one request to the local shadow
-service over the broker as the operator; prints the accepted JSON (exit 0) or the rejected JSON (exit 1).
+service over the broker as the operator; prints the accepted JSON (exit 0) or the rejected JSON (exit 1);
+a thing or shadow name that cannot be a topic level is refused before anything is sent (exit 2).
 
 It implements no shadow rule itself: whatever the service answers is what the operator sees.
 """
@@ -19,11 +20,23 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.cli_support import load_quietly, paths_for
 from gateway.operator_client import OperatorError, connected_operator
 from gateway.paths import GatewayPaths
+from gateway.shadows.document import SHADOW_NAME, THING_NAME
 from gateway.topics import shadow_topic
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 ANSWER_TIMEOUT_S = 10.0
+NAME_CHARACTERS = "letters, digits, ':', '_' and '-'"
+
+
+def name_problem(thing: str, name: str | None) -> str | None:
+    """What is wrong with a thing or shadow name for a shadow topic (AWS IoT's limits [S9]), or None."""
+    if not THING_NAME.fullmatch(thing):
+        return f"thing name {thing!r} is not valid: use 1-128 {NAME_CHARACTERS}"
+    if name is not None and not SHADOW_NAME.fullmatch(name):
+        return f"--name {name!r} is not a valid shadow name: use 1-64 {NAME_CHARACTERS}"
+    return None
 
 
 def request_shadow(
@@ -91,7 +104,10 @@ def _payload(document: str | None) -> tuple[bytes, str | None]:
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
-
+    problem = name_problem(args.thing, args.name)
+    if problem is not None:
+        print(f"millgate shadow: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     document = args.document
     if args.shadow_verb == "update" and (document is None or document == "-"):
         document = sys.stdin.read()

@@ -186,4 +186,5 @@ class ShadowStore:
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    # allow_nan=False: NaN and Infinity are not JSON, and a row holding them could never be answered
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -52,6 +52,7 @@ async def main() -> None:
     router.add([f for f, _ in deployer.subscriptions], deployer.on_message)
     if shadows.sync is not None:
         health.when_offline(UPLINK, shadows.sync.on_uplink_offline)
+    router.on_reconnect(shadows.on_broker_reconnected)
     # Greengrass v1 functions: the v1 HTTP API, whose shadow calls are answered over this connection
     greengrass = GreengrassService.for_config(ctx.loaded, ctx.paths)
     if greengrass is not None:

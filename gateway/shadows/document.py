@@ -8,6 +8,7 @@ It does no I/O and knows no topics or storage; `gateway/shadows/handler.py` appl
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,13 @@ def bad_request(message: str) -> ShadowError:
 
 
 def not_found(thing: str, name: str | None) -> ShadowError:
-    # AWS quotes the shadow's name, and for the classic shadow names the thing
+    # AWS quotes the shadow's name (docs/shadows.md gives the sources), and for the classic shadow
+    # names the thing
     return ShadowError(404, f"No shadow exists with name: '{name or thing}'")
+
+
+def too_deep() -> ShadowError:
+    return bad_request(f"JSON contains too many levels of nesting; maximum is {MAX_DEPTH}")
 
 
 VERSION_CONFLICT = "Version conflict"
@@ -62,14 +68,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON syntax but no double holds it: Python reads it as inf, which no JSON can carry
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is beyond the range of a JSON number")
+    return value
+
+
 def read_json(payload: bytes) -> Any:
+    """The payload's JSON value; NaN, Infinity and numbers beyond a double's range are not JSON."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ShadowError(415, NOT_UTF8) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        # only nesting makes the parser recurse that deep: far past the depth AWS allows [S9]
+        raise too_deep() from None
+    except ValueError:
         raise bad_request("Invalid JSON") from None
 
 
@@ -77,9 +95,20 @@ def client_token(document: Json) -> str | None:
     if "clientToken" not in document:
         return None
     token = document["clientToken"]
-    if not isinstance(token, str) or len(token.encode("utf-8")) > MAX_CLIENT_TOKEN_BYTES:
+    # a lone surrogate (`"\\ud800"`) is no Unicode text: it could not be echoed back
+    if not isinstance(token, str) or not _encodable(token) or len(token.encode("utf-8")) > MAX_CLIENT_TOKEN_BYTES:
         raise bad_request("Invalid clientToken")
     return token
+
+
+def token_if_any(payload: bytes) -> str | None:
+    """For an error answer: the request's valid clientToken whatever else is wrong with the request
+    (1e400, NaN), so the caller can match the refusal; None when there is none to find. Never raises."""
+    try:
+        document = json.loads(payload)  # Python's lenient reading: only the token is wanted
+        return client_token(document) if isinstance(document, dict) else None
+    except (ValueError, RecursionError, ShadowError):
+        return None
 
 
 def token_of_side_request(payload: bytes) -> str | None:
@@ -98,7 +127,11 @@ def parse_update(payload: bytes) -> UpdateRequest:
     """Validate an /update request document [S1][S3]; raise ShadowError with AWS's code and text."""
     if len(payload) > MAX_REQUEST_BYTES:
         raise ShadowError(413, TOO_LARGE)
-    document = read_json(payload)
+    try:
+        document = read_json(payload)
+    except ShadowError as exc:
+        exc.client_token = token_if_any(payload)
+        raise
     if not isinstance(document, dict):
         raise bad_request("Invalid JSON")
     token = client_token(document)
@@ -136,19 +169,34 @@ def _check_section(section: str, value: Any) -> None:
         return
     if not isinstance(value, dict):
         raise bad_request(f"{section.capitalize()} node must be an object")
-    if depth(value) > MAX_DEPTH:
-        raise bad_request(f"JSON contains too many levels of nesting; maximum is {MAX_DEPTH}")
+    if deeper_than(value, MAX_DEPTH):
+        raise too_deep()
     if _array_holds_null(value, in_array=False):
         raise bad_request("Invalid JSON")
+    if not _encodable(value):
+        raise bad_request("Invalid JSON")  # a lone surrogate escape: text that is not Unicode
 
 
-def depth(value: Any) -> int:
-    """Nesting levels of objects and arrays: `{"a": 1}` is 1."""
-    if isinstance(value, dict):
-        return 1 + max((depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((depth(v) for v in value), default=0)
-    return 0
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels (`{"a": 1}` is 1); iterative and
+    stopping at the first path past the limit, so no input can exhaust the stack."""
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        node, level = pending.pop()
+        if isinstance(node, dict | list):
+            if level == limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            pending.extend((child, level + 1) for child in children)
+    return False
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        compact(value)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _array_holds_null(value: Any, in_array: bool) -> bool:
@@ -276,7 +324,7 @@ def state_size(state: Json) -> int:
 
 
 def compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 # ---- response documents [S1] --------------------------------------------------------------------

@@ -47,16 +47,21 @@ class Outcome:
 
 
 def _encode(document: Json) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 class ShadowHandler:
     def __init__(self, store: ShadowStore, clock: Callable[[], float] = time.time):
         self.store = store
         self.clock = clock
+        self._failures_logged: set[str] = set()  # exception types whose traceback is in the log already
 
-    def handle(self, thing: str, name: str | None, operation: str, payload: bytes) -> Outcome:
-        """The answer to one request; never raises for what a client sent."""
+    def handle(
+        self, thing: str, name: str | None, operation: str, payload: bytes, *, expected_version: int | None = None
+    ) -> Outcome:
+        """The answer to one request; never raises for what a client sent. `expected_version` is for
+        the sync engine's deletes only: applied only at that version, else 409 (an MQTT delete request
+        cannot ask for that: its content is ignored [S2])."""
         now = self.clock()
         timestamp = int(now)
         token: str | None = None
@@ -67,19 +72,48 @@ class ShadowHandler:
             doc.check_names(thing, name)
             if operation == "get":
                 return self._get(thing, name, token, timestamp)
-            return self._delete(thing, name, token, now)
+            return self._delete(thing, name, token, now, expected_version)
         except ShadowError as exc:
             if exc.client_token is None:
                 exc.client_token = token
             return self._rejected(thing, name, operation, exc, timestamp)
-        except Exception:
-            log.exception("event=shadow-request-failed thing=%s name=%s operation=%s", thing, name, operation)
-            error = ShadowError(500, doc.INTERNAL, token)
+        except Exception as exc:
+            self._log_failure(thing, name, operation, exc)
+            error = ShadowError(500, doc.INTERNAL, doc.token_if_any(payload))
             return self._rejected(thing, name, operation, error, timestamp)
+
+    def _log_failure(self, thing: str, name: str | None, operation: str, exc: Exception) -> None:
+        """A fault of ours: its traceback once per exception type, one line per request after that."""
+        kind = type(exc).__name__
+        first = kind not in self._failures_logged
+        self._failures_logged.add(kind)
+        log.error(
+            "event=shadow-request-failed thing=%s name=%s operation=%s error=%s: %s",
+            thing,
+            name,
+            operation,
+            kind,
+            exc,
+            exc_info=exc if first else None,
+        )
 
     def live(self, thing: str, name: str | None) -> StoredShadow | None:
         row = self.store.get(thing, name or "")
         return row if row is not None and not row.deleted else None
+
+    def current(self, thing: str, name: str | None) -> tuple[StoredShadow | None, int]:
+        """The live shadow (None if there is none) and, read with it, the `version` an update
+        conditioned on it must carry: the live one's, else a deleted one's within 48 h, else 0 [S4]."""
+        row = self.store.get(thing, name or "")
+        if row is not None and not row.deleted:
+            return row, row.version
+        return None, self._version_to_create(row, self.clock())
+
+    @staticmethod
+    def _version_to_create(row: StoredShadow | None, now: float) -> int:
+        if row is not None and row.deleted_at is not None and now - row.deleted_at <= TOMBSTONE_S:
+            return row.version
+        return 0
 
     # ---- operations -----------------------------------------------------------------------------
 
@@ -101,12 +135,7 @@ class ShadowHandler:
         with self.store.transaction():
             row = self.store.get(thing, name or "")
             current = row if row is not None and not row.deleted else None
-            if current is not None:
-                version = current.version
-            elif row is not None and row.deleted_at is not None and now - row.deleted_at <= TOMBSTONE_S:
-                version = row.version
-            else:
-                version = 0
+            version = current.version if current is not None else self._version_to_create(row, now)
             if request.version is not None and request.version != version:
                 raise ShadowError(409, doc.VERSION_CONFLICT, request.client_token)
             state, metadata = doc.apply_update(
@@ -133,11 +162,15 @@ class ShadowHandler:
             messages.append(Outgoing(shadow_topic(thing, name, "update", "delta"), _encode(delta)))
         return Outcome(messages, Change(thing, name, "update", new.version, token))
 
-    def _delete(self, thing: str, name: str | None, token: str | None, now: float) -> Outcome:
+    def _delete(
+        self, thing: str, name: str | None, token: str | None, now: float, expected_version: int | None
+    ) -> Outcome:
         with self.store.transaction():
             row = self.live(thing, name)
             if row is None:
                 raise doc.not_found(thing, name)
+            if expected_version is not None and row.version != expected_version:
+                raise ShadowError(409, doc.VERSION_CONFLICT, token)
             self.store.put(StoredShadow(thing, name or "", {}, {}, row.version, now, now))
         answer = doc.delete_accepted(row.version, int(now), token)
         return Outcome(

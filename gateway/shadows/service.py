@@ -67,6 +67,11 @@ class ShadowService:
             fields["shadow_sync"] = self.sync.state
         return fields
 
+    def on_broker_reconnected(self) -> None:
+        """The core's connection to the broker is back; sync must reconcile what it may have missed."""
+        if self.sync is not None:
+            self.sync.on_broker_reconnected()
+
     async def on_message(self, received: Received) -> None:
         request = parse_shadow_request(received.topic)
         if request is None:

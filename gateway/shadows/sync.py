@@ -7,11 +7,16 @@ sides agreed on (the *base*, kept in shadows.db). A field changed on one side on
 value; a field changed differently on both sides is a conflict, won by the section's owner: `reported`
 by the local side (the plant reports), `desired` by the cloud (the fleet decides). With one-way sync the
 source side wins every conflict and only the other side is written. Every write carries the `version`
-the merge was computed from, so a concurrent change makes it fail (409) and the merge is redone;
-re-running a finished merge changes nothing, so no change is lost or applied twice. Timestamps are not
-compared: the gateway's clock and AWS's are not the same clock. A sync that fails for a reason that can
-pass (no answer, throttling, a server error, a shadow that kept changing) is retried with capped backoff
-while the link is up; only a permanent refusal (a 4xx other than 409 and 429) waits for the next change.
+the merge was computed from (for a shadow not there yet, the version a new one starts from, as the
+handler enforces), so a concurrent change makes it fail (409) and the merge is redone; a local delete is
+version-checked the same way. Re-running a finished merge changes nothing, so no change is lost or
+applied twice. The one unguarded write: creating a cloud shadow the cloud refused to create at the
+version we knew (deleted by someone else, so its tombstone's version is unknown here). Timestamps are
+not compared: the gateway's clock and AWS's are not the same clock. A sync that fails for a reason that
+can pass (no answer, throttling, a server error, a shadow that kept changing) is retried with capped
+backoff while the link is up; only a permanent refusal (a 4xx other than 409 and 429) waits for the
+next change. Cloud changes relayed while the core is away from the broker are lost (its session is not
+persistent), so every synced shadow is reconciled again when its connection comes back.
 
 It never touches the cloud link itself and never writes shadows.db except through the handler.
 """
@@ -69,6 +74,10 @@ class Conflict(Exception):
     """One side changed while the merge was being applied; merge again."""
 
 
+class CloudCreateConflict(Conflict):
+    """The cloud refused to create a shadow at the version it was expected to start from."""
+
+
 class StillConflicting(Exception):
     """Every merge attempt in a row met a concurrent change; merge again later."""
 
@@ -110,6 +119,8 @@ class ShadowSyncEngine:
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._waiting: dict[str, asyncio.Future[tuple[str, Json]]] = {}
+        # this engine's own requests: another gateway syncing the same cloud shadow is not "us"
+        self._token_prefix = f"{SYNC_TOKEN_PREFIX}{uuid.uuid4().hex[:12]}-"
         self._backoff: dict[Key, Backoff] = {}  # shadows whose last sync failed and will be retried
         self._retry_timers: dict[Key, asyncio.TimerHandle] = {}
 
@@ -122,8 +133,11 @@ class ShadowSyncEngine:
     async def on_local_change(self, change: Change) -> None:
         key = (change.thing, change.name)
         direction = self.direction.get(key)
-        if direction in ("both", "local-to-cloud") and not (change.client_token or "").startswith(SYNC_TOKEN_PREFIX):
+        if direction in ("both", "local-to-cloud") and not self._ours(change.client_token):
             self._schedule(key)
+
+    def _ours(self, token: object) -> bool:
+        return isinstance(token, str) and token.startswith(self._token_prefix)
 
     async def on_message(self, received: Received) -> None:
         if received.topic == LINK_TOPIC:
@@ -135,20 +149,20 @@ class ShadowSyncEngine:
         base_topic, _, outcome = cloud_topic.rpartition("/")
         parsed = parse_shadow_request(base_topic)
         try:
-            answer = json.loads(received.payload)
-        except ValueError:
+            answer = doc.read_json(received.payload)
+        except doc.ShadowError:
             return
         if parsed is None or not isinstance(answer, dict):
             return
         thing, name, operation = parsed
         token = answer.get("clientToken")
         waiter = self._waiting.get(token) if isinstance(token, str) else None
-        if waiter is not None and not waiter.done():
+        # `/update/documents` echoes the token too, and may come first: only the answer completes a wait
+        if waiter is not None and not waiter.done() and outcome in ("accepted", "rejected"):
             waiter.set_result((f"{operation}/{outcome}", answer))
             return
-        ours = isinstance(token, str) and token.startswith(SYNC_TOKEN_PREFIX)
         if (
-            not ours
+            not self._ours(token)
             and (thing, name) in self.direction
             and (operation, outcome)
             in (
@@ -157,6 +171,20 @@ class ShadowSyncEngine:
             )
         ):
             self._schedule((thing, name))
+
+    def on_broker_reconnected(self) -> None:
+        """The core's broker connection is back: what the uplink relayed meanwhile never arrived (no
+        persistent session), so every synced shadow is reconciled again and answers awaited are lost."""
+        self._fail_waiters("the core's broker connection was lost; answers relayed meanwhile are gone")
+        if self.connected:
+            log.info("event=shadow-sync-broker-reconnected shadows=%d", len(self.direction))
+            for key in self.direction:
+                self._schedule(key)
+
+    def _fail_waiters(self, reason: str) -> None:
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(CloudUnavailable(reason))
 
     def on_uplink_offline(self) -> None:
         """The uplink died (its last will): a link it left marked connected is gone with it."""
@@ -182,9 +210,7 @@ class ShadowSyncEngine:
             self.state = "waiting-for-cloud"
             log.info("event=shadow-sync-cloud-down")
             self._cancel_retries()  # the link's return reconciles every shadow
-            for waiter in self._waiting.values():
-                if not waiter.done():
-                    waiter.set_exception(CloudUnavailable("the uplink's cloud link went down"))
+            self._fail_waiters("the uplink's cloud link went down")
 
     def _schedule(self, key: Key) -> None:
         if key not in self._queued:
@@ -263,9 +289,13 @@ class ShadowSyncEngine:
         self._retry_timers[key] = asyncio.get_running_loop().call_later(delay, self._schedule, key)
 
     async def _sync(self, key: Key) -> None:
+        create_unguarded = False
         for _ in range(MAX_ATTEMPTS):
             try:
-                await self._sync_once(key)
+                await self._sync_once(key, create_unguarded)
+            except CloudCreateConflict:
+                create_unguarded = True  # if the cloud still has no shadow on the next attempt
+                continue
             except Conflict:
                 continue
             self.synced_total += 1
@@ -273,11 +303,11 @@ class ShadowSyncEngine:
             return
         raise StillConflicting()
 
-    async def _sync_once(self, key: Key) -> None:
+    async def _sync_once(self, key: Key, create_unguarded: bool = False) -> None:
         thing, name = key
         direction = self.direction[key]
         base = await self.storage.call(self.handler.store.sync_base, thing, name or "")
-        local_row = await self.storage.call(self.handler.live, thing, name)
+        local_row, local_write_version = await self.storage.call(self.handler.current, thing, name)
         cloud = await self._cloud_get(thing, name)
         local = local_row.state if local_row else None
         local_version = local_row.version if local_row else 0
@@ -295,8 +325,9 @@ class ShadowSyncEngine:
                 await self._save(thing, name, None, 0, cloud.version)
                 return
             if cloud is None and pulls_down and local_row is not None and local_row.version == base.local_version:
-                await self._local_request(thing, name, "delete", {})
-                await self._save(thing, name, None, local_row.version, 0)
+                await self._local_request(thing, name, "delete", {}, expected_version=local_row.version)
+                # the last cloud version seen: where a re-created cloud shadow is expected to start
+                await self._save(thing, name, None, local_row.version, base.cloud_version)
                 return
 
         merged = reconcile(base_state, local, cloud.state if cloud else None, direction)
@@ -304,12 +335,21 @@ class ShadowSyncEngine:
             request: Json = {"state": self._patch(cloud.state if cloud else {}, merged)}
             if cloud is not None:
                 request["version"] = cloud.version
-            answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
+                answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
+            elif create_unguarded:
+                log.info("event=shadow-sync-cloud-create-unguarded thing=%s name=%s", thing, name)
+                answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
+            else:
+                request["version"] = base.cloud_version if base is not None else 0
+                try:
+                    answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
+                except (Conflict, _Rejected) as exc:
+                    if isinstance(exc, _Rejected) and exc.code != 404:
+                        raise
+                    raise CloudCreateConflict() from exc
             cloud_version = int(answer["version"])
         if pulls_down and (local is None or not doc.same_value(local, merged)) and (merged or local):
-            request = {"state": self._patch(local or {}, merged)}
-            if local_row is not None:
-                request["version"] = local_row.version
+            request = {"state": self._patch(local or {}, merged), "version": local_write_version}
             local_version = await self._local_request(thing, name, "update", request)
         # one-way: the base is the source side as last seen, so the other side's own edits survive
         if direction == "both":
@@ -356,12 +396,15 @@ class ShadowSyncEngine:
         state = {s: answer["state"][s] for s in doc.SECTIONS if s in answer.get("state", {})}
         return CloudShadow(state, int(answer["version"]))
 
+    def _new_token(self) -> str:
+        return f"{self._token_prefix}{uuid.uuid4().hex}"
+
     async def _cloud_request(self, thing: str, name: str | None, operation: str, body: Json, expect: str) -> Json:
-        token = f"{SYNC_TOKEN_PREFIX}{uuid.uuid4().hex}"
+        token = self._new_token()
         waiter: asyncio.Future[tuple[str, Json]] = asyncio.get_running_loop().create_future()
         self._waiting[token] = waiter
         try:
-            payload = json.dumps({**body, "clientToken": token}).encode()
+            payload = json.dumps({**body, "clientToken": token}, allow_nan=False).encode()
             await self.send(Outgoing(shadow_sync_up_topic(shadow_topic(thing, name, operation)), payload))
             try:
                 async with asyncio.timeout(CLOUD_TIMEOUT_S):
@@ -377,10 +420,13 @@ class ShadowSyncEngine:
             raise Conflict()
         raise _Rejected("cloud", operation, code, str(answer.get("message", "")))
 
-    async def _local_request(self, thing: str, name: str | None, operation: str, body: Json) -> int:
-        token = f"{SYNC_TOKEN_PREFIX}{uuid.uuid4().hex}"
-        payload = json.dumps({**body, "clientToken": token}).encode()
-        outcome = await self.storage.call(self.handler.handle, thing, name, operation, payload)
+    async def _local_request(
+        self, thing: str, name: str | None, operation: str, body: Json, expected_version: int | None = None
+    ) -> int:
+        payload = json.dumps({**body, "clientToken": self._new_token()}, allow_nan=False).encode()
+        outcome = await self.storage.call(
+            self.handler.handle, thing, name, operation, payload, expected_version=expected_version
+        )
         for message in outcome.messages:
             await self.send(message)
         if outcome.error is not None:
