@@ -54,6 +54,10 @@ class CaKeyInsecure(CaError):
     pass
 
 
+class CaKeyMismatch(CaError):
+    """The CA's key and certificate are not a pair: nothing it signs would verify."""
+
+
 class CsrInvalid(CaError):
     pass
 
@@ -177,11 +181,24 @@ def _ca_certificate(key: PrivateKey, thing_name: str, days: int, now: datetime) 
     )
 
 
+def key_matches(key: PrivateKey, cert: x509.Certificate) -> bool:
+    """Whether `cert` certifies `key`'s public half (a certificate and key written as a pair)."""
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
+
+
 def load_ca(paths: GatewayPaths) -> GroupCa:
+    """The group CA, refused unless its key and certificate are a pair (CaKeyMismatch says what to do)."""
     try:
         cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
         key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
     except FileNotFoundError as exc:
+        if paths.ca_key.exists() or paths.ca_cert.exists():
+            raise CaError(
+                f"{exc.filename}: missing while its other half is there; restore both from a backup of "
+                f"{paths.ca_dir}, or start a new CA with `millgate ca rotate` (every device then needs a new "
+                "certificate: --reissue-devices DIR)"
+            ) from exc
         raise CaMissing(f"{exc.filename}: no group CA yet; run `millgate ca init` (or start the gateway)") from exc
     except PermissionError as exc:
         raise CaError(f"{exc.filename}: permission denied; run as root or as the {SERVICE_USER} user") from exc
@@ -189,6 +206,13 @@ def load_ca(paths: GatewayPaths) -> GroupCa:
         raise CaError(f"{paths.ca_dir}: the group CA files are damaged ({exc}); restore them or rotate") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise CaError(f"{paths.ca_key}: not an EC key; restore the CA or run `millgate ca rotate`")
+    if not key_matches(key, cert):
+        raise CaKeyMismatch(
+            f"{paths.ca_key} is not the key of {paths.ca_cert} (a `millgate ca rotate` stopped between writing "
+            "the two?): nothing signed with it would verify, so it signs nothing. Restore both files from a "
+            f"backup of {paths.ca_dir}, or finish with `millgate ca rotate --reissue-devices DIR` (every device "
+            "then needs its re-issued certificate). No new CA is made by itself: it would cut off every device."
+        )
     return GroupCa(cert, key)
 
 
@@ -204,17 +228,40 @@ def init_ca(paths: GatewayPaths, config: GatewayConfig, owner: tuple[int, int] |
     return _new_generation(paths, config, owner)
 
 
-def ensure_ca(paths: GatewayPaths, config: GatewayConfig, owner: tuple[int, int] | None) -> GroupCa:
-    """The group CA, created on first start; the broker's certificate and the CRL brought up to date."""
-    if not paths.ca_key.exists() and not paths.ca_cert.exists():
-        return _new_generation(paths, config, owner)
+@dataclass(frozen=True)
+class EnsuredCa:
+    ca: GroupCa
+    reissued: tuple[str, ...]  # what ensure_ca wrote anew and why, e.g. "server certificate: missing"
+
+
+def ensure_ca(paths: GatewayPaths, config: GatewayConfig, owner: tuple[int, int] | None) -> EnsuredCa:
+    """The group CA, created on first start; the broker's certificate and the CRL brought up to date:
+    re-issued when due, when the key beside the certificate is not its own (a write torn by a crash,
+    which mosquitto refuses to start with) or when the CRL is another CA generation's. A CA whose own
+    key and certificate are not a pair is refused (load_ca), never replaced."""
+    if _first_start_torn(paths) or not (paths.ca_key.exists() or paths.ca_cert.exists()):
+        _new_generation(paths, config, owner)
+        return EnsuredCa(load_ca(paths), ("group CA: new", "server certificate: new", "CRL: new"))
     check_key_permissions(paths)
     ca = load_ca(paths)
-    if server_cert_renewal_reason(paths, ca, config, now_utc()) is not None:
+    reissued = []
+    reason = server_cert_renewal_reason(paths, ca, config, now_utc())
+    if reason is not None:
         issue_server_cert(paths, ca, config, owner)
-    if not paths.crl_file.exists():
+        reissued.append(f"server certificate: {reason}")
+    reason = crl_problem(paths, ca)
+    if reason is not None:
         write_crl(paths, ca, owner)
-    return ca
+        reissued.append(f"CRL: {reason}")
+    return EnsuredCa(ca, tuple(reissued))
+
+
+def _first_start_torn(paths: GatewayPaths) -> bool:
+    """The first CA's key written and then a crash: no certificate was ever made from it (none of its
+    own, no server certificate, no device), so making the CA again loses nothing."""
+    if not paths.ca_key.exists() or paths.ca_cert.exists() or paths.server_cert.exists():
+        return False
+    return not device_registry.load_records(paths.device_registry)
 
 
 def rotate_ca(paths: GatewayPaths, config: GatewayConfig, owner: tuple[int, int] | None) -> GroupCa:
@@ -332,6 +379,18 @@ def issue_server_cert(
     return cert
 
 
+def _server_key_problem(paths: GatewayPaths, cert: x509.Certificate) -> str | None:
+    try:
+        key = serialization.load_pem_private_key(paths.server_key.read_bytes(), password=None)
+    except FileNotFoundError:
+        return "its key is missing"
+    except (ValueError, TypeError):
+        return "its key is unreadable"
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not key_matches(key, cert):
+        return "its key is not the certificate's (a write torn by a crash?)"
+    return None
+
+
 def load_server_cert(paths: GatewayPaths) -> x509.Certificate | None:
     try:
         return x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
@@ -349,8 +408,11 @@ def server_cert_renewal_reason(
 ) -> str | None:
     """Why the broker's certificate must be re-issued now, or None while it is good."""
     cert = load_server_cert(paths)
-    if cert is None or not paths.server_key.exists():
+    if cert is None:
         return "missing"
+    key_problem = _server_key_problem(paths, cert)
+    if key_problem is not None:
+        return key_problem
     try:
         cert.verify_directly_issued_by(ca.cert)
     except (ValueError, TypeError, InvalidSignature):
@@ -465,6 +527,19 @@ def revoke_device(paths: GatewayPaths, thing: str, owner: tuple[int, int] | None
             device_registry.save_records(paths.device_registry, records, owner)
             write_crl(paths, ca, owner, records)
     return count
+
+
+def crl_problem(paths: GatewayPaths, ca: GroupCa) -> str | None:
+    """Why the CRL on disk must be signed again, or None while it is this CA generation's."""
+    try:
+        crl = x509.load_pem_x509_crl(paths.crl_file.read_bytes())
+    except FileNotFoundError:
+        return "missing"
+    except ValueError:
+        return "unreadable"
+    if crl.issuer != ca.cert.subject or not crl.is_signature_valid(ca.key.public_key()):
+        return "signed by another CA generation"
+    return None
 
 
 def write_crl(

@@ -19,6 +19,8 @@ from gateway.security_cli import add_security_parsers
 from gateway.shadow_cli import add_shadow_parser
 from gateway.spool_cli import add_spool_parser
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
     loaded = load_or_exit(args)
@@ -150,7 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     # SUPPRESS keeps `millgate config --config X validate` from being reset by the inner parser
     args.config = getattr(args, "config", None) or default_config_dir()
     args.state = getattr(args, "state", None)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print(f"millgate {args.verb}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the edge: one line an operator (or systemd's journal) can act on, not a traceback
+        from gateway.deploy import describe_unexpected
+
+        print(f"millgate {args.verb}: {describe_unexpected(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

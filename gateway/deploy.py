@@ -1,7 +1,8 @@
 """One deployment, start to end: validate the new config, snapshot it, render it, apply it to the
 running gateway restarting only what changed (a native on-demand function alone is reconfigured inside
 the running core), wait for it to come up healthy, and roll back to the
-previous snapshot by itself when it does not. Every attempt lands in the deployment history.
+previous snapshot by itself when it does not, or when anything else goes wrong once the new snapshot
+is current (an unexpected error, Ctrl-C). Every attempt lands in the deployment history with its result.
 
 `millgate deploy` and cloud-driven deployments both call `deploy`; neither prints from here.
 """
@@ -9,6 +10,7 @@ previous snapshot by itself when it does not. Every attempt lands in the deploym
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from gateway.deploy_apply import (
     reconfigure_core,
     wait_healthy,
 )
-from gateway.deploy_plan import broker_access_text, in_core_fingerprints
+from gateway.deploy_plan import broker_reload_inputs, in_core_fingerprints
 from gateway.deploy_store import DeploymentStore, DeployStoreError, HistoryEntry, config_digest, utc_now
 from gateway.function_deploy import read_manifest
 from gateway.launch import StateDirError, render
@@ -97,9 +99,12 @@ def _deploy_locked(
     number = store.snapshot(source)
     entry = HistoryEntry(number, version, utc_now(), str(source), by, "running")
     store.record(entry)
-    running = gateway_running(live)
-    access_before = broker_access_text(live.acl_file, live.password_file)
-    in_core_before = _in_core(live)
+    try:
+        running = gateway_running(live)
+        reload_before = broker_reload_inputs(live)
+        in_core_before = _in_core(live)
+    except Exception as exc:  # nothing changed yet: record why, leave the gateway as it is
+        return _finish(store, entry, "failed", describe_unexpected(exc))
     store.set_current(number)
     log.info("event=deployment-started deployment=%d version=%s source=%s", number, version, source)
     try:
@@ -108,7 +113,7 @@ def _deploy_locked(
         if not running:
             return _finish(store, entry, "staged", "gateway not running: the next `millgate run` starts this config")
         in_core_after = _deployed_in_core(new, live)
-        changes = _apply(live, access_before, in_core_before, in_core_after)
+        changes = _apply(live, reload_before, in_core_before, in_core_after)
         entry.changes = changes.as_dict()
         _wait_healthy(live, new, changes, in_core_after, timeout_s)
     except GatewayNotRunning as exc:
@@ -116,19 +121,33 @@ def _deploy_locked(
     except (ApplyFailed, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
         log.error("event=deployment-failed deployment=%d reason=%s", number, exc)
         return _roll_back(store, entry, previous, live, running, str(exc))
+    except (Exception, KeyboardInterrupt) as exc:  # half applied: never leave it so, whatever went wrong
+        log.error("event=deployment-failed deployment=%d reason=%s", number, describe_unexpected(exc))
+        return _roll_back(store, entry, previous, live, running, describe_unexpected(exc))
     outcome = _finish(store, entry, "succeeded", changes.summary())
     outcome.changes = changes
     return outcome
 
 
+def describe_unexpected(exc: BaseException) -> str:
+    """One line for an error no step expected: what it was and the line it came from (for a bug report);
+    also what `millgate` prints instead of a traceback (gateway/cli.py)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(exc).__name__}{where}: {exc}"
+
+
 def _apply(
     live: GatewayPaths,
-    access_before: tuple[str, frozenset[str]],
+    reload_before: str,
     in_core_before: dict[str, str],
     in_core_after: dict[str, str],
 ) -> Changes:
-    """Apply the config just rendered to the running gateway: supervisord, the broker, the core."""
-    changes = apply_rendered(live, broker_access_text(live.acl_file, live.password_file) != access_before)
+    """Apply the config just rendered to the running gateway: supervisord, the broker (reloaded when
+    broker_reload_inputs changed: ACL, logins, its certificate, the CRL), the core."""
+    changes = apply_rendered(live, broker_reload_inputs(live) != reload_before)
     reconfigure_core(live, in_core_before, in_core_after, changes)
     return changes
 
@@ -184,18 +203,24 @@ def _roll_back(
     if previous is None or not store.exists(previous):
         return _finish(store, entry, "failed", f"{why}; no previous deployment to roll back to")
     in_core_before = _in_core(live)  # of the deployment that failed, which the core may be running
-    store.set_current(previous)
     rollback = Changes()
     try:
+        store.set_current(previous)
         old = load_config(store.current_config)
-        access_before = broker_access_text(live.acl_file, live.password_file)
+        reload_before = broker_reload_inputs(live)
         render(old, live)
         if running:
             in_core_after = _deployed_in_core(old, live)
-            rollback = _apply(live, access_before, in_core_before, in_core_after)
+            rollback = _apply(live, reload_before, in_core_before, in_core_after)
             _wait_healthy(live, old, rollback, in_core_after)
     except (ApplyFailed, GatewayNotRunning, ConfigInvalid, StateDirError, BrokerNotInstalled) as exc:
         return _finish(store, entry, "rollback-failed", f"{why}; rolling back to deployment {previous} failed: {exc}")
+    except Exception as exc:
+        failed = f"{why}; rolling back to deployment {previous} failed: {describe_unexpected(exc)}"
+        return _finish(store, entry, "rollback-failed", failed)
+    except KeyboardInterrupt:  # a second Ctrl-C: say so in the history before giving up
+        _finish(store, entry, "rollback-failed", f"{why}; rolling back to deployment {previous} was interrupted")
+        raise
     entry.changes = {**entry.changes, "rollback": rollback.as_dict()}
     outcome = _finish(store, entry, "rolled-back", f"{why}; rolled back to deployment {previous}")
     outcome.rollback = rollback

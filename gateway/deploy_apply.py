@@ -1,8 +1,8 @@
 """Applies a rendered deployment to a running gateway through supervisord's XML-RPC: reloadConfig,
-then stop/remove/add only the process groups whose section changed, a broker reload for new ACLs or
-users, a SIGHUP to a core that kept running when native on-demand functions of it changed (it swaps
-their versions in: functions/runtime.py); then waits for what it started or reconfigured to come up
-healthy (RUNNING and an online heartbeat of its own, from the new version).
+then stop/remove/add only the process groups whose section changed, a broker reload for a new ACL,
+login, certificate or CRL, a SIGHUP to a core that kept running when native on-demand functions of it
+changed (it swaps their versions in: functions/runtime.py); then waits for what it started or
+reconfigured to come up healthy (RUNNING and an online heartbeat of its own, from the new version).
 
 It renders nothing and decides nothing about rollback; gateway/deploy.py does.
 """
@@ -59,7 +59,7 @@ class Changes:
     def summary(self) -> str:
         parts = [f"{label}: {', '.join(names)}" for label, names in self._labelled() if names]
         if self.broker_reloaded:
-            parts.append("broker reloaded (ACL/users)")
+            parts.append("broker reloaded (ACL, logins or certificates)")
         return "; ".join(parts) or "nothing changed"
 
     def _labelled(self) -> list[tuple[str, list[str]]]:

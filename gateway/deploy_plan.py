@@ -5,8 +5,10 @@ reloadConfig sees a process as changed exactly when its slice changed (superviso
 A process not listed here depends on nothing but its command line. It reads files; it signals nothing.
 The slices (documented for operators in docs/operations.md):
 
-- every Python component: [gateway] and [logging] (identity, heartbeat period, log settings)
-- broker: its generated mosquitto.conf; ACL and password changes are a reload (SIGHUP), not a restart
+- every Python component: [gateway] and [logging] (identity, heartbeat period, log settings), and
+  its broker login (it reads its secret once, at start: a secret written anew needs a restart)
+- broker: its generated mosquitto.conf; a new ACL, login, server certificate or CRL is a reload (SIGHUP),
+  not a restart (broker_reload_inputs)
 - core: [broker], [discovery], [cloud], [deployment], [[shadows]], which on-demand functions there are,
   Greengrass v1 on-demand functions (entry, code version, granted resources) and the subscriptions
   that involve `shadow` or an on-demand function. A native on-demand function's own slice (entry, code
@@ -26,14 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from gateway.acl import UPLINK, adapter_component, function_component
+from gateway.acl import UPLINK, adapter_component, component_identities, function_component
 from gateway.adapter_config import ModbusAdapter, register_map_path
 from gateway.config import Function, GatewayConfig, Subscription
 from gateway.config_loader import AdapterFile, LoadedConfig
 from gateway.function_deploy import DeployedFunction
+from gateway.paths import GatewayPaths
 from gateway.supervisor_config import LOGSHIP
 
 
@@ -93,8 +95,14 @@ def in_core_fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunct
     }
 
 
-def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mosquitto_conf: str) -> dict[str, str]:
-    """supervisord program name -> fingerprint of everything that program reads."""
+def fingerprints(
+    loaded: LoadedConfig,
+    deployed: dict[str, DeployedFunction],
+    mosquitto_conf: str,
+    logins: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """supervisord program name -> fingerprint of everything that program reads; `logins`: broker
+    identity -> fingerprint of its secret (gateway.credentials.login_fingerprint)."""
     config = loaded.gateway
     common = [_dump(config.gateway), _dump(config.logging)]
     on_demand = [f for f in config.functions if f.lifecycle == "on-demand"]
@@ -127,12 +135,19 @@ def fingerprints(loaded: LoadedConfig, deployed: dict[str, DeployedFunction], mo
             )
     for name, adapter in loaded.adapters.items():
         found[adapter_component(name)] = _digest(common, _adapter_slice(config, name, adapter))
+    for program, identity in component_identities(config, loaded.adapters).items():
+        if program in found and logins and identity in logins:
+            found[program] = _digest(found[program], logins[identity])
     return found
 
 
-def broker_access_text(acl_file: Path, password_file: Path) -> tuple[str, frozenset[str]]:
-    """What a broker reload must pick up: the ACL text and the set of users (the hashes are salted
-    afresh on every render, so comparing the password file's bytes would always differ)."""
-    acl = acl_file.read_text() if acl_file.exists() else ""
-    users = password_file.read_text().splitlines() if password_file.exists() else []
-    return acl, frozenset(line.split(":", 1)[0] for line in users if line)
+def broker_reload_inputs(paths: GatewayPaths) -> str:
+    """A digest of what a running broker reads again on SIGHUP: the ACL, the password file (whose bytes
+    change exactly when a login does: gateway/credentials.py), its TLS certificate and key, the CRL.
+    When it differs after a render, the broker must reload (a new login, or a certificate re-issued
+    for new names or at its renewal time, would otherwise not be served)."""
+    digest = hashlib.sha256()
+    for path in (paths.acl_file, paths.password_file, paths.server_cert, paths.server_key, paths.crl_file):
+        digest.update(path.read_bytes() if path.exists() else b"missing")
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -145,12 +145,15 @@ class DeploymentStore:
         return number
 
     def set_current(self, number: int) -> None:
-        """Point `current` at snapshot `number` in one rename: a process starting now reads one or the other."""
+        """Point `current` at snapshot `number` in one rename: a process starting now reads one or the other.
+        Pruning spares it and the one current until now: what a failing deployment rolls back to, however
+        many failed deployments came after the last good one."""
+        previous = self.current()
         tmp = self.root / f".{CURRENT}.{os.getpid()}"
         tmp.unlink(missing_ok=True)
         os.symlink(str(number), tmp)
         os.replace(tmp, self.current_link)
-        self._prune(protect={number})
+        self._prune(protect={number} if previous is None else {number, previous})
 
     def _numbers(self) -> list[int]:
         if not self.root.is_dir():

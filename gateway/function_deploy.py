@@ -89,6 +89,10 @@ def deploy_function(function: Function, source: Path, functions_dir: Path, as_ro
     # the function's versions are its own (read-only); the directory holding them stays root's, so the
     # function cannot swap in a link for root to chown or chmod through at the next deployment
     make_owned_dir(home, HOME_MODE if as_root else 0o700, (0, 0) if as_root else None)
+    if owner is not None and target.is_dir() and target.stat().st_uid != owner[0]:
+        # the same code under a new run_as: made anew for the new owner; never chowned in place, where
+        # the old owner could swap a directory for a link while root walks it
+        remove_tree(target)
     if not target.exists():
         staging = Path(tempfile.mkdtemp(dir=home, prefix=".deploy-"))
         try:

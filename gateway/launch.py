@@ -25,7 +25,7 @@ from gateway.component_state import (
 )
 from gateway.component_users import RUN_AS_ENV, ComponentUser
 from gateway.config_loader import LoadedConfig
-from gateway.credentials import ensure_credentials, password_file_text
+from gateway.credentials import ensure_credentials, login_fingerprint, password_file_text
 from gateway.deploy_plan import fingerprints
 from gateway.device_registry import load_records, revoked_things
 from gateway.function_deploy import DeployedFunction, DeployError, deploy_function, read_manifest, write_manifest
@@ -135,14 +135,15 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     owners = credential_owners(loaded, user, as_root(), accounts)
     creds = [ensure_credentials(paths.credentials_dir, i, owner) for i, owner in sorted(owners.items())]
     owner = user.owner if os.geteuid() == 0 else None
-    write_atomic(paths.password_file, password_file_text(creds), 0o640, owner)
+    write_atomic(paths.password_file, password_file_text(creds, _read_or_empty(paths.password_file)), 0o640, owner)
     mosquitto = mosquitto_binary()
     prepare_ca(loaded, paths, user)
     write_acl(loaded, paths)
     write_atomic(paths.mosquitto_conf, mosquitto_conf_text(config, paths, user), 0o640, owner)
     deploy_functions(loaded, paths)
     write_runner_specs(loaded, paths)
-    found = fingerprints(loaded, read_manifest(paths.state_dir / "functions"), paths.mosquitto_conf.read_text())
+    logins = {c.username: login_fingerprint(c) for c in creds}
+    found = fingerprints(loaded, read_manifest(paths.state_dir / "functions"), paths.mosquitto_conf.read_text(), logins)
     program_list = [
         with_account(replace(p, fingerprint=found.get(p.name, "")), accounts.get(p.name))
         for p in programs(loaded, paths, mosquitto)
@@ -150,6 +151,13 @@ def render(loaded: LoadedConfig, paths: GatewayPaths) -> Path:
     conf = supervisord_conf_text(config, paths, user, program_list)
     write_atomic(paths.supervisord_conf, conf, 0o600, (0, 0) if os.geteuid() == 0 else None)  # root's alone
     return paths.supervisord_conf
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return ""
 
 
 def credential_owners(
@@ -180,13 +188,17 @@ def with_account(program: Program, account: ComponentUser | None) -> Program:
 
 
 def prepare_ca(loaded: LoadedConfig, paths: GatewayPaths, user: ServiceUser) -> None:
-    """Local security (issue 3): the group CA on first start, the broker's certificate and CRL current."""
+    """Local security (issue 3): the group CA on first start, the broker's certificate and CRL current.
+    A running broker picks up what was re-issued when the deployment reloads it (deploy_plan.broker_reload_inputs)."""
     from gateway.ca import CaError, ensure_ca
+    from gateway.device_registry import RegistryCorrupt
 
     try:
-        ensure_ca(paths, loaded.gateway, user.owner if as_root() else None)
-    except (CaError, OSError) as exc:
+        ensured = ensure_ca(paths, loaded.gateway, user.owner if as_root() else None)
+    except (CaError, RegistryCorrupt, OSError) as exc:
         raise StateDirError(f"group CA: {exc}") from exc
+    for what in ensured.reissued:
+        log.info("event=ca-file-written what=%r", what)
 
 
 def as_root() -> bool:

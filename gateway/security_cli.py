@@ -32,9 +32,12 @@ from gateway.ca import (
     write_device_files,
 )
 from gateway.cli_support import EXIT_FAILED, EXIT_INVALID, EXIT_OK, load_or_exit, paths_for
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
+from gateway.deploy_store import DeploymentStore
 from gateway.device_registry import RegistryCorrupt
 from gateway.device_reissue import Reissued, prepare_out_dir, reissue_devices
 from gateway.launch import write_acl
+from gateway.paths import GatewayPaths
 
 NOT_RUNNING = "the gateway is not running; it uses the new files when it starts"
 
@@ -172,7 +175,7 @@ def cmd_device_add(args: argparse.Namespace) -> int:
         written = write_device_files(issued, ca, args.out or Path(thing))
         record_device(paths, issued, ca, file_owner())
         if paths.acl_file.exists():  # a thing revoked before gets its grants back with its new certificate
-            write_acl(loaded, paths)
+            _write_deployed_acl(loaded, paths)
             with contextlib.suppress(BrokerReloadFailed):
                 reload_broker(paths)
     except (CaError, RegistryCorrupt) as exc:
@@ -213,7 +216,7 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     try:
         count = revoke_device(paths, args.thing, file_owner())
         if count:
-            write_acl(loaded, paths)  # cut off a connection made before the revocation, too
+            _write_deployed_acl(loaded, paths)  # cut off a connection made before the revocation, too
         reloaded = reload_broker(paths) if count else False
     except (CaError, RegistryCorrupt, OSError, BrokerReloadFailed) as exc:
         return _fail("device revoke", exc)
@@ -257,6 +260,23 @@ def cmd_device_check(args: argparse.Namespace) -> int:
     else:
         print(f"{verdict.thing or '-'}: {'accepted' if verdict.accepted else 'refused'}: {verdict.reason}")
     return EXIT_OK if verdict.accepted else EXIT_FAILED
+
+
+def _write_deployed_acl(loaded: LoadedConfig, paths: GatewayPaths) -> None:
+    """Rewrite the broker's ACL from the config the gateway runs: the current deployment's, which
+    `millgate deploy --config X` or the cloud may have moved on from --config (`loaded`), under the
+    deployment lock so that no deployment renders another ACL in between."""
+    store = DeploymentStore(paths.state_dir)
+    if store.current() is None:  # never started or deployed: --config is all there is
+        write_acl(loaded, paths)
+        return
+    with store.locked():
+        try:
+            running = load_config(store.current_config)
+        except ConfigInvalid as exc:
+            print(f"millgate device: {store.current_config}: invalid, the ACL follows --config: {exc}", file=sys.stderr)
+            running = loaded
+        write_acl(running, paths)
 
 
 def _days(value: str) -> int:

@@ -1,6 +1,7 @@
 """The core's certificate keeper: re-issues the broker's server certificate well before it expires
-(or when the CA generation or the machine's addresses changed) and makes mosquitto reload it with
-SIGHUP, which keeps every connected client.
+(or when the CA generation or the machine's addresses changed, or its key is not the certificate's),
+signs the CRL again when it is not the current CA's, and makes mosquitto reload them with SIGHUP,
+which keeps every connected client.
 
 It never creates or rotates the CA and never touches device certificates.
 """
@@ -16,6 +17,7 @@ from gateway.backoff import sleep_or_stop
 from gateway.broker_reload import BrokerReloadFailed, reload_broker
 from gateway.ca import (
     CaError,
+    crl_problem,
     file_owner,
     issue_server_cert,
     load_ca,
@@ -23,8 +25,10 @@ from gateway.ca import (
     now_utc,
     renewal_time,
     server_cert_renewal_reason,
+    write_crl,
 )
 from gateway.config import GatewayConfig
+from gateway.device_registry import RegistryCorrupt
 from gateway.paths import GatewayPaths
 
 log = logging.getLogger(__name__)
@@ -79,6 +83,10 @@ class CertRenewal:
                 f"{issued.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
                 reloaded,
             )
+        crl_reason = crl_problem(self.paths, ca)
+        if crl_reason is not None:
+            write_crl(self.paths, ca, file_owner())
+            log.warning("event=crl-rewritten reason=%r broker_reloaded=%s", crl_reason, self.reload(self.paths))
         cert = load_server_cert(self.paths)
         interval = self.config.broker.server_cert_check_s
         if cert is not None:
@@ -90,7 +98,7 @@ class CertRenewal:
         while not stop.is_set():
             try:
                 interval = await asyncio.to_thread(self.check_once)
-            except (CaError, OSError, BrokerReloadFailed) as exc:
+            except (CaError, RegistryCorrupt, OSError, BrokerReloadFailed) as exc:
                 if self.state != "failed":
                     log.error("event=server-cert-check-failed reason=%s", exc)
                 self.state, self.last_error = "failed", str(exc)

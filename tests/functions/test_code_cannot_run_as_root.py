@@ -123,3 +123,17 @@ def test_the_function_cannot_change_where_its_versions_live(as_root: None, tmp_p
             os.symlink(victim, home / ".deploy-planted")
     assert stat.S_IMODE(victim.stat().st_mode) == 0o755 and victim.stat().st_uid == 0
     assert (victim / "file").stat().st_uid == 0 and (victim / "file").read_text() == "root's"
+
+
+def test_the_same_code_under_a_new_run_as_is_deployed_anew_for_its_new_owner(as_root: None, tmp_path: Path) -> None:
+    # it kept the version its old uid owned, so the function could not even enter its code directory
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "handler.py").write_text(HANDLER)
+    functions_dir = tmp_path / "functions"
+    first = deploy_function(_function(source), source, functions_dir, as_root=True)  # type: ignore[arg-type]
+    moved = SimpleNamespace(name="f", uid=UID + 1, gid=UID + 1)
+    second = deploy_function(moved, source, functions_dir, as_root=True)  # type: ignore[arg-type]
+    assert second.version == first.version
+    for path in [Path(second.path), *Path(second.path).rglob("*")]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (UID + 1, UID + 1), path
