@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from gateway.acl import component_identity
 from gateway.component_users import drop_from_environment
-from gateway.credentials import Credentials, load_credentials
+from gateway.credentials import Credentials, CredentialsInvalid, load_credentials
 from gateway.logs import setup_logging
 from gateway.paths import GatewayPaths
 
@@ -47,7 +47,7 @@ def component_credentials(paths: GatewayPaths, component: str) -> Credentials:
     """The component's broker credentials, or exit with the reason."""
     try:
         return load_credentials(paths.credentials_dir, component_identity(component))
-    except OSError as exc:
+    except (OSError, CredentialsInvalid) as exc:  # a damaged file is written anew by the next run or deploy
         print(f"{component}: cannot read its broker credentials: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
