@@ -858,3 +858,5 @@ def test_bench_reference_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     assert figures["reference_pss_mb"]["value"] > 0
     assert figures["deploy"]["sent"] > 0, figures["deploy"]
     assert figures["e2e_latency_p50_ms"]["value"] > 0
+    steps = run_without(shape, ["uplink"], 1.5, results.record)
+    assert set(steps) == {"all", "without uplink"} and "uplink" not in steps["without uplink"], steps
