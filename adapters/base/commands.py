@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
-import sys
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
@@ -20,6 +18,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from adapters.base.publisher import BrokerLink
 from adapters.base.tag import Point, now_ms
+from gateway import strict_json
 from gateway.mqtt import MqttError, Received
 from gateway.topics import SET_SUFFIX, adapter_set_filter, adapter_tag_topic, set_result_topic, set_topic
 
@@ -53,31 +52,15 @@ def command_subscriptions(filters: Iterable[str]) -> list[tuple[str, SubscribeOp
     return [(topic_filter, options) for topic_filter in filters]
 
 
-def _not_json(constant: str) -> Any:
-    raise UnreadableCommand(f"payload holds {constant}, which is not JSON; send a finite number")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise UnreadableCommand(f"payload holds {text[:40]}, beyond the largest number a double holds (1.8e308)")
-    return value
-
-
 def load_command(payload: bytes) -> Any:
     """The payload as strict JSON (no NaN or Infinity: echoed in a result, they would make it invalid
     JSON); raises UnreadableCommand."""
     try:
-        return json.loads(payload, parse_constant=_not_json, parse_float=_finite)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnreadableCommand(f"payload is not JSON ({exc})") from None
+        return strict_json.loads(payload)
+    except strict_json.NotJson as exc:
+        raise UnreadableCommand(str(exc)) from None
     except RecursionError:
         raise UnreadableCommand("payload is nested too deeply to be a command") from None
-    except UnreadableCommand:
-        raise
-    except ValueError:  # int() refuses the digits: Python's guard against quadratic-time conversion
-        limit = sys.get_int_max_str_digits()
-        raise UnreadableCommand(f"payload holds a number of more than {limit} digits") from None
 
 
 def parse_command(payload: bytes) -> tuple[Any, Any]:

@@ -8,10 +8,11 @@ It does no I/O and knows no topics or storage; `gateway/shadows/handler.py` appl
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from gateway import strict_json
 
 SECTIONS = ("desired", "reported")
 MAX_STATE_BYTES = 8192  # desired + reported of the merged document, metadata excluded
@@ -64,18 +65,6 @@ class UpdateRequest:
 # ---- reading requests ---------------------------------------------------------------------------
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    # 1e400 is valid JSON syntax but no double holds it: Python reads it as inf, which no JSON can carry
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is beyond the range of a JSON number")
-    return value
-
-
 def read_json(payload: bytes) -> Any:
     """The payload's JSON value; NaN, Infinity and numbers beyond a double's range are not JSON."""
     try:
@@ -83,11 +72,11 @@ def read_json(payload: bytes) -> Any:
     except UnicodeDecodeError:
         raise ShadowError(415, NOT_UTF8) from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        return strict_json.loads(text)
     except RecursionError:
         # only nesting makes the parser recurse that deep: far past the depth AWS allows [S9]
         raise too_deep() from None
-    except ValueError:
+    except strict_json.NotJson:
         raise bad_request("Invalid JSON") from None
 
 
