@@ -73,19 +73,15 @@ def line_time(line: str) -> float | None:
     return stamp + (float(f"0.{fraction}") if fraction else 0.0)
 
 
-def file_head(handle: BinaryIO) -> str:
-    """A fingerprint of an open file's first HEAD_BYTES (fewer while it is shorter): its length and hash."""
-    data = os.pread(handle.fileno(), HEAD_BYTES, 0)
+def file_head(handle: BinaryIO, length: int = HEAD_BYTES) -> str:
+    """A fingerprint of an open file's first `length` bytes (fewer while it is shorter): their count and hash."""
+    data = os.pread(handle.fileno(), length, 0)
     return f"{len(data)}:{hashlib.blake2b(data, digest_size=8).hexdigest()}"
 
 
 def starts_with(handle: BinaryIO, head: str) -> bool:
     """Whether an open file's first bytes are the ones `head` fingerprints (an unknown head: True)."""
-    if not head:
-        return True
-    length = int(head.partition(":")[0])
-    data = os.pread(handle.fileno(), length, 0)
-    return len(data) == length and f"{length}:{hashlib.blake2b(data, digest_size=8).hexdigest()}" == head
+    return not head or file_head(handle, int(head.partition(":")[0])) == head
 
 
 class FollowedFile:

@@ -190,17 +190,8 @@ class Spool:
         row = self._db.execute("SELECT value FROM meta WHERE key='rules'").fetchone()
         if row is not None and row[0] == fingerprint:
             return
-        after = 0
-        while True:
-            row = self._db.execute(
-                "SELECT id FROM messages WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", (after, CHUNK_ROWS - 1)
-            ).fetchone()
-            high = row[0] if row else self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
-            if high > after:
-                self._write(partial(self._apply_rules, after + 1, high))
-            if row is None:
-                break
-            after = high
+        for ids in self._id_chunks("1", ()):
+            self._write(partial(self._apply_rules, ids[0], ids[-1]))
         self._write(lambda: self._db.execute("INSERT OR REPLACE INTO meta VALUES ('rules', ?)", (fingerprint,)))
 
     def _apply_rules(self, low: int, high: int) -> None:
@@ -461,18 +452,7 @@ class Spool:
         transaction for all could outgrow the reserve on a full disk, and would hold the write lock
         (the other side waits at most 10 s) for as long as it takes on a slow card."""
         deleted = 0
-        after = 0
-        while True:
-            ids = [
-                row[0]
-                for row in self._db.execute(
-                    f"SELECT id FROM messages WHERE id > ? AND {condition} ORDER BY id LIMIT ?",
-                    (after, *parameters, CHUNK_ROWS),
-                )
-            ]
-            if not ids:
-                return deleted
-            after = ids[-1]
+        for ids in self._id_chunks(condition, parameters):
             chosen = json.dumps(ids)
 
             def delete(chosen: str = chosen) -> list[tuple[int]]:
@@ -487,6 +467,21 @@ class Spool:
             self._count -= len(sizes)
             self._bytes -= sum(size for (size,) in sizes)
             deleted += len(sizes)
+        return deleted
+
+    def _id_chunks(self, condition: str, parameters: tuple[object, ...]) -> Iterator[list[int]]:
+        """The ids of the messages matching `condition`, in order, CHUNK_ROWS at a time: what the
+        deletions and rule updates that can touch the whole spool do one transaction each."""
+        after = 0
+        while ids := [
+            row[0]
+            for row in self._db.execute(
+                f"SELECT id FROM messages WHERE id > ? AND {condition} ORDER BY id LIMIT ?",
+                (after, *parameters, CHUNK_ROWS),
+            )
+        ]:
+            yield ids
+            after = ids[-1]
 
     # ---- reading ----------------------------------------------------------------------------
 

@@ -333,20 +333,19 @@ class ShadowSyncEngine:
         merged = reconcile(base_state, local, cloud.state if cloud else None, direction)
         if pushes_up and (cloud is None or not doc.same_value(cloud.state, merged)) and (merged or cloud):
             request: Json = {"state": self._patch(cloud.state if cloud else {}, merged)}
+            guarded_create = cloud is None and not create_unguarded
             if cloud is not None:
                 request["version"] = cloud.version
-                answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
-            elif create_unguarded:
-                log.info("event=shadow-sync-cloud-create-unguarded thing=%s name=%s", thing, name)
-                answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
-            else:
+            elif guarded_create:
                 request["version"] = base.cloud_version if base is not None else 0
-                try:
-                    answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
-                except (Conflict, _Rejected) as exc:
-                    if isinstance(exc, _Rejected) and exc.code != 404:
-                        raise
-                    raise CloudCreateConflict() from exc
+            else:
+                log.info("event=shadow-sync-cloud-create-unguarded thing=%s name=%s", thing, name)
+            try:
+                answer = await self._cloud_request(thing, name, "update", request, "update/accepted")
+            except (Conflict, _Rejected) as exc:
+                if not guarded_create or (isinstance(exc, _Rejected) and exc.code != 404):
+                    raise
+                raise CloudCreateConflict() from exc
             cloud_version = int(answer["version"])
         if pulls_down and (local is None or not doc.same_value(local, merged)) and (merged or local):
             request = {"state": self._patch(local or {}, merged), "version": local_write_version}
