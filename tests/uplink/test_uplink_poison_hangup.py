@@ -46,13 +46,16 @@ def test_ordinary_outages_while_draining_bury_nothing(
     cloud_broker.start()
     cloud = cloud_broker.subscriber("plant/#")
     gw = uplink_gateway(GATEWAY + cloud_broker.toml(port=link_proxy.port, dead_letter_after=2))
-    sent = [(f"plant/line{i % 4}/t", str(i).encode()) for i in range(6000)]
+    # a backlog the six cuts cannot drain: a fast machine sends ~1,000 messages between the cloud
+    # seeing the 200th of a connection and the cut (a smaller backlog ran dry before the last cut)
+    sent = [(f"plant/line{i % 4}/t", str(i).encode()) for i in range(15_000)]
     publish_many(local_publisher(gw), sent)
-    wait_until(lambda: uplink_status(gw)["spool"]["messages"] == len(sent), 30, "the backlog spooled")
-    for _cut in range(6):  # three times dead_letter_after: cut with publishes in flight, each time
+    wait_until(lambda: uplink_status(gw)["spool"]["messages"] == len(sent), 60, "the backlog spooled")
+    for cut in range(6):  # three times dead_letter_after: cut with publishes in flight, each time
+        assert uplink_status(gw)["spool"]["messages"] > 0, f"the backlog ran dry before cut {cut + 1}"
         link_proxy.up()
         before = len(cloud)
-        wait_until(lambda before=before: len(cloud) >= before + 300, 20, "the backlog draining", interval_s=0.05)
+        wait_until(lambda before=before: len(cloud) >= before + 200, 20, "the backlog draining", interval_s=0.01)
         link_proxy.down()
         time.sleep(0.3)
     link_proxy.up()
