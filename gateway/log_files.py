@@ -173,7 +173,9 @@ class FollowedFile:
         except OSError:
             return []
         end = data.rfind(b"\n")
-        if finished and data and len(data) < limit_bytes:
+        if (finished and data and len(data) < limit_bytes) or (end < 0 and len(data) == limit_bytes):
+            # the end of a finished file; or a line longer than a whole read (a process printing
+            # without newlines), passed on in pieces rather than waited on for ever
             end = len(data) - 1
         if end < 0:
             return []

@@ -112,3 +112,18 @@ def test_a_rotated_file_that_ends_without_a_newline_does_not_stop_the_reader(tmp
     assert marked[0][1].position == len("one\ntwo without its newline")
     live.write_text("three\nfour\n")
     assert tail.read_lines() == ["four"]
+
+
+def test_a_line_longer_than_a_whole_read_is_passed_on_in_pieces_not_waited_on(tmp_path: Path) -> None:
+    # a process printing without newlines: waiting for the newline would stop this log's shipping
+    live = tmp_path / "fn-chatty.log"
+    live.write_bytes(b"first\n" + b"x" * 2500)
+    tail = FollowedFile(live)
+    assert tail.read_lines(limit_bytes=1000) == ["first"]
+    assert tail.read_lines(limit_bytes=1000) == ["x" * 1000]
+    assert tail.read_lines(limit_bytes=1000) == ["x" * 1000]
+    assert tail.read_lines(limit_bytes=1000) == [], "the rest of the line may still be being written"
+    with live.open("ab") as handle:
+        handle.write(b"y\nnext\n")
+    assert tail.read_lines(limit_bytes=1000) == ["x" * 500 + "y", "next"]
+    assert tail.position == live.stat().st_size
