@@ -29,7 +29,10 @@ from gateway.paths import GatewayPaths
 log = logging.getLogger(__name__)
 
 PATH = re.compile(r"/greengrass/discover/thing/([^/]+)")
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0  # per read
+# a whole connection (handshake and request) from the plant network: devices discover in one request,
+# and a client trickling bytes must not keep one of the MAX_CONNECTIONS for ever
+CONNECTION_DEADLINE_S = 30.0
 MAX_CONNECTIONS = 32
 BIND_RETRY_S = 10.0
 
@@ -97,6 +100,7 @@ class _Contexts:
 
 class _Server(BoundedThreadingHTTPServer):
     name = "discovery"
+    request_deadline_s = CONNECTION_DEADLINE_S
 
     def __init__(self, address: tuple[str, int], owner: DiscoveryServer):
         self.owner = owner

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # v1 allowed 6 MB to a local Lambda; mosquitto caps MQTT lower
 MAX_CONNECTIONS = 512  # each v1 worker holds one long poll
-# a connection that sends nothing for this long (no request line, headers or body) is dropped, so
-# sockets left idle by any local process cannot hold the connection slots every v1 function needs
+# a connection that sends nothing for this long (no request line, headers or body) is dropped, and
+# one whose request has not fully arrived within REQUEST_DEADLINE_S, so sockets left idle or fed a
+# byte at a time by any local process cannot hold the connection slots every v1 function needs
 READ_TIMEOUT_S = 5.0
+REQUEST_DEADLINE_S = 20.0
 PEER_CHECK_S = 0.5  # how often a waiting long poll looks whether its worker is still there
 BIND_RETRY_S = 10.0
 
@@ -51,6 +53,7 @@ def peer_gone(connection: socket.socket) -> bool:
 
 class _Server(BoundedThreadingHTTPServer):
     name = "greengrass-api"
+    request_deadline_s = REQUEST_DEADLINE_S
 
     def __init__(self, port: int, service: GreengrassService, loop: asyncio.AbstractEventLoop):
         self.service = service
@@ -91,6 +94,11 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("event=greengrass-http peer=%s %s", self.client_address[0], format % args)
 
+    def handle_one_request(self) -> None:
+        # each request must arrive whole within the deadline; a long poll's wait for work is not timed
+        self.server.deadlines.arm(self.connection, self.client_address[0])
+        super().handle_one_request()
+
     def do_GET(self) -> None:
         self._serve()
 
@@ -110,6 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
+        self.server.deadlines.disarm(self.connection)
         request = ApiRequest(
             self.command,
             urlsplit(self.path).path,

@@ -4,15 +4,19 @@ caller's own (enrolled or not, so the answer tells nothing about other things) o
 certificate, 404 for a caller whose own thing is not a device of the group, and a TLS refusal (logged
 with the reason) for a revoked or foreign certificate. AWS's 403 and 404: "Troubleshooting client
 devices", AWS IoT Greengrass developer guide (403: no permission to call greengrass:Discover for that
-thing; 404: the thing provided for discovery was not found).
+thing; 404: the thing provided for discovery was not found). Clients on the plant network that open
+connections and trickle a request cannot hold discovery's connection slots for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +24,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway import ca as group_ca
+from gateway import discovery as discovery_api
 from gateway.config import GatewayConfig
+from gateway.config_loader import load_config
 from gateway.discovery import discover_response
 from gateway.ip_detector import interface_addresses
 from tests.fixtures.gateway import RunningGateway, wait_until
@@ -180,3 +186,77 @@ def test_configured_addresses_override_the_detected_ones() -> None:
         {"Id": "10.0.0.5:18883", "HostAddress": "10.0.0.5", "PortNumber": 18883, "Metadata": ""},
     ]
     assert group["CAs"] == ["PEM"]
+
+
+def _trickle_a_request(connection: ssl.SSLSocket, stop: threading.Event) -> None:
+    """After a good handshake, a request a byte a second: inside the per-read timeout, never finished."""
+    for byte in b"GET /greengrass/discover/thing/sensor-slow HTTP/1.1\r\nHost: x\r\n" * 10:
+        if stop.wait(1.0):
+            return
+        try:
+            connection.send(bytes([byte]))
+        except OSError:
+            return
+
+
+def test_connections_trickling_a_request_are_cut_at_the_deadline_and_discovery_serves_again(
+    gw, short_tmp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = 3
+    monkeypatch.setattr(discovery_api, "MAX_CONNECTIONS", cap)
+    monkeypatch.setattr(discovery_api._Server, "request_deadline_s", 2.0)
+    port = free_port()
+    config = load_config(gw.config_dir).gateway
+    config = config.model_copy(update={"discovery": config.discovery.model_copy(update={"port": port})})
+    server = discovery_api.DiscoveryServer(gw.paths, config, host="127.0.0.1")
+    files = enrol(gw.paths, "sensor-slow", short_tmp)
+
+    def exercise() -> tuple[object, float, list[bytes], int]:
+        stop = threading.Event()
+        context = client_context(files, files.ca)
+        trickling = [
+            context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+            for _ in range(cap)
+        ]
+        for connection in trickling:
+            threading.Thread(target=_trickle_a_request, args=(connection, stop), daemon=True).start()
+        try:
+            time.sleep(0.5)
+            try:
+                locked_out: object = discover(port, "sensor-slow", files, files.ca)[0]
+            except (OSError, AssertionError) as exc:  # refused for want of a slot: closed at once
+                locked_out = exc
+            started = time.monotonic()
+            while True:
+                try:
+                    status = discover(port, "sensor-slow", files, files.ca)[0]
+                    break
+                except (OSError, AssertionError):
+                    assert time.monotonic() - started < 10, "discovery never served again"
+                    time.sleep(0.2)
+            waited = time.monotonic() - started
+            for connection in trickling:
+                connection.settimeout(5)
+            return locked_out, waited, [connection.recv(1) for connection in trickling], status
+        finally:
+            stop.set()
+            for connection in trickling:
+                connection.close()
+
+    async def run() -> tuple[object, float, list[bytes], int]:
+        stop = asyncio.Event()
+        serving = asyncio.create_task(server.run(stop))
+        try:
+            async with asyncio.timeout(10):
+                while server.state != "serving":
+                    await asyncio.sleep(0.05)
+            return await asyncio.to_thread(exercise)
+        finally:
+            stop.set()
+            await serving
+
+    locked_out, waited, read, status = asyncio.run(run())
+    assert locked_out != 200, "every slot was held by a trickling client"
+    assert waited < 2.0 + 2, "cut at the deadline, not after the per-read timeout (never, for a trickle)"
+    assert read == [b""] * cap, "each trickling connection was closed by the gateway"
+    assert status == 200
