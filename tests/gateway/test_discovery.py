@@ -30,6 +30,7 @@ from gateway.config_loader import load_config
 from gateway.discovery import discover_response
 from gateway.ip_detector import interface_addresses
 from tests.fixtures.gateway import RunningGateway, wait_until
+from tests.fixtures.slow_clients import start_trickling
 from tests.fixtures.tls_devices import (
     DeviceFiles,
     client_context,
@@ -188,17 +189,6 @@ def test_configured_addresses_override_the_detected_ones() -> None:
     assert group["CAs"] == ["PEM"]
 
 
-def _trickle_a_request(connection: ssl.SSLSocket, stop: threading.Event) -> None:
-    """After a good handshake, a request a byte a second: inside the per-read timeout, never finished."""
-    for byte in b"GET /greengrass/discover/thing/sensor-slow HTTP/1.1\r\nHost: x\r\n" * 10:
-        if stop.wait(1.0):
-            return
-        try:
-            connection.send(bytes([byte]))
-        except OSError:
-            return
-
-
 def test_connections_trickling_a_request_are_cut_at_the_deadline_and_discovery_serves_again(
     gw, short_tmp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,8 +208,7 @@ def test_connections_trickling_a_request_are_cut_at_the_deadline_and_discovery_s
             context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
             for _ in range(cap)
         ]
-        for connection in trickling:
-            threading.Thread(target=_trickle_a_request, args=(connection, stop), daemon=True).start()
+        start_trickling(list(trickling), b"GET /greengrass/discover/thing/sensor-slow HTTP/1.1", stop)
         try:
             time.sleep(0.5)
             try:

@@ -21,6 +21,7 @@ from functions.greengrass import daemon
 from functions.greengrass.service import GreengrassService
 from gateway.config import Function
 from tests.fixtures.gateway import free_port
+from tests.fixtures.slow_clients import start_trickling
 
 CAP = 4
 T = TypeVar("T")
@@ -91,17 +92,6 @@ def test_idle_sockets_holding_every_slot_are_dropped_and_the_api_serves_again(mo
     assert read == [b""] * CAP  # each idle socket was closed by the API, not by us
 
 
-def _dribble(connection: socket.socket, stop: threading.Event) -> None:
-    """A request a byte a second: well inside the per-read timeout, never finished."""
-    for byte in b"GET /2016-11-01/health/workers HTTP/1.1\r\nHost: x\r\n" * 10:
-        if stop.wait(1.0):
-            return
-        try:
-            connection.send(bytes([byte]))
-        except OSError:
-            return
-
-
 def test_requests_sent_a_byte_at_a_time_are_cut_at_the_deadline_but_a_long_poll_waits_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -117,9 +107,7 @@ def test_requests_sent_a_byte_at_a_time_are_cut_at_the_deadline_but_a_long_poll_
         )
         stop = threading.Event()
         dribblers = [socket.create_connection(("127.0.0.1", port)) for _ in range(CAP - 1)]
-        threads = [threading.Thread(target=_dribble, args=(c, stop), daemon=True) for c in dribblers]
-        for thread in threads:
-            thread.start()
+        start_trickling(dribblers, b"GET /2016-11-01/health/workers HTTP/1.1", stop)
         try:
             time.sleep(0.5)
             locked_out = _health(port)
