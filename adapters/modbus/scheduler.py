@@ -231,19 +231,26 @@ class BusScheduler:
             try:
                 data = await self.link.read(block.table, block.start, block.count, device.unit, device.timeout_s)
             except RequestError as exc:
-                device.health.failed(exc.kind)
                 error = exc
-                if exc.kind == "exception":
-                    self._answered()
-                if exc.kind in ("exception", "connect", "internal"):
+                if await self._failed_attempt(device, exc):
                     break
-                if self.link.serial:
-                    await asyncio.sleep(max(SERIAL_DRAIN_S, self.frame_gap_s))
                 continue
             device.health.answered(time.monotonic() - started)
             self._answered()
             return data
         return error
+
+    async def _failed_attempt(self, device: DeviceRuntime, exc: RequestError) -> bool:
+        """Count a failed request; True when retrying is pointless (the device answered with an
+        exception, or the link itself failed), else wait out a serial line's noise before the retry."""
+        device.health.failed(exc.kind)
+        if exc.kind == "exception":
+            self._answered()
+        if exc.kind in ("exception", "connect", "internal"):
+            return True
+        if self.link.serial:
+            await asyncio.sleep(max(SERIAL_DRAIN_S, self.frame_gap_s))
+        return False
 
     def _settle(self, device: DeviceRuntime, block: ReadBlock, result: list[Any] | RequestError) -> bool:
         """Hand out what one read brought; False if the device or the bus is gone (the poll stops)."""
@@ -391,14 +398,9 @@ class BusScheduler:
                     await self.link.write_registers(tag.address, job.registers, device.unit, device.timeout_s)
                     written = job.registers
             except RequestError as exc:
-                device.health.failed(exc.kind)
                 error = exc
-                if exc.kind == "exception":
-                    self._answered()
-                if exc.kind in ("exception", "connect", "internal"):
+                if await self._failed_attempt(device, exc):
                     break
-                if self.link.serial:
-                    await asyncio.sleep(max(SERIAL_DRAIN_S, self.frame_gap_s))
                 continue
             device.health.answered(time.monotonic() - started)
             self._answered()
