@@ -23,7 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import device_registry
 from gateway.atomic_file import write_atomic
-from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
+from gateway.aws_names import THING_NAME_PATTERN
+from gateway.config import RESERVED_IDENTITIES, GatewayConfig
 from gateway.device_registry import DeviceCert
 from gateway.ip_detector import interface_addresses
 from gateway.owned_dirs import make_owned_dir
@@ -436,7 +437,7 @@ def server_cert_renewal_reason(
 
 
 def validate_thing_name(thing: str) -> None:
-    if not re.fullmatch(THING_PATTERN, thing):
+    if not re.fullmatch(THING_NAME_PATTERN, thing):
         raise ThingNameInvalid(f"{thing!r}: not a thing name (1-128 of A-Z a-z 0-9 : _ -, as AWS IoT allows)")
     if thing in RESERVED_IDENTITIES:
         raise ThingNameInvalid(f"{thing!r}: reserved for a gateway component; choose another thing name")

@@ -12,15 +12,24 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, model_validator
 
+from gateway.aws_names import SHADOW_NAME_PATTERN, THING_NAME_PATTERN
 from gateway.greengrass.arns import DEFAULT_DAEMON_PORT, parse_function_arn
 from gateway.topics import TopicError, validate_topic_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
-THING_PATTERN = r"^[A-Za-z0-9:_-]{1,128}$"  # AWS IoT thing names
 RESERVED_IDENTITIES = frozenset({"core", "uplink", "operator"})
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-ThingName = Annotated[str, Field(pattern=THING_PATTERN)]
+ThingName = Annotated[str, Field(pattern=THING_NAME_PATTERN)]
+
+
+def _shadow_name(value: str) -> str:
+    if not re.fullmatch(SHADOW_NAME_PATTERN, value):
+        raise ValueError(f"a shadow name is 1 to 64 of A-Z a-z 0-9 $ : _ - (AWS IoT's shadowName) (got {value!r})")
+    return value
+
+
+ShadowName = Annotated[str, AfterValidator(_shadow_name)]
 
 
 def _topic_filter(value: str) -> str:
@@ -329,7 +338,7 @@ class Subscription(Strict):
 
 class ShadowSync(Strict):
     thing: ThingName
-    name: Name | None = None
+    name: ShadowName | None = None
     sync: Literal["none", "local-to-cloud", "cloud-to-local", "both"] = "none"
 
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.adapter_checks import adapter_cross_checks, serial_line_checks
 from gateway.adapter_config import ADAPTER_MODELS, AdapterConfig, ModbusAdapter
-from gateway.config import RESERVED_IDENTITIES, THING_PATTERN, GatewayConfig
+from gateway.aws_names import THING_NAME_PATTERN
+from gateway.config import RESERVED_IDENTITIES, GatewayConfig
 from gateway.config_problems import Problem, duplicate_names, duplicates
 from gateway.resource_paths import destination_refusal, protected_dirs, refusal, shared_destinations
 
@@ -240,7 +241,7 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
 
     functions = {f.name for f in cfg.functions}
     known = {"function": functions, "adapter": set(adapters)}
-    thing = re.compile(THING_PATTERN)
+    thing = re.compile(THING_NAME_PATTERN)
     for index, sub in enumerate(cfg.subscriptions):
         for side in ("source", "target"):
             endpoint = getattr(sub, side)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.config import RESERVED_IDENTITIES, THING_PATTERN
+from gateway.aws_names import THING_NAME_PATTERN
+from gateway.config import RESERVED_IDENTITIES
 from gateway.greengrass.arns import (
     DEFAULT_DAEMON_PORT,
     ArnError,
@@ -445,7 +446,7 @@ def plan_import(export: Export, code_dir: Path, options: ImportOptions) -> Plan:
     resources = _map_resources(export, plan)
     functions = _map_functions(export, plan, resources, code_dir, options, log_cap)
     _map_subscriptions(export, plan, functions)
-    if not re.fullmatch(THING_PATTERN, plan.thing_name):
+    if not re.fullmatch(THING_NAME_PATTERN, plan.thing_name):
         raise ImportFailed(f"{export.file('core')}: the core thing name {plan.thing_name!r} is not valid")
     for index, device in enumerate(plan.devices):
         if device in RESERVED_IDENTITIES:

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import strict_json
+from gateway.aws_names import SHADOW_NAME_PATTERN, THING_NAME_PATTERN
 
 SECTIONS = ("desired", "reported")
 MAX_STATE_BYTES = 8192  # desired + reported of the merged document, metadata excluded
 MAX_DEPTH = 6  # levels below desired/reported
 MAX_CLIENT_TOKEN_BYTES = 64
 MAX_REQUEST_BYTES = 128 * 1024  # AWS IoT's MQTT payload limit
-THING_NAME = re.compile(r"[A-Za-z0-9:_-]{1,128}")
-SHADOW_NAME = re.compile(r"[A-Za-z0-9:_-]{1,64}")
+THING_NAME = re.compile(THING_NAME_PATTERN)
+SHADOW_NAME = re.compile(SHADOW_NAME_PATTERN)
 
 Json = dict[str, Any]
 

@@ -403,6 +403,17 @@ CASES = {
         path="subscriptions[0]",
         message="source and target are both 'cloud'",
     ),
+    # AWS's shadowName: [$a-zA-Z0-9:_-]{1,64}; the shadow service refuses any other name at every request
+    "shadow-name-with-a-dot": Broken(
+        gateway=GATEWAY + "[[shadows]]\nthing = 'press-01'\nname = 'line.1'\n",
+        path="shadows[0].name",
+        message="a shadow name is 1 to 64 of A-Z a-z 0-9 $ : _ - (AWS IoT's shadowName) (got 'line.1')",
+    ),
+    "shadow-name-over-64": Broken(
+        gateway=GATEWAY + f"[[shadows]]\nthing = 'press-01'\nname = '{'n' * 65}'\n",
+        path="shadows[0].name",
+        message="a shadow name is 1 to 64 of A-Z a-z 0-9 $ : _ - (AWS IoT's shadowName)",
+    ),
     "bulk-prefix-unknown-placeholder": Broken(
         gateway=GATEWAY + "[bulk]\nbucket = 'plant-data'\nprefix = '{thing}/{topic}/'\ntopics = ['plant/#']\n",
         path="bulk.prefix",
