@@ -218,10 +218,14 @@ def mirror(value: Any, timestamp: int) -> Any:
     return {"timestamp": timestamp}
 
 
-def strip_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: strip_nulls(v) for k, v in value.items() if v is not None}
-    return value
+def without_nulls(value: Any) -> Any:
+    """`value` with the nulls of its objects removed; an object that held nothing but nulls (at any
+    depth) becomes None, so a null aimed at a field that does not exist adds no empty object (AWS's
+    Greengrass shadow manager, JsonMerger.createMergeTree); an explicit {} stays."""
+    if not isinstance(value, dict):
+        return value
+    kept = {k: v for k, v in ((k, without_nulls(v)) for k, v in value.items()) if v is not None}
+    return None if not kept and value else kept
 
 
 def _merge(state: Json, metadata: Json, patch: Json, timestamp: int) -> tuple[Json, Json]:
@@ -236,7 +240,11 @@ def _merge(state: Json, metadata: Json, patch: Json, timestamp: int) -> tuple[Js
                 state[key], inner_meta if isinstance(inner_meta, dict) else {}, value, timestamp
             )
         else:
-            clean = strip_nulls(value)
+            clean = without_nulls(value)
+            if clean is None:  # only nulls, for a field that is not an object: nothing to set
+                if key not in state:
+                    continue
+                clean = {}
             state[key] = clean
             metadata[key] = mirror(clean, timestamp)
     return state, metadata

@@ -86,6 +86,21 @@ def test_nested_null_removes_only_that_leaf(shadows: ShadowClient) -> None:
     assert shadows.get(thing)["state"]["reported"] == {"x": {"z": 2}}
 
 
+def test_nulls_for_fields_that_do_not_exist_add_nothing(shadows: ShadowClient) -> None:
+    """section 2: a null removes a field; nulls aimed at fields that are not there add no empty object
+    (and so no delta that never goes away), as AWS's shadow manager merges (JsonMerger.createMergeTree);
+    an explicit {} is a value and stays."""
+    thing = shadows.thing()
+    shadows.update(thing, {"state": {"desired": {"a": {"b": None}, "c": {"d": {"e": None}}, "kept": 1}}})
+    assert shadows.get(thing)["state"] == {"desired": {"kept": 1}, "delta": {"kept": 1}}
+    shadows.update(thing, {"state": {"reported": {"kept": 1}, "desired": {"empty": {}}}})
+    assert shadows.get(thing)["state"] == {
+        "desired": {"kept": 1, "empty": {}},
+        "reported": {"kept": 1},
+        "delta": {"empty": {}},
+    }
+
+
 def test_desired_null_removes_the_whole_section(shadows: ShadowClient) -> None:
     """section 2: `"desired": null` removes the whole section [S1][S4]."""
     thing = shadows.thing()
@@ -211,6 +226,20 @@ def test_update_documents_carries_previous_and_current(shadows: ShadowClient) ->
     assert documents["clientToken"] == "d" and isinstance(documents["timestamp"], int)
 
 
+def test_update_documents_of_a_new_shadow_has_no_previous(shadows: ShadowClient) -> None:
+    """section 3: a shadow's first update has no document before it: /update/documents carries only
+    current, as AWS's Greengrass shadow manager publishes it (withPrevious(null) for a new document);
+    a shadow created again after a delete is new too."""
+    thing = shadows.thing()
+    shadows.update(thing, {"state": {"reported": {"a": 1}}})
+    shadows.request(thing, "delete")
+    shadows.update(thing, {"state": {"reported": {"a": 2}}})
+    first, again = shadows.messages(f"{shadows.prefix(thing)}/update/documents", at_least=2)
+    assert "previous" not in first and first["current"]["version"] == 1
+    assert "previous" not in again and again["current"]["version"] == 2
+    assert again["current"]["state"] == {"reported": {"a": 2}}
+
+
 def test_update_documents_is_published_on_every_successful_update(shadows: ShadowClient) -> None:
     """section 3: /update/documents is published whenever an update is performed, equal values too [S2]."""
     thing = shadows.thing()
@@ -306,6 +335,13 @@ def test_delta_metadata_is_the_desired_metadata(shadows: ShadowClient) -> None:
     shadows.update(thing, {"state": {"desired": {"a": 1, "n": {"x": 1}}}})
     got = shadows.get(thing)
     assert got["metadata"]["delta"] == got["metadata"]["desired"]
+    # a delta of one nested leaf and an array: the metadata of just those desired paths
+    shadows.update(thing, {"state": {"reported": {"a": 1, "n": {"x": 1}}}})
+    shadows.update(thing, {"state": {"desired": {"n": {"y": 2}, "arr": [1, {"k": 2}]}}})
+    got = shadows.get(thing)
+    assert got["state"]["delta"] == {"n": {"y": 2}, "arr": [1, {"k": 2}]}
+    desired_meta = got["metadata"]["desired"]
+    assert got["metadata"]["delta"] == {"n": {"y": desired_meta["n"]["y"]}, "arr": desired_meta["arr"]}
 
 
 def test_update_delta_lists_every_differing_field_not_just_the_updated_one(shadows: ShadowClient) -> None:
@@ -359,6 +395,16 @@ def test_nulling_both_sections_does_not_delete_the_shadow(shadows: ShadowClient)
     shadows.update(thing, {"state": {"reported": None}})
     assert shadows.get(thing)["version"] == 2
     assert shadows.update(thing, {"state": {"reported": {"a": 1}}})["version"] == 3
+
+
+def test_state_null_clears_both_sections_and_keeps_the_shadow(shadows: ShadowClient) -> None:
+    """section 5: `"state": null` empties desired and reported without deleting the shadow (docs/shadows.md)."""
+    thing = shadows.thing()
+    shadows.update(thing, {"state": {"desired": {"a": 1}, "reported": {"a": 2}}})
+    answer = shadows.update(thing, {"state": None})
+    assert answer["state"] is None and answer["version"] == 2
+    got = shadows.get(thing)
+    assert got["state"] == {} and got["version"] == 2
 
 
 # ---- section 6: errors [S3] ---------------------------------------------------------------------
@@ -436,6 +482,22 @@ def test_merged_document_over_8kb_is_413_even_for_a_small_update(shadows: Shadow
     outcome, answer = shadows.request(thing, "update", {"state": {"reported": {"more": "y" * 100}}})
     assert outcome == "rejected"
     assert (answer["code"], answer["message"]) == (413, "The payload exceeds the maximum size allowed")
+
+
+def test_request_over_128_kb_is_413(shadows: ShadowClient) -> None:
+    """section 7: a request over AWS IoT's 128 KB message limit is 413, before it is read [S3][S9]."""
+    code, message = _rejection(shadows, b'{"state": {"reported": {"a": "' + b"x" * (128 * 1024) + b'"}}}')
+    assert (code, message) == (413, "The payload exceeds the maximum size allowed")
+
+
+def test_invalid_thing_or_shadow_name_is_400(shadows: ShadowClient) -> None:
+    """section 7: names outside AWS's thingName [a-zA-Z0-9:_-]{1,128} and shadowName [$a-zA-Z0-9:_-]{1,64}
+    are 400 (UpdateThingShadow's URI parameters); `$` is allowed in a shadow name (AWS's `$package`)."""
+    outcome, answer = shadows.request("bad.thing", "update", {"state": {"reported": {"a": 1}}})
+    assert outcome == "rejected" and (answer["code"], answer["message"]) == (400, "Invalid thing name")
+    outcome, answer = shadows.request(shadows.thing(), "update", {"state": {"reported": {"a": 1}}}, name="n" * 65)
+    assert outcome == "rejected" and (answer["code"], answer["message"]) == (400, "Invalid shadow name")
+    assert shadows.update(shadows.thing(), {"state": {"reported": {"a": 1}}}, name="$package")["version"] == 1
 
 
 def test_metadata_does_not_count_towards_8kb(shadows: ShadowClient) -> None:
