@@ -34,7 +34,7 @@ from gateway.cloudwatch_batch import (
 )
 from gateway.cloudwatch_ship import stream_name
 from gateway.log_files import log_sources
-from tests.fixtures.gateway import RunningGateway, free_port, wait_until
+from tests.fixtures.gateway import HeldPort, RunningGateway, free_port, wait_until
 
 events = st.lists(st.tuples(st.integers(0, 3 * 86_400_000), st.text(min_size=1, max_size=40_000)), max_size=120).map(
     lambda pairs: [LogEvent(t, clip(m)) for t, m in sorted(pairs, key=lambda p: p[0])]
@@ -155,6 +155,7 @@ def _kill_logship(gw: RunningGateway) -> None:
 def test_lines_buffered_in_an_outage_arrive_exactly_once_after_logship_is_killed(gateway_factory, moto_port) -> None:
     # CloudWatch is unreachable from the start: nothing listens on moto_port until the end
     # a group of its own: moto's servers in one test process share their state
+    held = HeldPort(moto_port)
     gateway_toml = GATEWAY.format(port=moto_port).replace('"cw-gw"', '"cw-gw-restarts"')
     gw = gateway_factory(gateway_toml, expect=("broker", "core", "logship"))
     group = "/millgate/cw-gw-restarts"
@@ -169,6 +170,7 @@ def test_lines_buffered_in_an_outage_arrive_exactly_once_after_logship_is_killed
         time.sleep(1.5)  # logship reads them into its buffer (flush_interval_s 0.5), then dies with them
         _kill_logship(gw)
 
+    held.release()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
     server.start()
     try:

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.credentials import load_credentials
 from gateway.mqtt_blocking import connect_blocking, paho_client
-from tests.fixtures.gateway import RunningGateway, wait_until
+from tests.fixtures.gateway import HeldPort, RunningGateway, wait_until
 
 
 def free_port() -> int:
@@ -131,8 +131,12 @@ class CloudBroker:
     max_payload: int = 0
     process: subprocess.Popen[bytes] | None = None
     clients: list[paho.Client] = field(default_factory=list)
+    held: HeldPort | None = None  # the port while stopped: the uplink's reconnects cannot take it
 
     def start(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
         acl = self.dir / "acl"
         # `pattern` lines apply to every client (`topic` lines before any `user` only to anonymous ones)
         acl.write_text(
@@ -192,6 +196,7 @@ class CloudBroker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+            self.held = HeldPort(self.port)
         self.process = None
 
     def toml(self, port: int | None = None, **extra: object) -> str:
@@ -255,9 +260,12 @@ def cloud_broker(pki: Pki, short_tmp: Path) -> Iterator[CloudBroker]:
     """A cloud broker, not yet started: call .start() (tests of outages start it late)."""
     broker_dir = short_tmp / "cloud"
     broker_dir.mkdir()
-    broker = CloudBroker(pki, broker_dir, free_port())
+    port = free_port()
+    broker = CloudBroker(pki, broker_dir, port, held=HeldPort(port))
     yield broker
     broker.stop()
+    if broker.held is not None:
+        broker.held.release()
 
 
 @pytest.fixture
