@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -27,12 +26,7 @@ from adapters.modbus.register_map import build_register_map
 from adapters.modbus.scheduler import Buses
 from adapters.modbus.simulator import Simulator
 from gateway.adapter_config import ModbusAdapter
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.fixtures.gateway import HeldPort, free_port
 
 
 class SimulatorThread:
@@ -45,12 +39,14 @@ class SimulatorThread:
         self.thread.start()
         self.port: int | None = None
         self.serial: str | None = None
+        self.held: HeldPort | None = None  # the TCP port while stopped: the adapter cannot take it for itself
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout_s: float = 10) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def start_tcp(self, port: int | None = None) -> int:
         self.port = port or self.port or free_port()
+        self._release_port()
         self.call(self.sim.start_tcp("127.0.0.1", self.port))
         return self.port
 
@@ -60,6 +56,13 @@ class SimulatorThread:
 
     def stop_server(self) -> None:
         self.call(self.sim.stop())
+        if self.port is not None and self.held is None:
+            self.held = HeldPort(self.port)
+
+    def _release_port(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
 
     def get(self, table: str, address: int, count: int = 1, unit: int = 1) -> list[Any]:
         return self.call(self.sim.get(table, address, count, unit))
@@ -71,6 +74,7 @@ class SimulatorThread:
         try:
             self.call(self.sim.stop())
         finally:
+            self._release_port()
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
             self.loop.close()

@@ -12,6 +12,7 @@ from conftest import SimulatorThread, eventually, free_port
 
 from adapters.modbus.link import ModbusLink, RequestError
 from gateway.adapter_config import ModbusDevice
+from tests.fixtures.gateway import HeldPort
 
 KNOWN_REGISTERS = {
     0: [0xFFFE],  # int16 -2
@@ -374,7 +375,8 @@ type = "uint16"
 def test_refused_connection_exception_codes_and_garbage_are_reported_per_device(simulator, harness) -> None:
     sim = simulator((1, 2))
     port = sim.start_tcp()
-    closed_port = free_port()
+    closed = HeldPort(free_port())  # refuses, and the adapter's reconnects cannot take it for themselves
+    closed_port = closed.port
     config = f"""
 name = "line1"
 protocol = "modbus"
@@ -446,7 +448,10 @@ type = "uint16"
             sim.set("holding", 0, [7], unit=1)
             await eventually(lambda: h.recorder.value("ok/count") == 7, what="the healthy device still polled")
 
-    asyncio.run(scenario())
+    try:
+        asyncio.run(scenario())
+    finally:
+        closed.release()
 
 
 def test_a_request_on_a_connection_pymodbus_knows_is_gone_is_a_connect_error_not_a_crash(simulator) -> None:

@@ -24,14 +24,9 @@ from adapters.opcua.node_map import build_bindings
 from adapters.opcua.session import OpcuaSession
 from adapters.opcua.trust import TrustStore
 from gateway.adapter_config import OpcuaAdapter
+from tests.fixtures.gateway import HeldPort, free_port
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SimulatorProcess:
@@ -39,12 +34,15 @@ class SimulatorProcess:
         self.port = port
         self.extra = extra
         self.process: subprocess.Popen[bytes] | None = None
+        # the port while no server runs: the adapter's reconnects cannot take it for themselves
+        self.held: HeldPort | None = HeldPort(port)
 
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://127.0.0.1:{self.port}/"
 
     def start(self, timeout_s: float = 15) -> None:
+        self.release_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "adapters.opcua.simulator", "--port", str(self.port), *self.extra],
             cwd=REPO,
@@ -63,7 +61,13 @@ class SimulatorProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
+            self.held = HeldPort(self.port)
         self.process = None
+
+    def release_port(self) -> None:
+        if self.held is not None:
+            self.held.release()
+            self.held = None
 
 
 @pytest.fixture
@@ -81,6 +85,7 @@ def opcua_simulator() -> Iterator[Callable[..., SimulatorProcess]]:
     yield factory
     for sim in made:
         sim.stop()
+        sim.release_port()
 
 
 def adapter_config(endpoint: str, nodes: list[dict[str, Any]], **extra: Any) -> OpcuaAdapter:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 
 from asyncua import ua
 from asyncua.common.callback import CallbackType
@@ -16,14 +15,9 @@ from adapters.base.tag import Quality
 from adapters.opcua.session import State
 from adapters.opcua.simulator import Simulator
 from tests.adapters.opcua.conftest import Harness, adapter_config
+from tests.fixtures.gateway import free_port
 
 SPEED = ua.NodeId.from_string("ns=2;s=Line2.Speed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_a_session_whose_polls_time_out_backs_off_until_they_answer() -> None:
