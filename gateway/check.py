@@ -1,5 +1,6 @@
-"""`millgate check`: whether this machine can run millgate (kernel, CPU, RAM, Python, mosquitto,
-supervisord, cgroups, the service account, the component uids, state and log dirs), each failure with the fix to apply.
+"""`millgate check`: whether this machine can run millgate from its config (the config itself, kernel, CPU,
+RAM, Python, mosquitto, supervisord, cgroups, the service account, the component uids, state and log
+dirs), each failure with the fix to apply.
 
 It only looks: it creates, installs and changes nothing, and runs no program but `mosquitto -h`.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from functions.limits import mechanism_description
 from gateway.broker_config import BrokerNotInstalled, mosquitto_binary
 from gateway.config import GatewaySection
+from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
 from gateway.paths import UNIX_SOCKET_MAX, GatewayPaths
 from gateway.service_user import SERVICE_USER
 
@@ -300,6 +302,19 @@ MACHINE_CHECKS: tuple[Callable[[], CheckResult], ...] = (
     check_memory_limits,
     check_service_user,
 )
+
+
+def check_config(config_dir: Path) -> tuple[CheckResult, LoadedConfig | None]:
+    """Whether the config `millgate run` would start from is valid, and the config if it is."""
+    name = "config"
+    try:
+        loaded = load_config(config_dir)
+    except ConfigInvalid as exc:
+        count = len(exc.problems)
+        detail = f"{count} problem{'s' if count != 1 else ''}, the first: {exc.problems[0]}"
+        return CheckResult(name, False, True, detail, f"millgate config validate --config {config_dir}"), None
+    functions, adapters = len(loaded.gateway.functions), len(loaded.adapters)
+    return CheckResult(name, True, True, f"{config_dir}: {functions} functions, {adapters} adapters", ""), loaded
 
 
 def run_checks(paths: GatewayPaths, component_uids: str | None = None) -> list[CheckResult]:

@@ -55,10 +55,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from gateway.check import render_checks, run_checks
+    from gateway.check import check_config, render_checks, run_checks
 
-    loaded = load_quietly(args)
-    results = run_checks(paths_for(args, loaded), loaded.gateway.gateway.component_uids if loaded else None)
+    config, loaded = check_config(args.config)
+    uids = loaded.gateway.gateway.component_uids if loaded else None
+    results = [config, *run_checks(paths_for(args, loaded), uids)]
     print(render_checks(results))
     return EXIT_FAILED if any(r.required and not r.passed for r in results) else EXIT_OK
 

@@ -1,5 +1,6 @@
-"""`millgate check` on this machine: one line per check, state and log dirs judged by where they can be
-created, required failures exit 1 and optional ones (cgroup v2) only warn.
+"""`millgate check` on this machine: one line per check, the config first (an invalid one fails, with its
+first problem), state and log dirs judged by where they can be created, required failures exit 1 and
+optional ones (cgroup v2) only warn.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from gateway.cli import main
 from tests.fixtures.gateway import run_cli
 
 CHECK_NAMES = (
+    "config",
     "kernel >= 4.4",
     "cpu architecture",
     "ram >= 128 MB",
@@ -182,6 +184,29 @@ def test_console_script_prints_the_same_checks(config_dir: Path, short_tmp: Path
     assert line_for(lines, "state dir").startswith("PASS")
     assert_exit_matches_fail_lines(result.returncode, lines)
     assert result.stderr == ""
+
+
+def test_an_invalid_config_fails_the_check_with_its_first_problem(
+    config_dir: Path, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (config_dir / "gateway.toml").write_text(
+        '[gateway]\nthing_name = "t"\ncomponent_uids = "70000-70099"\ncolour = 1\n'
+    )
+    code, lines = run_check(config_dir, short_tmp / "state", capsys)
+    assert code == 1
+    assert_one_line_per_check(lines)
+    line = line_for(lines, "config")
+    assert line.startswith("FAIL") and "1 problem, the first: " in line and "colour: unknown key" in line, line
+    assert f"-> fix: millgate config validate --config {config_dir}" in line
+    # the uid range it checks is the default one, and the config line says why
+    assert "the default" in line_for(lines, "component uids")
+
+
+def test_a_valid_config_passes_with_what_it_holds(
+    config_dir: Path, short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _code, lines = run_check(config_dir, short_tmp / "state", capsys)
+    assert line_for(lines, "config") == f"PASS  config                 {config_dir}: 0 functions, 0 adapters"
 
 
 def test_render_aligns_names_and_marks_pass_fail_warn() -> None:
