@@ -22,7 +22,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 GROUP_DIR = "millgate"
 MIB = 1024 * 1024
 THREAD_STACK_BYTES = 1024 * 1024
-RUNTIME_HEADROOM_MB = 64  # the runtime's own MQTT and I/O threads, started after the limit is set
+# what a function process needs beyond the function's memory_mb for millgate's runtime in it (the
+# interpreter, its MQTT and I/O threads, a long-lived runner's queue): given under either mechanism
+RUNTIME_HEADROOM_MB = 64
 REMOVE_WAIT_S = 2.0  # for what remove_cgroup killed to leave the group
 
 _reported: list[str] = []  # the mechanism last logged, so a change is logged once
@@ -100,8 +102,14 @@ def _sweep(base: Path) -> None:
                 group.rmdir()
 
 
+def cgroup_limit_bytes(memory_mb: int) -> int:
+    """A function process's cgroup memory cap: its budget plus the runtime's headroom, as RLIMIT_AS gives."""
+    return (memory_mb + RUNTIME_HEADROOM_MB) * MIB
+
+
 def place_in_cgroup(group: str, pid: int, memory_mb: int) -> str | None:
-    """Put `pid` in cgroup millgate/<group> with a memory cap; the kind used, or None (RLIMIT_AS then)."""
+    """Put `pid` in cgroup millgate/<group> with a memory cap (cgroup_limit_bytes); the kind used, or
+    None (RLIMIT_AS then)."""
     kind = cgroup_kind()
     if kind == "none":
         _report("RLIMIT_AS", mechanism_description()[1])
@@ -118,11 +126,11 @@ def place_in_cgroup(group: str, pid: int, memory_mb: int) -> str | None:
         _sweep(base)
         path.mkdir(exist_ok=True)
         if kind == "v2":
-            (path / "memory.max").write_text(str(memory_mb * MIB))
+            (path / "memory.max").write_text(str(cgroup_limit_bytes(memory_mb)))
             with contextlib.suppress(FileNotFoundError):  # no swap accounting: nothing to turn off
                 (path / "memory.swap.max").write_text("0")
         else:
-            (path / "memory.limit_in_bytes").write_text(str(memory_mb * MIB))
+            (path / "memory.limit_in_bytes").write_text(str(cgroup_limit_bytes(memory_mb)))
         (path / "cgroup.procs").write_text(str(pid))
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -172,7 +180,8 @@ def place_self_in_cgroup(group: str, memory_mb: int) -> bool:
 
 
 def limit_address_space(memory_mb: int) -> None:
-    """RLIMIT_AS = what this process maps now + the function's budget (the interpreter is not charged)."""
+    """RLIMIT_AS = what this process maps now + the function's budget + the runtime's headroom (the
+    interpreter is not charged)."""
     mapped = 0
     with open("/proc/self/status") as status:
         for line in status:

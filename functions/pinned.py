@@ -6,8 +6,9 @@ init still runs); a module with no handler is legal. A handler call that outlive
 is answered for, counted, and ends the process: a thread stuck in user code cannot be stopped from
 inside, so supervisord restarts the function.
 
-A long-lived Greengrass v1 function is instead this process running the v1 runtime: the core takes its
-messages and hands them over, in order, through the v1 API.
+A long-lived Greengrass v1 function is instead this process exec'ing the v1 runtime
+(functions/greengrass/lambda_runtime.py): the core takes its messages and hands them over, in order,
+through the v1 API.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from functions.function_stats import FunctionStats
 from functions.handler import FunctionIdentity, Handler, call_handler, load_handler
@@ -47,7 +48,7 @@ REPLY_TIMEOUT_S = 10.0
 HANDLER_POLL_S = (0.02, 1.0)  # first and longest wait between looks for the handler while init runs
 # The broker does not hold QoS 1 messages back at this client's Receive Maximum once acknowledgements
 # interleave (mosquitto 2.0.11, Debian 12's: 18,000 unacknowledged against a window of 50, measured),
-# so this runner's queue is what bounds them, inside the runtime's headroom of the address-space limit.
+# so this runner's queue is what bounds them, inside the runtime's memory headroom (functions/limits.py).
 # A queued message costs about 7 KB (mostly paho's MQTT 5 properties object; 10,000 took 70 MB).
 QUEUED_MESSAGE_BYTES = 8 * 1024
 MAX_QUEUED = RUNTIME_HEADROOM_MB * MIB // 2 // QUEUED_MESSAGE_BYTES
@@ -355,13 +356,14 @@ def start_runner(argv: list[str] | None = None) -> Runner:
     return Runner(component, spec, paths, component_credentials(paths, component), in_cgroup, refused)
 
 
-def run_greengrass_v1(runner: Runner) -> int:
-    """Become the function's single v1 worker: its uid, its v1 environment, its memory cap (RLIMIT_AS unless
-    its cgroup caps it), then the runtime."""
-    # here, not at the top: a native runner is a fresh interpreter and would carry the v1 runtime unused
+def run_greengrass_v1(runner: Runner) -> NoReturn:
+    """Become the function's single v1 worker: its uid, its v1 environment, then the v1 runtime exec'd in a
+    fresh interpreter (same pid, cgroup, mounts and identity), so that none of this runner's modules
+    (millgate's packages, paho-mqtt) shadow the function's own; the runtime sets RLIMIT_AS itself unless the
+    cgroup caps it."""
+    # here, not at the top: a native runner would carry these unused
     from functions.greengrass.environment import pinned_token
-    from functions.greengrass.lambda_runtime import function_side, setup_logging
-    from functions.greengrass.lambda_runtime import run as run_v1
+    from functions.greengrass.lambda_runtime import command as runtime_command
 
     spec = runner.spec
     deployed = read_manifest(runner.paths.state_dir / "functions")[spec.name]
@@ -372,20 +374,17 @@ def run_greengrass_v1(runner: Runner) -> int:
             time.sleep(3600)
     token = pinned_token(runner.paths.credentials_dir, spec.name)
     drop_privileges(spec.uid, spec.gid, deployed.extra_groups)
-    os.environ.clear()
-    os.environ.update({**spec.environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token})
     os.chdir(deployed.path)
-    if not runner.in_cgroup:
-        limit_address_space(spec.memory_mb)
-    setup_logging()
-    side = function_side(spec.memory_mb, spec.timeout_s)
-    return run_v1(Path(deployed.path), spec.handler, side, long_lived=True)
+    flags = ["--long-lived"] + ([] if runner.in_cgroup else ["--limit-address-space"])
+    argv = runtime_command(Path(deployed.path), spec.handler, spec.memory_mb, spec.timeout_s, *flags)
+    logging.shutdown()
+    os.execve(argv[0], argv, {**spec.environment, "AWS_CONTAINER_AUTHORIZATION_TOKEN": token})
 
 
 def entry() -> None:
     runner = start_runner()
     if runner.spec.runtime == "greengrass-v1":
-        raise SystemExit(run_greengrass_v1(runner))
+        run_greengrass_v1(runner)
     status = asyncio.run(main(runner))
     if status:
         logging.shutdown()

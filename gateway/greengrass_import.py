@@ -49,6 +49,8 @@ from gateway.topics import TopicError, validate_topic_filter
 LOG_LEVELS = {"DEBUG": "debug", "INFO": "info", "WARN": "warning", "ERROR": "error", "FATAL": "error"}
 MIN_LOG_BYTES = 64 * 1024
 ON_DEMAND_CONCURRENCY = 4  # v1 started containers as needed; a gateway wants a bound
+CONTAINER_MEMORY_KB = 16384  # a containerised function's MemorySize when the export has none
+UNCAPPED_MEMORY_MB = 65536  # the largest memory_mb: a function that v1 ran with no memory cap
 
 
 @dataclass
@@ -300,8 +302,10 @@ def _map_functions(
         environment = config.Environment or FunctionEnvironment()
         execution = environment.Execution or default_execution
         run_as = _run_as(plan, where, execution, options)
-        if execution and execution.IsolationMode == "GreengrassContainer":
+        isolation = _isolation(environment.Execution, default_execution)
+        if isolation == "GreengrassContainer":
             plan.note(where, "GreengrassContainer: runs without a container, isolated by its own uid/gid")
+        memory_mb = _memory_mb(plan, where, config, isolation)
         if environment.AccessSysfs:
             plan.note(where, "AccessSysfs: /sys is readable without a grant")
         if config.ExecArgs:
@@ -320,7 +324,7 @@ def _map_functions(
             "lifecycle": "long-lived" if config.Pinned else "on-demand",
             "run_as": run_as,
             "timeout_s": min(max(config.Timeout or 3, 1), 900),
-            "memory_mb": min(max(math.ceil((config.MemorySize or 16384) / 1024), 16), 65536),
+            "memory_mb": memory_mb,
         }
         if entry["encoding"] not in ("json", "binary"):
             raise ImportFailed(f"{where}: EncodingType {config.EncodingType!r} is neither json nor binary")
@@ -354,6 +358,29 @@ def _map_functions(
         plan.code[name] = code
         by_arn[str(arn)] = by_arn[arn.unqualified] = name
     return by_arn
+
+
+def _isolation(function: V1Execution | None, default: V1Execution | None) -> str:
+    """The function's IsolationMode: its own, else the group's default, else v1's (a container)."""
+    for execution in (function, default):
+        if execution is not None and execution.IsolationMode:
+            return execution.IsolationMode
+    return "GreengrassContainer"
+
+
+def _memory_mb(plan: Plan, where: str, config: V1FunctionConfiguration, isolation: str) -> int:
+    """memory_mb for MemorySize (KB). Without a container v1 capped no memory: MemorySize "is not
+    applicable and should be cleared when you run the Lambda function without containerization" (AWS
+    IoT Greengrass v1 API reference, FunctionConfiguration), so such a function gets the largest cap."""
+    if isolation == "NoContainer":
+        given = f"its MemorySize of {config.MemorySize} KB is not used: " if config.MemorySize else ""
+        plan.note(
+            where,
+            f"NoContainer: v1 did not cap its memory; {given}memory_mb = {UNCAPPED_MEMORY_MB} "
+            "(the largest), lower it to cap the function",
+        )
+        return UNCAPPED_MEMORY_MB
+    return min(max(math.ceil((config.MemorySize or CONTAINER_MEMORY_KB) / 1024), 16), UNCAPPED_MEMORY_MB)
 
 
 def _run_as(plan: Plan, where: str, execution: V1Execution | None, options: ImportOptions) -> str:

@@ -1,7 +1,9 @@
-"""The function side of a Greengrass v1 worker (contract section 4), in the function's own process and
-uid: put millgate's `greengrass_common` / `greengrass_ipc_python_sdk` and the function's code on the
-path, import the handler module once (its module-level code, loops included, runs now and is not timed),
-report the import, then GET work / call the handler / POST the result until the core retires it.
+"""The function side of a Greengrass v1 worker (contract section 4), in a fresh interpreter of its own
+under the function's uid: put millgate's `greengrass_common` / `greengrass_ipc_python_sdk` and the
+function's code on the path, report its pid, forget millgate's own packages (the function's `gateway.py`
+or `functions/` must be the ones it imports), import the handler module once (its module-level code,
+loops included, runs now, is not timed and may never return), report the import, then GET work / call
+the handler / POST the result until the core retires it.
 
 It talks to the core only through the v1 HTTP API, with the IPC client it ships to functions.
 """
@@ -33,8 +35,39 @@ REQUIRED_ENVIRONMENT = (
 CORE_WAIT_S = 60.0
 RETIRED = (403, 410)  # the core no longer knows this worker: exit, the dispatcher has moved on
 EXIT_OVER_MEMORY = 3
+MILLGATE_PACKAGES = frozenset({"functions", "gateway", "storage", "adapters"})  # pyproject.toml's packages
 
 log = logging.getLogger("greengrass.runtime")
+
+
+def command(
+    code_dir: Path, handler: str, memory_mb: int, timeout_s: float, *flags: str, python: str = sys.executable
+) -> list[str]:
+    """How the core (an on-demand worker) and a long-lived runner (by exec) start this runtime. -P: the
+    code dir (the cwd) must not shadow the runtime; the runtime puts it on sys.path itself."""
+    return [
+        python,
+        "-P",
+        "-m",
+        "functions.greengrass.lambda_runtime",
+        "--code",
+        str(code_dir),
+        "--handler",
+        handler,
+        "--memory-mb",
+        str(memory_mb),
+        "--timeout-s",
+        str(timeout_s),
+        *flags,
+    ]
+
+
+def forget_millgate_modules() -> None:
+    """Take millgate's packages out of sys.modules, so a function's own top-level `gateway`, `functions`
+    and the like are what its imports find. This runtime keeps the module objects it already holds and
+    imports nothing of millgate's after this; its own module is `__main__`."""
+    for name in [m for m in sys.modules if m.partition(".")[0] in MILLGATE_PACKAGES]:
+        del sys.modules[name]
 
 
 def load_handler(code_dir: Path, handler: str) -> Handler:
@@ -79,6 +112,12 @@ def run(code_dir: Path, handler_name: str, side: FunctionSide, long_lived: bool 
 
     client = IPCClient()
     _wait_for_core(client)
+    try:
+        # before the import, which may never return: the core knows this worker by its pid from now on
+        client.put_started(side.arn)
+    except IPCException as exc:
+        log.error("event=start-report-failed reason=%s", exc)
+    forget_millgate_modules()
     try:
         handler = load_handler(code_dir, handler_name)
     except BaseException as exc:
@@ -134,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, required=True)
     parser.add_argument("--timeout-s", type=float, default=3.0)
     parser.add_argument("--limits-from-stdin", action="store_true", help="read 'cgroup' or 'rlimit' first")
+    parser.add_argument("--long-lived", action="store_true", help="the single worker supervisord runs")
+    parser.add_argument("--limit-address-space", action="store_true", help="RLIMIT_AS: no cgroup caps it")
     args = parser.parse_args(argv)
     if args.limits_from_stdin:  # spawned by the core's pool, which ends it; see functions/worker.py
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -142,10 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"greengrass runtime: missing environment {', '.join(missing)}", file=sys.stderr)
         return 2
-    if args.limits_from_stdin and sys.stdin.readline().strip() != "cgroup":
+    if args.limit_address_space or (args.limits_from_stdin and sys.stdin.readline().strip() != "cgroup"):
         limit_address_space(args.memory_mb)
     setup_logging()
-    return run(args.code, args.handler, function_side(args.memory_mb, args.timeout_s))
+    return run(args.code, args.handler, function_side(args.memory_mb, args.timeout_s), args.long_lived)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,8 @@ class GreengrassService:
         target = rest[len("functions/") :]
         if target.endswith("/work"):
             return await self._work(slot, request, target.removesuffix("/work"))
+        if target.endswith("/started"):
+            return await self._started(slot, request, target.removesuffix("/started"))
         if target.endswith("/initialized"):
             return await self._initialized(slot, request, target.removesuffix("/initialized"))
         if request.method == "POST":
@@ -293,6 +295,28 @@ class GreengrassService:
                 return ApiResponse(202)
             return _json(404, {"message": f"no invocation {invocation_id!r} is waiting for this worker"})
         return _json(405, {"message": "use GET or POST"})
+
+    async def _started(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
+        """millgate's runtime reports its pid before it imports the handler: a long-lived function's
+        import may loop forever (contract section 4.2), and its worker is running all the while."""
+        if not slot.owns(arn):
+            return self._refuse(request, 403, f"a worker of {slot.arn} may not report for {arn}", slot.function)
+        if request.method != "PUT":
+            return _json(405, {"message": "use PUT"})
+        try:
+            pid = json.loads(request.body or b"{}").get("ProcessId")
+        except (ValueError, AttributeError):
+            pid = None
+        if type(pid) is not int or pid <= 0:
+            return _json(400, {"message": 'the body must be {"ProcessId": <the worker\'s pid>}'})
+        pool = self.pools.get(slot.function)
+        long_lived = pool is not None and pool.function.lifecycle == "long-lived"
+        if pool is not None and long_lived:
+            await self._follow_runner_spec(slot, pool)
+        slot.mark_started(pid)
+        if long_lived:
+            log.info("event=greengrass-worker-started function=%s pid=%d", slot.function, pid)
+        return ApiResponse(202)
 
     async def _initialized(self, slot: WorkerSlot, request: ApiRequest, arn: str) -> ApiResponse:
         if not slot.owns(arn):
@@ -397,7 +421,9 @@ class GreengrassService:
         task.add_done_callback(self._background.discard)
 
     def _resolve(self, arn: str) -> str | None:
-        """The local function an ARN names: by its configured v1 ARN, else by its name."""
+        """The local function an ARN names: by its configured v1 ARN, else by its name. Its qualifier
+        selects nothing: a gateway runs one deployed version of each function and has no aliases, and a
+        local ARN's qualifier is the code version, which every code deployment changes."""
         parsed = parse_function_arn(arn)
         for name, mine in self.arns.items():
             if parse_function_arn(mine).unqualified == parsed.unqualified:
@@ -424,7 +450,8 @@ class GreengrassService:
     ) -> ApiResponse | None:
         pool = self.pools.get(name)
         if pool is not None:
-            answer = pool.submit(invoke_topic(name), payload, context or None, wait=kind == "RequestResponse")
+            # the caller's client context as it came, empty too: a subject is only a routed message's
+            answer = pool.submit(invoke_topic(name), payload, context, wait=kind == "RequestResponse")
             if answer is not None:
                 answer.add_done_callback(lambda done: result.set_result(answer_to_result(done.result())))
             return None

@@ -52,6 +52,8 @@ class WorkerSlot:
         self.state = "Starting"  # the v1 health API's WorkerState
         self.initialized: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
         self.init_failure: str | None = None  # the last import report's error, until one succeeds
+        # done when the current process reports that its handler could not load (work waiting is moot)
+        self.load_failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.retired = False
         # bounded by the dispatcher: one item per invocation in flight, withdrawn when it gives up
         self._mailbox: deque[WorkItem] = deque()
@@ -95,13 +97,15 @@ class WorkerSlot:
         else:
             self._mailbox.append(item)
 
-    def abandon(self, invocation_id: str) -> None:
-        """The dispatcher gave up on it (timeout, worker gone): never hand it out, drop a late result."""
+    def abandon(self, invocation_id: str) -> bool:
+        """The dispatcher gave up on it (timeout, worker gone): never hand it out, drop a late result.
+        Whether it was still waiting in the mailbox, i.e. no worker had taken it."""
         if self._results.pop(invocation_id, None) is not None:
             for item in self._mailbox:
                 if item.invocation_id == invocation_id:
                     self._mailbox.remove(item)
-                    break
+                    return True
+        return False
 
     async def next_work(self) -> WorkItem:
         if self.retired:
@@ -147,6 +151,18 @@ class WorkerSlot:
         future.set_result(result)
         return True
 
+    def mark_started(self, pid: int) -> None:
+        """A worker process reports in before its import, which a long-lived function's loop may never
+        end: it is this slot's worker from now on. A new process (supervisord restarted a long-lived
+        worker) retires the polls the old one left, and the old one's import report no longer holds."""
+        if self.pid is not None and pid != self.pid:
+            self.retire_polls()
+        self.pid = pid
+        self.state = "Starting"
+        self.init_failure = None
+        if self.load_failed.done():
+            self.load_failed = asyncio.get_running_loop().create_future()
+
     def mark_initialized(self, success: bool, response: str, pid: int | None = None) -> None:
         """The worker's import report (PUT /initialized), or a poll's implied one. A report from a new
         process (supervisord restarted a long-lived worker) retires the polls left by the old one."""
@@ -158,8 +174,12 @@ class WorkerSlot:
             self.initialized.set_result((success, response))
         if success:
             self.init_failure = None
+            if self.load_failed.done():
+                self.load_failed = asyncio.get_running_loop().create_future()
             if self.state in ("Starting", "FailedInitialization"):
                 self.state = "Initialized"
         else:
             self.init_failure = response or "the handler module did not load"
             self.state = "FailedInitialization"
+            if not self.load_failed.done():
+                self.load_failed.set_result(None)

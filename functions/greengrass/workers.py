@@ -12,12 +12,12 @@ import base64
 import json
 import logging
 import secrets
-import sys
 import xmlrpc.client
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from functions.dispatcher import WorkerCannotRun
+from functions.greengrass.lambda_runtime import command as runtime_command
 from functions.greengrass.service import GreengrassService
 from functions.greengrass.slot import WorkerSlot, WorkItem, WorkResult
 from functions.user_log import UserLog
@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 
 
 def _client_context(topic: str, given: str | None) -> str:
-    """The caller's client context as it came, else what v1's router sent: custom.subject = the topic."""
-    if given:
+    """A direct invocation's client context as its caller sent it (empty stays empty: contract 3.1, the
+    SDK's lambda.invoke passes ClientContext through); for a message routed to the function (None), what
+    v1's router sent: custom.subject = the topic (contract 4.6)."""
+    if given is not None:
         return given
     return base64.b64encode(json.dumps({"custom": {"subject": topic}}).encode()).decode()
 
@@ -50,18 +52,23 @@ def _answer(result: WorkResult) -> dict[str, Any]:
     return {**answer, "ok": False, "error": error if error is not None else result.function_error}
 
 
+class NeverTaken(TimeoutError):
+    """Timed out while still waiting for the worker to take it: the worker was not polling (a long-lived
+    function's import still running, or its process being replaced), so no handler ran it."""
+
+
 async def _hand_over(
-    slot: WorkerSlot, item: WorkItem, timeout_s: float, exited: asyncio.Future[int] | None
+    slot: WorkerSlot, item: WorkItem, timeout_s: float, gone: asyncio.Future[Any]
 ) -> WorkResult | None:
-    """Give `item` to the worker and wait for its result; None if the worker exited first.
-    Raises TimeoutError (the item is then withdrawn)."""
+    """Give `item` to the worker and wait for its result; None if the worker went (`gone`) first.
+    Raises TimeoutError, NeverTaken if no worker took it (the item is withdrawn either way)."""
     result = slot.submit(item)
-    waiting: set[asyncio.Future[Any]] = {result} if exited is None else {result, exited}
     try:
         async with asyncio.timeout(timeout_s):
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
-        slot.abandon(item.invocation_id)
+        if slot.abandon(item.invocation_id):
+            raise NeverTaken from None
         raise
     if not result.done():
         slot.abandon(item.invocation_id)
@@ -81,22 +88,8 @@ class V1WorkerProcess(WorkerProcess):
         self._exited: asyncio.Future[int] | None = None
 
     def command(self) -> list[str]:
-        # -P: the code dir (the cwd) must not shadow the runtime; the runtime puts it on sys.path itself
-        return [
-            sys.executable,
-            "-P",
-            "-m",
-            "functions.greengrass.lambda_runtime",
-            "--code",
-            str(self.spec.code_dir),
-            "--handler",
-            self.spec.handler,
-            "--memory-mb",
-            str(self.spec.memory_mb),
-            "--timeout-s",
-            str(self.timeout_s),
-            "--limits-from-stdin",
-        ]
+        spec = self.spec
+        return runtime_command(spec.code_dir, spec.handler, spec.memory_mb, self.timeout_s, "--limits-from-stdin")
 
     async def start(self) -> None:
         self.slot = self.service.register(self.spec.function, self.token)
@@ -134,7 +127,7 @@ class V1WorkerProcess(WorkerProcess):
     async def invoke(
         self, request_id: str, topic: str, payload: bytes, timeout_s: float, client_context: str | None = None
     ) -> dict[str, Any]:
-        assert self.slot is not None
+        assert self.slot is not None and self._exited is not None
         item = WorkItem(request_id, payload, _client_context(topic, client_context))
         try:
             result = await _hand_over(self.slot, item, timeout_s, self._exited)
@@ -191,13 +184,18 @@ NOT_RUNNING = 70  # supervisor.xmlrpc.Faults.NOT_RUNNING
 class PinnedV1Worker:
     """The single worker of a long-lived v1 function: supervisord runs it (`fn-<name>`), it proves
     itself with the token derived for it, and the dispatcher never kills it itself: past its timeout
-    `restart` has supervisord replace it (its handler would run on otherwise, and take no more work)."""
+    `restart` has supervisord replace it (its handler would run on otherwise, and take no more work).
+
+    A message its worker never took (its import still running: v1 handed a worker work only once its
+    module had loaded, and a module that loops forever at import never takes any) times out where it
+    waits, and the worker is left alone: its import is not subject to the timeout (contract 4.2)."""
 
     def __init__(self, slot: WorkerSlot, restart: Callable[[], Coroutine[Any, Any, None]] | None = None):
         self.slot = slot
         self.idle_since = 0.0
         self._restart = restart
         self._restarting: asyncio.Task[None] | None = None
+        self._not_taking: int | None = None  # the pid last logged as not taking its messages
 
     @property
     def pid(self) -> int | None:
@@ -219,12 +217,28 @@ class PinnedV1Worker:
             raise WorkerCannotRun(f"function cannot run: the handler could not load: {failure}")
         item = WorkItem(request_id, payload, _client_context(topic, client_context))
         try:
-            result = await _hand_over(self.slot, item, timeout_s, None)
+            result = await _hand_over(self.slot, item, timeout_s, self.slot.load_failed)
+        except NeverTaken:
+            self._log_not_taking()
+            raise InvocationTimeout(f"Task timed out after {timeout_s:.2f} seconds") from None
         except TimeoutError:
             self._replace()
             raise InvocationTimeout(f"Task timed out after {timeout_s:.2f} seconds") from None
-        assert result is not None
+        if result is None:  # its import failed while the message waited for it
+            raise WorkerCannotRun(f"function cannot run: the handler could not load: {self.slot.init_failure}")
         return _answer(result)
+
+    def _log_not_taking(self) -> None:
+        if self._not_taking == self.slot.pid:
+            return
+        self._not_taking = self.slot.pid
+        log.warning(
+            "function=%s event=message-not-taken pid=%s worker_state=%s reason=its worker is not polling for work "
+            "(an import that has not returned, or a process being replaced); the worker is left running",
+            self.slot.function,
+            self.slot.pid,
+            self.slot.state,
+        )
 
     def _replace(self) -> None:
         """Restart the worker in the background: the caller hears of the timeout now, and work handed

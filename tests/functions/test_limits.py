@@ -1,5 +1,6 @@
-"""A worker's memory cgroup on this machine: its limit is the configured one and it is removed when
-the worker stops (issue 4, "memory limit (cgroup v2 where writable, RLIMIT_AS otherwise)").
+"""A worker's memory cgroup on this machine: its limit is the configured one plus the runtime's headroom
+(as RLIMIT_AS gives) and it is removed when the worker stops (issue 4, "memory limit (cgroup v2 where
+writable, RLIMIT_AS otherwise)").
 
 Where the kernel refuses a cgroup (a container that may not enable controllers, no memory controller),
 the test is skipped with the kernel's own refusal as the reason.
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.limits import MIB, cgroup_kind, cgroup_path, fallback_reason, mechanism_description
+from functions.limits import MIB, RUNTIME_HEADROOM_MB, cgroup_kind, cgroup_path, fallback_reason, mechanism_description
 from functions.user_log import UserLog
 from functions.worker_process import WorkerProcess, WorkerSpec
 
@@ -65,6 +66,6 @@ def test_worker_cgroup_has_the_configured_limit_and_is_removed_when_it_stops(cod
     if group is None:
         pytest.skip(f"the kernel refused a cgroup {kind}: {fallback_reason()}")
     assert path is not None
-    assert int(limit) == MEMORY_MB * MIB
+    assert int(limit) == (MEMORY_MB + RUNTIME_HEADROOM_MB) * MIB  # the runtime's headroom, as under RLIMIT_AS
     assert str(answer["result"]["pid"]) in procs.split()  # type: ignore[index]
     assert not still_there, f"{path} left behind after the worker stopped"

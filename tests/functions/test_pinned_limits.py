@@ -1,6 +1,6 @@
 """A long-lived function's memory cgroup on a real gateway: the runner puts itself in a group whose limit
-is the function's memory_mb, and a dead runner's group is removed by the next placement (the restarted
-runner's; once it has dropped root a runner cannot remove its own) (issue 4 item 5,
+is the function's memory_mb plus the runtime's headroom, and a dead runner's group is removed by the next
+placement (the restarted runner's; once it has dropped root a runner cannot remove its own) (issue 4 item 5,
 "memory limit (cgroup v2 where writable, RLIMIT_AS otherwise)"), as an on-demand worker's is
 (tests/functions/test_limits.py).
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from functions.limits import MIB, cgroup_kind, cgroup_path, mechanism_description
+from functions.limits import MIB, RUNTIME_HEADROOM_MB, cgroup_kind, cgroup_path, mechanism_description
 from tests.fixtures.gateway import start_gateway, wait_until
 from tests.functions.test_runtime import invoke
 
@@ -72,7 +72,7 @@ def test_long_lived_function_cgroup_has_its_memory_mb_and_is_removed_after_it_di
                 pytest.skip(f"the kernel refused a cgroup {kind}: {refusal.group(1)}")
             raise AssertionError(f"no cgroup fn-capped-{pid} and no logged fallback:\n{logged}")
         limit_file = "memory.max" if kind == "v2" else "memory.limit_in_bytes"
-        assert int((path / limit_file).read_text()) == MEMORY_MB * MIB
+        assert int((path / limit_file).read_text()) == (MEMORY_MB + RUNTIME_HEADROOM_MB) * MIB
         assert str(pid) in (path / "cgroup.procs").read_text().split()
         os.kill(pid, signal.SIGKILL)  # supervisord restarts it; the new runner's placement sweeps the old group
         wait_until(lambda: invoke(gw, "capped", {})["result"]["pid"] != pid, 20, "the restarted runner")

@@ -215,6 +215,30 @@ def test_import_mounts_a_volume_at_its_v1_destination_path_and_notes_a_refused_o
     assert "the function saw it at /proc/other, which millgate refuses as a destination" in notes
 
 
+def _memory_sizes(document: dict) -> None:
+    # Functions[1], Root, stays NoContainer with a MemorySize of 65536 KB (v1_group.py: it sets RunAs)
+    collector, _, reporter = document["Definition"]["Functions"][:3]
+    del collector["FunctionConfiguration"]["MemorySize"]  # in the group's default container
+    reporter["FunctionConfiguration"]["Environment"]["Execution"] = {"IsolationMode": "NoContainer"}
+    del reporter["FunctionConfiguration"]["MemorySize"]
+
+
+def test_import_leaves_a_function_v1_ran_without_a_container_uncapped(tmp_path: Path) -> None:
+    """MemorySize "is not applicable and should be cleared when you run the Lambda function without
+    containerization" (AWS IoT Greengrass v1 API reference, FunctionConfiguration): v1 capped no memory
+    there, so the largest memory_mb, never the 16 MB default (which the v1 runtime alone nearly fills)."""
+    export, zips = _export(tmp_path, function_definition_version=_memory_sizes)
+    import_group(export, tmp_path / "etc", zips, ImportOptions(run_as="1200:1200"))
+    functions = {f.name: f for f in load_config(tmp_path / "etc").gateway.functions}
+    assert functions["Collector"].memory_mb == 16  # a container without MemorySize: 16384 KB, as before
+    assert functions["Reporter"].memory_mb == 65536
+    assert functions["Root"].memory_mb == 65536
+    notes = (tmp_path / "etc" / NOTES_FILE).read_text()
+    assert "(Reporter): NoContainer: v1 did not cap its memory; memory_mb = 65536 (the largest)" in notes
+    assert "(Root): NoContainer: v1 did not cap its memory; its MemorySize of 65536 KB is not used" in notes
+    assert "(Collector): NoContainer" not in notes
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -1,7 +1,8 @@
 """Long-lived Greengrass v1 functions on a real gateway, through the ways their single worker goes away:
 killed while it long-polls for work (the next message must reach its replacement), redeployed with new
-code (its publishes, under the new version's MY_FUNCTION_ARN, must still go through), and a module whose
-import fails (callers hear why at once instead of timing out one by one).
+code (its publishes, under the new version's MY_FUNCTION_ARN, must still go through), a module whose
+import fails (callers hear why at once instead of timing out one by one), and a module whose import never
+returns (the periodic-task pattern: a healthy worker that publishes forever and takes no messages).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from tests.fixtures.gateway import RunningGateway, free_port, start_gateway, wait_until
-from tests.functions.test_runtime import invoke
+from tests.functions.test_runtime import function_status, invoke
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running functions under other uids needs root")
 
@@ -49,6 +50,35 @@ def function_handler(event, context):
     return {{"pid": os.getpid(), "version": VERSION, "event": event}}
 """
 
+# longer than supervisord's startsecs, so it is restarted at once each time, and shorter than the timeout
+SLOW_BROKEN = """
+import time
+time.sleep(1.2)
+raise RuntimeError("the line's PLC is not configured")
+
+def function_handler(event, context):
+    return event
+"""
+
+# the loop at module level, as many v1 samples have it: the import never returns (contract section 4.2)
+LOOPER = """
+import json, os, time
+import greengrasssdk
+
+VERSION = {version}
+client = greengrasssdk.client("iot-data")
+
+def function_handler(event, context):
+    return {{"handled": event}}
+
+n = 0
+while True:
+    n += 1
+    client.publish(topic="gg/loop", payload=json.dumps(
+        {{"n": n, "pid": os.getpid(), "version": VERSION, "arn": os.environ["MY_FUNCTION_ARN"]}}))
+    time.sleep(0.2)
+"""
+
 BROKEN = """
 import no_such_module_for_millgate_tests
 
@@ -70,7 +100,7 @@ run_as = "{uid}:{uid}"
 timeout_s = 2
 daemon_port = {port}
 """
-        for name, uid in (("Ticker", 1041), ("Poller", 1042), ("Broken", 1043))
+        for name, uid in (("Ticker", 1041), ("Poller", 1042), ("Broken", 1043), ("Looper", 1044), ("SlowBroken", 1045))
     )
     return f"""
 [gateway]
@@ -81,6 +111,16 @@ status_interval_s = 0.5
 source = "function:Ticker"
 target = "device:tester"
 topic = "gg/tick"
+
+[[subscriptions]]
+source = "function:Looper"
+target = "device:tester"
+topic = "gg/loop"
+
+[[subscriptions]]
+source = "device:tester"
+target = "function:Looper"
+topic = "gg/loop/in"
 """
 
 
@@ -93,13 +133,15 @@ def gw(greengrasssdk_dir: Path) -> Iterator[RunningGateway]:
         ("Ticker", TICKER.format(version=1)),
         ("Poller", TICKER.format(version=1)),
         ("Broken", BROKEN),
+        ("Looper", LOOPER.format(version=1)),
+        ("SlowBroken", SLOW_BROKEN),
     ):
         code = config / "functions" / name
         shutil.copytree(greengrasssdk_dir / "greengrasssdk", code / "greengrasssdk")
         (code / f"{name}.py").write_text(source)
     port = free_port()
     (config / "gateway.toml").write_text(_gateway_toml(port))
-    running = start_gateway(config, base / "s", expect=("broker", "core", "fn-Ticker", "fn-Poller"))
+    running = start_gateway(config, base / "s", expect=("broker", "core", "fn-Ticker", "fn-Poller", "fn-Looper"))
     running.daemon_port = port  # type: ignore[attr-defined]
     yield running
     running.stop()
@@ -108,16 +150,16 @@ def gw(greengrasssdk_dir: Path) -> Iterator[RunningGateway]:
 
 
 class Ticks:
-    """The operator's view of gg/tick: every tick's document, in arrival order."""
+    """The operator's view of a topic (gg/tick by default): every message's document, in arrival order."""
 
-    def __init__(self, gw: RunningGateway):
+    def __init__(self, gw: RunningGateway, topic: str = "gg/tick"):
         self.seen: list[dict[str, Any]] = []
         self.changed = threading.Condition()
-        client = gw.client("operator")
+        self.client = gw.client("operator")
         subscribed = threading.Event()
-        client.on_subscribe = lambda *_: subscribed.set()
-        client.on_message = self._add
-        client.subscribe("gg/tick", qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = self._add
+        self.client.subscribe(topic, qos=1)
         assert subscribed.wait(5)
 
     def _add(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
@@ -208,3 +250,57 @@ def test_import_failure_is_answered_at_once_with_its_reason(gw: RunningGateway) 
         assert answer["function_error"] == "Unhandled", answer
         assert "function cannot run" in answer["error"]
         assert "No module named 'no_such_module_for_millgate_tests'" in answer["error"]
+
+
+def test_import_failing_while_a_message_waits_for_it_answers_that_message_at_once(gw: RunningGateway) -> None:
+    def importing() -> bool:
+        worker = _workers(gw).get("SlowBroken", {})
+        return worker.get("WorkerState") == "Starting" and bool(worker.get("ProcessId"))
+
+    wait_until(importing, 30, "SlowBroken's worker importing its module")
+    started = time.monotonic()
+    answer = invoke(gw, "SlowBroken", {"n": 1})
+    assert time.monotonic() - started < 1.8, "answered only at the function's timeout"
+    assert answer["function_error"] == "Unhandled", answer
+    assert "function cannot run: the handler could not load" in answer["error"]
+    assert "the line's PLC is not configured" in answer["error"]
+
+
+def test_module_that_loops_forever_at_import_runs_healthy_and_publishes_and_its_messages_time_out_alone(
+    gw: RunningGateway,
+) -> None:
+    loops = Ticks(gw, "gg/loop")
+    first = loops.wait_for(lambda t: t["version"] == 1, 15)
+    pid = gw.status()["processes"]["fn-Looper"]["pid"]
+    assert first["pid"] == pid  # the runtime is the process supervisord started (exec'd in place)
+    # its worker is known by its pid while the import runs: the core's heartbeat for fn-Looper says so
+    wait_until(lambda: function_status(gw, "Looper").get("pid") == pid, 10, "fn-Looper's heartbeat with its pid")
+    status = function_status(gw, "Looper")
+    assert (status["function_state"], status["problems"]) == ("ready", [])
+    worker = _workers(gw)["Looper"]
+    assert (worker["ProcessId"], worker["WorkerState"]) == (pid, "Starting")
+
+    # v1 gave a worker work only once its module had loaded: a message waits, times out, and the worker
+    # (whose import is not subject to the timeout) keeps running its loop
+    started = time.monotonic()
+    answer = invoke(gw, "Looper", {"n": 1})
+    assert (answer["function_error"], answer["error"]) == ("Unhandled", "Task timed out after 2.00 seconds")
+    assert time.monotonic() - started >= 1.9
+    loops.client.publish("gg/loop/in", b'{"routed": true}', qos=1).wait_for_publish(5)
+    time.sleep(2.5)  # past the routed message's timeout
+    latest = loops.wait_for(lambda t: t["n"] > first["n"] + 20, 15)
+    assert latest["pid"] == pid
+    assert gw.status()["processes"]["fn-Looper"]["pid"] == pid
+    core_log = gw.paths.component_log("core").read_text()
+    assert "event=restarted program=fn-Looper" not in core_log
+    assert f"function=Looper event=message-not-taken pid={pid}" in core_log
+
+    # a deployment waits for the new worker's heartbeat from its pid: an import that never returns is healthy
+    (gw.config_dir / "functions" / "Looper" / "Looper.py").write_text(LOOPER.format(version=2))
+    result = gw.cli("deploy", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "restarted: fn-Looper" in result.stdout, result.stdout
+    second = loops.wait_for(lambda t: t["version"] == 2, 15)
+    assert second["pid"] == gw.status()["processes"]["fn-Looper"]["pid"] != pid
+    assert second["arn"] != first["arn"]
+    assert loops.wait_for(lambda t: t["version"] == 2 and t["n"] >= second["n"] + 5, 15)["pid"] == second["pid"]

@@ -129,6 +129,12 @@ class IPCClient:
         url = f"http://{self.endpoint}:{self.port}/{API_VERSION}/health/workers"
         return self._request("GET", url)[0]
 
+    def put_started(self, function_arn: str) -> None:
+        # millgate's addition, before the handler's import (which a long-lived function's loop may never
+        # end): the core knows this worker's pid, and the worker counts as running, from now on
+        body = {"ProcessId": os.getpid()}
+        self._request("PUT", self._url(function_arn, "/started"), json.dumps(body).encode("utf-8"))
+
     def put_initialization_result(self, function_arn: str, func_error: str | None = None) -> None:
         # ProcessId is millgate's addition (a v1 core ignored unknown keys): the health API shows it
         body = {"Success": func_error is None, "Response": func_error or "", "ProcessId": os.getpid()}
