@@ -1,26 +1,35 @@
 """What an adapter file's models cannot check alone: duplicate device, tag, node, method and event names,
-one topic claimed twice, Modbus register maps and bus addresses, one serial line per adapter.
-gateway/config_loader.py runs these for every adapters/*.toml."""
+one topic claimed twice, Modbus register maps and bus addresses, one serial line per adapter, and the
+certificate files an OPC-UA adapter names. gateway/config_loader.py runs these for every adapters/*.toml,
+on whatever of the file validated, so that one bad key does not hide the rest.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.adapter_config import (
-    AdapterConfig,
     ModbusAdapter,
     ModbusDevice,
     ModbusTag,
     OpcuaAdapter,
-    RegisterMapError,
-    device_tags,
+    OpcuaEvents,
+    OpcuaMethod,
+    OpcuaNode,
+    RegisterMap,
     modbus_tag_topic,
+    opcua_events_topic,
+    opcua_method_topic,
+    opcua_node_topic,
     overlap_conflict,
-    register_map_path,
+    read_register_map,
+    register_map_file,
 )
-from gateway.config_problems import Problem, duplicate_names, duplicates
+from gateway.config_problems import Entries, Problem, duplicate_names, duplicates, read_named_file, valid_or_none
 
 
 class TopicClaims:
@@ -58,93 +67,180 @@ class TopicClaims:
         return problems
 
 
-def modbus_tag_checks(
-    device: ModbusDevice, d_index: int, tags: list[ModbusTag], paths: list[str], shown: str
-) -> list[Problem]:
-    problems: list[Problem] = []
-    for index, first in duplicates([t.name for t in tags]):
-        problems.append(
-            Problem(shown, f"{paths[index]}.name", f"duplicate tag name {tags[index].name!r} (also {paths[first]})")
+@dataclass(frozen=True)
+class ModbusDevicePart:
+    """One [[devices]] entry as far as it validated: `device` is None when its own keys have problems
+    (with only the inline tags that validated, it is checked as if those were all); `tags` are those
+    tags by their index in the file, `tag_names` every inline tag's name as written."""
+
+    name: str | None
+    device: ModbusDevice | None
+    tags: list[tuple[int, ModbusTag]]
+    tag_names: list[str | None]
+    tags_csv: str | None
+
+    @classmethod
+    def of(cls, device: ModbusDevice) -> ModbusDevicePart:
+        return cls(device.name, device, list(enumerate(device.tags)), [t.name for t in device.tags], device.tags_csv)
+
+    @classmethod
+    def check(cls, raw: Any) -> ModbusDevicePart:
+        if not isinstance(raw, dict):
+            return cls(None, None, [], [], None)
+        raw_tags = raw.get("tags", [])
+        tags = Entries.check(ModbusTag, raw_tags)
+        device = None
+        if tags.names is not None:
+            device = valid_or_none(ModbusDevice, {**raw, "tags": [raw_tags[i] for i in tags.valid]})
+        name, tags_csv = raw.get("name"), raw.get("tags_csv")
+        return cls(
+            name if isinstance(name, str) else None,
+            device,
+            list(tags.valid.items()),
+            tags.names or [],
+            tags_csv if isinstance(tags_csv, str) and tags_csv else None,
         )
-    for index, tag in enumerate(tags):
+
+
+def modbus_parts(adapter: ModbusAdapter | None, raw: dict[str, Any]) -> list[ModbusDevicePart]:
+    if adapter is not None:
+        return [ModbusDevicePart.of(device) for device in adapter.devices]
+    devices = raw.get("devices")
+    return [ModbusDevicePart.check(device) for device in devices] if isinstance(devices, list) else []
+
+
+def modbus_tag_checks(
+    device: ModbusDevice | None,
+    d_index: int,
+    named: list[tuple[str, str | None]],
+    tags: list[tuple[str, ModbusTag]],
+    shown: str,
+) -> tuple[list[Problem], set[str]]:
+    """Duplicate names among every tag of a device as written (`named`: key path, name), and widths and
+    overlaps among those that validated (`tags`); also the key paths already reported as duplicates."""
+    problems: list[Problem] = []
+    names = [name for _, name in named]
+    for index, first in duplicates(names):
+        problems.append(
+            Problem(shown, f"{named[index][0]}.name", f"duplicate tag name {names[index]!r} (also {named[first][0]})")
+        )
+    reported = {named[index][0] for index, _ in duplicates(names)}
+    if device is not None:
+        problems += _width_checks(device, d_index, tags, shown)
+    by_table: dict[str, list[tuple[str, ModbusTag]]] = {}
+    for path, tag in tags:
+        by_table.setdefault(tag.table, []).append((path, tag))
+    for in_table in by_table.values():
+        in_table.sort(key=lambda item: item[1].address)
+        for position, (path, tag) in enumerate(in_table):
+            last = tag.address + tag.register_count - 1
+            for other_path, other in in_table[position + 1 :]:
+                if other.address > last:
+                    break
+                conflict = overlap_conflict(other, tag)
+                if conflict:
+                    problems.append(Problem(shown, other_path, f"{conflict} ({path})"))
+    return problems, reported
+
+
+def _width_checks(device: ModbusDevice, d_index: int, tags: list[tuple[str, ModbusTag]], shown: str) -> list[Problem]:
+    problems = []
+    for path, tag in tags:
         limit = device.max_bits_per_read if tag.is_bit else device.max_registers_per_read
         if tag.register_count > limit:
             problems.append(
                 Problem(
                     shown,
-                    f"{paths[index]}.type",
+                    f"{path}.type",
                     f"a {tag.type} needs {tag.register_count} registers in one read, more than "
                     f"devices[{d_index}].max_registers_per_read = {limit}",
                 )
             )
-    by_table: dict[str, list[int]] = {}
-    for index, tag in enumerate(tags):
-        by_table.setdefault(tag.table, []).append(index)
-    for indexes in by_table.values():
-        indexes.sort(key=lambda i: tags[i].address)
-        for position, index in enumerate(indexes):
-            last = tags[index].address + tags[index].register_count - 1
-            for other in indexes[position + 1 :]:
-                if tags[other].address > last:
-                    break
-                conflict = overlap_conflict(tags[other], tags[index])
-                if conflict:
-                    problems.append(Problem(shown, paths[other], f"{conflict} ({paths[index]})"))
     return problems
 
 
-def modbus_cross_checks(adapter: ModbusAdapter, adapter_dir: Path, shown: str) -> list[Problem]:
+def modbus_bus_checks(devices: list[tuple[int, ModbusDevice]], shown: str) -> list[Problem]:
+    """One unit per bus address, and one set of line settings per serial line, among the valid devices."""
     problems: list[Problem] = []
-    problems += duplicate_names(shown, "devices", [d.name for d in adapter.devices], "device")
-    for index, first in duplicates([f"{d.bus}|{d.unit}" for d in adapter.devices]):
-        device = adapter.devices[index]
-        problems.append(
-            Problem(shown, f"devices[{index}].unit", f"unit {device.unit} on {device.bus} is also devices[{first}]")
-        )
-    serial_first: dict[str, int] = {}
-    for index, device in enumerate(adapter.devices):
+    for position, first in duplicates([f"{d.bus}|{d.unit}" for _, d in devices]):
+        (index, device), first_index = devices[position], devices[first][0]
+        message = f"unit {device.unit} on {device.bus} is also devices[{first_index}]"
+        problems.append(Problem(shown, f"devices[{index}].unit", message))
+    serial_first: dict[str, tuple[int, ModbusDevice]] = {}
+    for index, device in devices:
         if device.transport != "rtu":
             continue
-        first = serial_first.setdefault(device.bus, index)
+        first_index, first_device = serial_first.setdefault(device.bus, (index, device))
         line = ("baudrate", "parity", "stopbits", "bytesize")
-        differs = [f for f in line if getattr(device, f) != getattr(adapter.devices[first], f)]
+        differs = [f for f in line if getattr(device, f) != getattr(first_device, f)]
         if differs:
             problems.append(
                 Problem(
                     shown,
                     f"devices[{index}].{differs[0]}",
                     f"devices on one serial line share its settings: {device.port} is set up differently in "
-                    f"devices[{first}] ({', '.join(differs)})",
+                    f"devices[{first_index}] ({', '.join(differs)})",
                 )
             )
+    return problems
+
+
+def modbus_checks(adapter_name: str, parts: list[ModbusDevicePart], adapter_dir: Path, shown: str) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += duplicate_names(shown, "devices", [p.name for p in parts], "device")
+    problems += modbus_bus_checks([(i, p.device) for i, p in enumerate(parts) if p.device is not None], shown)
     points: list[tuple[str, str]] = []  # (key path, topic) of every tag
     reported: set[str] = set()  # tags whose name (or device name) is already reported as a duplicate
-    duplicate_devices = {index for index, _ in duplicates([d.name for d in adapter.devices])}
-    for d_index, device in enumerate(adapter.devices):
-        csv_path = register_map_path(device, adapter_dir)
-        try:
-            tags = device_tags(device, adapter_dir)
-        except RegisterMapError as exc:
-            problems += [Problem(str(exc.path), where, what) for where, what in exc.problems]
+    duplicate_devices = {index for index, _ in duplicates([p.name for p in parts])}
+    maps: dict[Path, RegisterMap] = {}
+    for d_index, part in enumerate(parts):
+        inline = f"devices[{d_index}].tags"
+        named: list[tuple[str, str | None]] = [(f"{inline}[{i}]", name) for i, name in enumerate(part.tag_names)]
+        tags = [(f"{inline}[{i}]", tag) for i, tag in part.tags]
+        if part.tags_csv is not None:
+            csv_path = register_map_file(part.tags_csv, adapter_dir)
+            found, problems_of_map = _register_map(maps, csv_path, part, d_index, shown)
+            problems += problems_of_map
+            where = f"devices[{d_index}].tags_csv ({csv_path}) row"
+            named += [(f"{where} {row}", name) for row, name in found.names]
+            tags += [(f"{where} {row}", tag) for row, tag in found.tags]
+        found_problems, duplicated = modbus_tag_checks(part.device, d_index, named, tags, shown)
+        problems += found_problems
+        reported |= duplicated
+        if part.device is None:
             continue
-        paths = [f"devices[{d_index}].tags[{i}]" for i in range(len(device.tags))]
-        paths += [f"devices[{d_index}].tags_csv ({csv_path}) row {i + 2}" for i in range(len(tags) - len(paths))]
-        problems += modbus_tag_checks(device, d_index, tags, paths, shown)
-        points += [(path, modbus_tag_topic(adapter.name, device, tag)) for path, tag in zip(paths, tags, strict=True)]
+        points += [(path, modbus_tag_topic(adapter_name, part.device, tag)) for path, tag in tags]
         if d_index in duplicate_devices:
-            reported.update(paths)
-        reported.update(paths[index] for index, _ in duplicates([t.name for t in tags]))
+            reported.update(path for path, _ in tags)
     problems += TopicClaims().values(points, reported, shown)
     return problems
 
 
-def serial_line_checks(adapter: ModbusAdapter, shown: str, lines: dict[str, tuple[str, int, str]]) -> list[Problem]:
+def _register_map(
+    maps: dict[Path, RegisterMap], path: Path, part: ModbusDevicePart, d_index: int, shown: str
+) -> tuple[RegisterMap, list[Problem]]:
+    """A device's register map, read once per adapter file; its rows' problems are reported with its
+    first user (devices of one model often share a map), naming that device and file."""
+    first = path not in maps
+    found = maps.setdefault(path, read_register_map(path) if first else RegisterMap())
+    if found.unreadable:
+        message = f"{part.tags_csv!r} {found.unreadable} (looked at {path})"
+        return found, [Problem(shown, f"devices[{d_index}].tags_csv", message)]
+    user = f"devices[{d_index}] {part.name!r}" if part.name else f"devices[{d_index}]"
+    return found, [
+        Problem(str(path), where, f"{what}; map of {user} in {shown}") for where, what in found.problems
+    ] if first else []
+
+
+def serial_line_checks(
+    devices: Iterable[tuple[int, ModbusDevice]], shown: str, lines: dict[str, tuple[str, int, str]]
+) -> list[Problem]:
     """One scheduler serialises a serial line, so a line belongs to one adapter file and one spelling:
     the same port in two files, or spelled two ways in one (a /dev/serial/by-id/ link and the device it
     points to), would put two masters on one RS-485 line. `lines`: real path -> (file, device index,
     port) of its first user in the files checked so far."""
     problems: list[Problem] = []
-    for index, device in enumerate(adapter.devices):
+    for index, device in devices:
         if device.transport != "rtu":
             continue
         port = str(device.port)
@@ -172,37 +268,114 @@ def serial_line_checks(adapter: ModbusAdapter, shown: str, lines: dict[str, tupl
     return problems
 
 
-def adapter_cross_checks(adapter: AdapterConfig, adapter_dir: Path, shown: str) -> list[Problem]:
-    """Every check of one adapter file (`adapter_dir`: where its relative paths, e.g. a CSV map, start)."""
-    problems: list[Problem] = []
-    if isinstance(adapter, ModbusAdapter):
-        problems += modbus_cross_checks(adapter, adapter_dir, shown)
+def modbus_adapter_checks(
+    adapter: ModbusAdapter | None,
+    raw: dict[str, Any],
+    name: str,
+    adapter_dir: Path,
+    shown: str,
+    serial_lines: dict[str, tuple[str, int, str]],
+) -> list[Problem]:
+    """Every check of one Modbus adapter file (`adapter` None: it did not validate as a whole; `raw` is
+    what it says, `adapter_dir` where its relative paths start) and of its serial lines against those
+    of the files before it."""
+    parts = modbus_parts(adapter, raw)
+    valid = [(index, part.device) for index, part in enumerate(parts) if part.device is not None]
+    return serial_line_checks(valid, shown, serial_lines) + modbus_checks(name, parts, adapter_dir, shown)
+
+
+def opcua_adapter_checks(
+    adapter: OpcuaAdapter | None, raw: dict[str, Any], name: str, adapter_dir: Path, shown: str, strict: bool
+) -> list[Problem]:
+    """Every check of one OPC-UA adapter file (`adapter` None: it did not validate as a whole), and when
+    `strict` of the certificate and key files it names as they are on this host."""
+    if adapter is not None:
+        nodes, methods, events = Entries.of(adapter.nodes), Entries.of(adapter.methods), Entries.of(adapter.events)
     else:
-        problems += opcua_cross_checks(adapter, shown)
-    return problems
+        nodes = Entries.check(OpcuaNode, raw.get("nodes"))
+        methods = Entries.check(OpcuaMethod, raw.get("methods"))
+        events = Entries.check(OpcuaEvents, raw.get("events"))
+    problems = opcua_checks(name, nodes, methods, events, shown)
+    return problems + (opcua_file_checks(raw, adapter_dir, shown) if strict else [])
 
 
-def opcua_cross_checks(adapter: OpcuaAdapter, shown: str) -> list[Problem]:
+def opcua_checks(
+    name: str, nodes: Entries[OpcuaNode], methods: Entries[OpcuaMethod], events: Entries[OpcuaEvents], shown: str
+) -> list[Problem]:
     problems: list[Problem] = []
-    problems += duplicate_names(shown, "nodes", [n.name for n in adapter.nodes], "node")
-    problems += duplicate_names(shown, "methods", [m.name for m in adapter.methods], "method")
+    problems += duplicate_names(shown, "nodes", nodes.names or [], "node")
+    problems += duplicate_names(shown, "methods", methods.names or [], "method")
     claims = TopicClaims()
-    duplicate_nodes = {f"nodes[{index}]" for index, _ in duplicates([n.name for n in adapter.nodes])}
-    nodes = [(f"nodes[{index}]", adapter.node_topic(node)) for index, node in enumerate(adapter.nodes)]
-    problems += claims.values(nodes, duplicate_nodes, shown)
-    for index, method in enumerate(adapter.methods):
-        topic = adapter.method_topic(method)
+    duplicate_nodes = {f"nodes[{index}]" for index, _ in duplicates(nodes.names or [])}
+    points = [(f"nodes[{index}]", opcua_node_topic(name, node)) for index, node in nodes.valid.items()]
+    problems += claims.values(points, duplicate_nodes, shown)
+    for index, method in methods.valid.items():
+        topic = opcua_method_topic(name, method)
         for used in (topic, topic + "/result"):
             clash = claims.taken(f"methods[{index}]", [used])
             if clash is not None:
                 problems.append(Problem(shown, f"methods[{index}].topic", f"topic {used!r} is also used by {clash[1]}"))
         claims.reserve(f"methods[{index}]", (topic, topic + "/result"))
-    problems += duplicate_names(shown, "events", [e.name for e in adapter.events], "events")
-    duplicate_events = {index for index, _ in duplicates([e.name for e in adapter.events])}
-    for index, events in enumerate(adapter.events):
-        topic = adapter.events_topic(events)
+    problems += duplicate_names(shown, "events", events.names or [], "events")
+    duplicate_events = {index for index, _ in duplicates(events.names or [])}
+    for index, source in events.valid.items():
+        topic = opcua_events_topic(name, source)
         clash = claims.taken(f"events[{index}]", [topic])
         if clash is not None and index not in duplicate_events:
             problems.append(Problem(shown, f"events[{index}].topic", f"topic {topic!r} is also used by {clash[1]}"))
         claims.reserve(f"events[{index}]", [topic])
     return problems
+
+
+OPCUA_FILES = (("certificate", "certificate"), ("private_key", "private key"), ("server_certificate", "certificate"))
+KEY_MODE_OTHERS = 0o077  # adapters/opcua/certificate.py refuses a key with any of these bits
+
+
+def opcua_file_checks(raw: dict[str, Any], adapter_dir: Path, shown: str) -> list[Problem]:
+    """The certificate, key and pinned server certificate an OPC-UA adapter names (relative to the
+    adapter file's directory, as the adapter reads them), read as asyncua reads them at connect."""
+    problems = []
+    for key, kind in OPCUA_FILES:
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = adapter_dir / value
+        found = read_named_file(path)
+        wrong = found if isinstance(found, str) else None
+        if isinstance(found, bytes):
+            wrong = _asyncua_refusal(found, path, kind)
+        if wrong is None and kind == "private key" and isinstance(found, bytes):
+            mode = path.stat().st_mode & 0o777
+            if mode & KEY_MODE_OTHERS:
+                wrong = f"is readable by others (mode {mode:o}): the adapter refuses it; chmod 600 it"
+        if wrong is not None:
+            problems.append(Problem(shown, key, f"{value!r} {wrong}"))
+    return problems
+
+
+def _asyncua_refusal(data: bytes, path: Path, kind: str) -> str | None:
+    """Why asyncua would not load `data` as a certificate or an unencrypted private key. It picks the
+    format by the file's name (asyncua.crypto.uacrypto._is_pem_format): PEM for .pem, DER otherwise.
+    Says nothing of a key's content but whether it loads."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    named_pem = path.suffix.lower() == ".pem"
+    looks_pem = data.lstrip().startswith(b"-----BEGIN ")
+    if named_pem != looks_pem:
+        actual, rename = ("PEM", "a name ending in .pem") if looks_pem else ("not PEM (DER?)", "a name ending in .der")
+        return f"is {actual}, but asyncua reads a .pem file as PEM and any other as DER: give it {rename}"
+    encoding = "PEM" if named_pem else "DER"
+    try:
+        if kind != "private key":
+            (x509.load_pem_x509_certificate if named_pem else x509.load_der_x509_certificate)(data)
+        elif named_pem:
+            serialization.load_pem_private_key(data, password=None)
+        else:
+            serialization.load_der_private_key(data, password=None)
+    except TypeError:
+        return "is an encrypted key: the adapter has no passphrase for it; store it unencrypted (mode 600)"
+    except (ValueError, UnsupportedAlgorithm):
+        return f"is not a {encoding} {'X.509 certificate' if kind != 'private key' else kind}"
+    return None

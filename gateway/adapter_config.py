@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -22,6 +24,7 @@ from pydantic import (
 )
 
 from gateway.config import Name, Strict
+from gateway.config_problems import NotUtf8, config_text, describe_error
 from gateway.topics import TopicError, adapter_tag_topic, validate_topic_name
 
 REGISTER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "float32", "float64", "string", "bool")
@@ -201,42 +204,81 @@ class RegisterMapError(ValueError):
 
 
 REGISTER_MAP_COLUMNS = tuple(ModbusTag.model_fields)
+HEX_NUMBER = re.compile(r"0[xX][0-9A-Fa-f]+")  # register addresses as device manuals print them
 
 
-def parse_register_map(text: str, path: Path) -> list[ModbusTag]:
-    """Tags from a register map CSV: a header row naming ModbusTag fields (name, table, address, type...),
-    then one tag per row; an empty cell takes the field's default. Raises RegisterMapError."""
+@dataclass(frozen=True)
+class RegisterMap:
+    """A register map CSV as read: the rows that are tags (row number, tag), every row's name cell, and
+    what is wrong with the other rows as (where, what); `unreadable` says why there was nothing to read."""
+
+    tags: list[tuple[int, ModbusTag]] = field(default_factory=list)
+    names: list[tuple[int, str]] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    unreadable: str | None = None
+
+
+def parse_register_map(text: str) -> RegisterMap:
+    """A register map CSV: a header row naming ModbusTag fields (name, table, address, type...), then one
+    tag per row; an empty cell takes the field's default, an address may be 0x hex."""
     reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in reader.fieldnames or []]
-    unknown = [h for h in header if h not in REGISTER_MAP_COLUMNS]
-    if not header:
-        raise RegisterMapError(path, [("(header)", "empty file: the first row must name the columns")])
-    if unknown:
-        known = ", ".join(REGISTER_MAP_COLUMNS)
-        raise RegisterMapError(path, [("(header)", f"unknown column(s) {', '.join(unknown)} (known: {known})")])
-    tags: list[ModbusTag] = []
-    problems: list[tuple[str, str]] = []
-    for row_number, row in enumerate(reader, start=2):
-        raw: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
-        if not raw:
-            continue
-        try:
-            tags.append(ModbusTag.model_validate(raw, strict=False))
-        except ValidationError as exc:
-            for error in exc.errors():
-                where = ".".join(str(part) for part in error["loc"]) or "(row)"
-                message = str(error["msg"]).removeprefix("Value error, ")
-                problems.append((f"row {row_number}.{where}", message))
-    if problems:
-        raise RegisterMapError(path, problems)
-    return tags
+    found = RegisterMap()
+    try:
+        header = [h.strip() for h in reader.fieldnames or []]
+        if not header:
+            return RegisterMap(problems=[("(header)", "empty file: the first row must name the columns")])
+        unknown = [h for h in header if h not in REGISTER_MAP_COLUMNS]
+        if unknown:
+            known = ", ".join(REGISTER_MAP_COLUMNS)
+            comma = "; columns are separated by commas" if len(header) == 1 and ";" in header[0] else ""
+            message = f"unknown column(s) {', '.join(unknown)} (known: {known}){comma}"
+            return RegisterMap(problems=[("(header)", message)])
+        for row_number, row in enumerate(reader, start=2):
+            _parse_row(row_number, row, found)
+    except csv.Error as exc:
+        found.problems.append((f"line {reader.line_num}", f"not CSV: {exc}"))
+    return found
+
+
+def _parse_row(row_number: int, row: dict[Any, Any], found: RegisterMap) -> None:
+    extra = [v for v in row.get(None) or () if v.strip()]
+    raw: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+    if extra:
+        found.problems.append((f"row {row_number}", f"more cells than the header has columns: {extra!r}"))
+    if not raw:
+        return
+    if isinstance(raw.get("name"), str):
+        found.names.append((row_number, raw["name"]))
+    if HEX_NUMBER.fullmatch(raw.get("address", "")):
+        raw["address"] = int(raw["address"], 16)
+    try:
+        found.tags.append((row_number, ModbusTag.model_validate(raw, strict=False)))
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(row)"
+            found.problems.append((f"row {row_number}.{where}", describe_error(error)))
+
+
+def read_register_map(path: Path) -> RegisterMap:
+    try:
+        text = config_text(path.read_bytes())
+    except FileNotFoundError:
+        return RegisterMap(unreadable="does not exist")
+    except OSError as exc:
+        return RegisterMap(unreadable=f"cannot be read: {exc.strerror or exc}")
+    except NotUtf8 as exc:
+        return RegisterMap(problems=[(exc.where, exc.message)])
+    return parse_register_map(text)
+
+
+def register_map_file(tags_csv: str, adapter_dir: Path) -> Path:
+    """Where a device's `tags_csv` is: relative to the adapter file's directory."""
+    path = Path(tags_csv)
+    return path if path.is_absolute() else adapter_dir / path
 
 
 def register_map_path(device: ModbusDevice, adapter_dir: Path) -> Path | None:
-    if device.tags_csv is None:
-        return None
-    path = Path(device.tags_csv)
-    return path if path.is_absolute() else adapter_dir / path
+    return None if device.tags_csv is None else register_map_file(device.tags_csv, adapter_dir)
 
 
 def device_tags(device: ModbusDevice, adapter_dir: Path) -> list[ModbusTag]:
@@ -244,13 +286,12 @@ def device_tags(device: ModbusDevice, adapter_dir: Path) -> list[ModbusTag]:
     path = register_map_path(device, adapter_dir)
     if path is None:
         return list(device.tags)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise RegisterMapError(path, [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
-    except UnicodeDecodeError as exc:
-        raise RegisterMapError(path, [("(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
-    return list(device.tags) + parse_register_map(text, path)
+    found = read_register_map(path)
+    if found.unreadable:
+        raise RegisterMapError(path, [("(file)", found.unreadable)])
+    if found.problems:
+        raise RegisterMapError(path, found.problems)
+    return list(device.tags) + [tag for _, tag in found.tags]
 
 
 def tag_span(tag: ModbusTag) -> tuple[int, int]:
@@ -411,16 +452,28 @@ class OpcuaAdapter(Strict):
         return self
 
     def node_topic(self, node: OpcuaNode) -> str:
-        """Where a node's value is published (its `/set` is this plus `/set`)."""
-        return node.topic or f"{self.name}/{node.name}"
+        return opcua_node_topic(self.name, node)
 
     def method_topic(self, method: OpcuaMethod) -> str:
-        """Where calls of a method arrive (its outcome goes to this plus `/result`)."""
-        return method.topic or f"{self.name}/{method.name}/call"
+        return opcua_method_topic(self.name, method)
 
     def events_topic(self, events: OpcuaEvents) -> str:
-        """Where the events of one `[[events]]` source are published, one message per event."""
-        return events.topic or f"{self.name}/events/{events.name}"
+        return opcua_events_topic(self.name, events)
+
+
+def opcua_node_topic(adapter: str, node: OpcuaNode) -> str:
+    """Where a node's value is published (its `/set` is this plus `/set`)."""
+    return node.topic or f"{adapter}/{node.name}"
+
+
+def opcua_method_topic(adapter: str, method: OpcuaMethod) -> str:
+    """Where calls of a method arrive (its outcome goes to this plus `/result`)."""
+    return method.topic or f"{adapter}/{method.name}/call"
+
+
+def opcua_events_topic(adapter: str, events: OpcuaEvents) -> str:
+    """Where the events of one `[[events]]` source are published, one message per event."""
+    return events.topic or f"{adapter}/events/{events.name}"
 
 
 AdapterConfig = ModbusAdapter | OpcuaAdapter

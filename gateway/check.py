@@ -308,7 +308,7 @@ def check_config(config_dir: Path) -> tuple[CheckResult, LoadedConfig | None]:
     """Whether the config `millgate run` would start from is valid, and the config if it is."""
     name = "config"
     try:
-        loaded = load_config(config_dir)
+        loaded = load_config(config_dir, strict=True)
     except ConfigInvalid as exc:
         count = len(exc.problems)
         detail = f"{count} problem{'s' if count != 1 else ''}, the first: {exc.problems[0]}"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.bundle_cli import add_bundle_parser
-from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for
+from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for, strict_problems
 from gateway.deploy_cli import add_deploy_parser
 from gateway.greengrass_import_cli import add_import_parser
 from gateway.logs_cli import add_logs_parser
@@ -23,7 +23,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
+    loaded = load_or_exit(args, strict=True)
     print(
         f"{loaded.config_dir}: valid ({len(loaded.gateway.functions)} functions, {len(loaded.adapters)} adapters, "
         f"{len(loaded.gateway.subscriptions)} subscriptions)"
@@ -36,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.launch import StateDirError, exec_supervisord, prepare
 
     loaded = load_or_exit(args)
+    for problem in strict_problems(args.config):
+        print(f"millgate run: warning: {problem} (runs as it is; `millgate deploy` would refuse it)", file=sys.stderr)
     try:
         conf = prepare(loaded, paths_for(args, loaded))
     except (StateDirError, BrokerNotInstalled) as exc:

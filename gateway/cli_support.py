@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
+from gateway.config_problems import Problem
 from gateway.paths import GatewayPaths, default_state_dir
 
 EXIT_OK = 0
@@ -26,13 +28,22 @@ def paths_for(args: argparse.Namespace, loaded: LoadedConfig | None = None) -> G
     return GatewayPaths.resolve(args.config, state or default_state_dir(), log_dir)
 
 
-def load_or_exit(args: argparse.Namespace) -> LoadedConfig:
+def load_or_exit(args: argparse.Namespace, strict: bool = False) -> LoadedConfig:
     try:
-        return load_config(args.config)
+        return load_config(args.config, strict=strict)
     except ConfigInvalid as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
+
+
+def strict_problems(config_dir: Path) -> list[Problem]:
+    """What `config validate` would refuse in a config that loads to run (see load_config's `strict`)."""
+    try:
+        load_config(config_dir, strict=True)
+    except ConfigInvalid as exc:
+        return list(exc.problems)
+    return []
 
 
 def load_quietly(args: argparse.Namespace) -> LoadedConfig | None:

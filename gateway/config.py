@@ -7,8 +7,10 @@ Cross-file checks (names that must exist, duplicates) live in config_loader, not
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, model_validator
 
@@ -22,8 +24,15 @@ RESERVED_IDENTITIES = frozenset({"core", "uplink", "operator"})
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ThingName = Annotated[str, Field(pattern=THING_NAME_PATTERN)]
 
+# Set while a config already deployed is loaded to run (gateway/config_loader.py): the rules that check
+# it pass what a running gateway survives (a setting that would only never take effect), so that a
+# millgate upgrade which added such a rule does not stop the gateway; validate and deploy apply them.
+LENIENT: ContextVar[bool] = ContextVar("lenient", default=False)
+
 
 def _shadow_name(value: str) -> str:
+    if LENIENT.get():
+        return value  # the shadow service answers each request on it 400 Invalid shadow name
     if not re.fullmatch(SHADOW_NAME_PATTERN, value):
         raise ValueError(f"a shadow name is 1 to 64 of A-Z a-z 0-9 $ : _ - (AWS IoT's shadowName) (got {value!r})")
     return value
@@ -106,8 +115,26 @@ class DiscoverySection(Strict):
     core_thing_arn: str | None = Field(default=None, min_length=1)  # default: a local arn for the thing
 
 
+def _cloud_endpoint(value: str) -> str:
+    """paho takes `endpoint` as the host to resolve: a URL or a port in it is a host name that never resolves."""
+    if LENIENT.get():
+        return value  # the uplink's link says it cannot resolve it
+    try:
+        host = urlsplit(value if "://" in value else f"//{value}").hostname
+    except ValueError:  # an unbalanced '[' of an IPv6 address
+        host = None
+    fix = f"endpoint is the host name only ({host!r}), the port goes in `port`" if host else "give the host name only"
+    if "://" in value:
+        raise ValueError(f"{value!r} is a URL: {fix}")
+    if re.fullmatch(r"[^:]+:\d*|\[.*\](:\d*)?", value):
+        raise ValueError(f"{value!r} has a port: {fix}")
+    if re.search(r"[\s/]", value):
+        raise ValueError(f"{value!r} is not a host name (it has a space or '/'): {fix}")
+    return value
+
+
 class CloudSection(Strict):
-    endpoint: str = Field(min_length=1)
+    endpoint: Annotated[str, Field(min_length=1), AfterValidator(_cloud_endpoint)]
     port: int = Field(default=8883, ge=1, le=65535)
     ca_file: FilePath
     cert_file: FilePath
@@ -128,10 +155,21 @@ class CloudSection(Strict):
     dead_letter_after: int = Field(default=5, ge=1, le=1000)
 
 
+def _spool_prefix(value: str) -> str:
+    # storage/spool.py matches with str.startswith, and a topic never holds '+' or '#' (MQTT 4.7.1)
+    if ("+" in value or "#" in value) and not LENIENT.get():
+        plain = f" (e.g. {value.rstrip('#')!r})" if value.endswith("#") and "+" not in value else ""
+        raise ValueError(
+            f"{value!r}: a prefix is plain text matched at the start of a topic, not a topic filter; "
+            f"'+' and '#' never match{plain}"
+        )
+    return value
+
+
 class SpoolRule(Strict):
     """Drain priority and time-to-live for cloud-bound topics starting with `prefix` (longest wins)."""
 
-    prefix: str = Field(min_length=1)
+    prefix: Annotated[str, Field(min_length=1), AfterValidator(_spool_prefix)]
     priority: int = Field(default=0, ge=-100, le=100)
     ttl_s: float | None = Field(default=None, gt=0)
 

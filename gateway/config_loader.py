@@ -2,14 +2,16 @@
 as `FILE: key.path: what is wrong`.
 
 Field rules live in the models; this module adds what spans fields or files in gateway.toml (names
-that must exist, duplicates, resource paths) and runs gateway/adapter_checks.py for each adapter file.
-It never starts anything.
+that must exist, duplicates, resource paths, the cloud's certificate files) and runs
+gateway/adapter_checks.py for each adapter file. What spans entries is checked on every entry that
+validated even when others did not, so one bad key hides nothing else. It never starts anything.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -18,11 +20,33 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.adapter_checks import adapter_cross_checks, serial_line_checks
+from gateway.acl import CORE, UPLINK, adapter_component, function_component
+from gateway.adapter_checks import modbus_adapter_checks, opcua_adapter_checks
 from gateway.adapter_config import ADAPTER_MODELS, AdapterConfig, ModbusAdapter
 from gateway.aws_names import THING_NAME_PATTERN
-from gateway.config import RESERVED_IDENTITIES, GatewayConfig
-from gateway.config_problems import Problem, duplicate_names, duplicates
+from gateway.config import (
+    ENDPOINT_PATTERN,
+    LENIENT,
+    RESERVED_IDENTITIES,
+    Function,
+    GatewayConfig,
+    GatewaySection,
+    Resource,
+    ShadowSync,
+    Subscription,
+)
+from gateway.config_problems import (
+    DICT_KEY_MARKER,
+    Entries,
+    NotUtf8,
+    Problem,
+    config_text,
+    describe_error,
+    duplicate_names,
+    duplicates,
+    read_named_file,
+    valid_or_none,
+)
 from gateway.resource_paths import destination_refusal, protected_dirs, refusal, shared_destinations
 
 GATEWAY_FILE = "gateway.toml"
@@ -55,7 +79,6 @@ class LoadedConfig:
 
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-DICT_KEY_MARKER = "[key]"  # pydantic's last location part for an error in a dict key, not in its value
 
 
 def key_path(loc: Iterable[str | int]) -> str:
@@ -86,24 +109,6 @@ def _file_loc(loc: Sequence[str | int], raw: Any) -> tuple[tuple[str | int, ...]
     return tuple(out), len(out) != len(loc)
 
 
-def _describe(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "missing required key"
-    if kind == "is_instance_of" and error.get("ctx", {}).get("class") == "Path":
-        return f"must be a path, a non-empty string (got {error.get('input')!r})"
-    message = str(error["msg"]).removeprefix("Value error, ")
-    message = message[0].lower() + message[1:] if message else message
-    value = error.get("input")
-    if kind != "value_error" and not isinstance(value, (dict, list)):
-        message += f" (got {value!r})"
-    if error["loc"][-1:] == (DICT_KEY_MARKER,):
-        message = f"invalid key: {message}"
-    return message
-
-
 def _validation_problems(file: str, exc: ValidationError, raw: Any = None) -> list[Problem]:
     """One problem per key path: a value that fits no member of a union is one problem, not one per member."""
     grouped: dict[str, list[str]] = {}
@@ -111,7 +116,7 @@ def _validation_problems(file: str, exc: ValidationError, raw: Any = None) -> li
     for error in exc.errors():
         loc, dropped = _file_loc(error["loc"], raw) if raw is not None else (tuple(error["loc"]), False)
         path = key_path(loc)
-        grouped.setdefault(path, []).append(_describe(error))
+        grouped.setdefault(path, []).append(describe_error(error))
         if dropped and error["loc"][-1:] != (DICT_KEY_MARKER,):
             union.add(path)
     problems = []
@@ -135,13 +140,14 @@ def _either(messages: list[str]) -> str:
 
 
 def _read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+    text = ""
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = config_text(path.read_bytes())
         return tomllib.loads(text), []
     except tomllib.TOMLDecodeError as exc:
         return None, [_syntax_problem(shown, str(exc), text)]
-    except UnicodeDecodeError as exc:
-        return None, [Problem(shown, "(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+    except NotUtf8 as exc:
+        return None, [Problem(shown, exc.where, exc.message)]
     except OSError as exc:
         return None, [Problem(shown, "(file)", f"cannot read: {exc.strerror}")]
 
@@ -175,8 +181,11 @@ def _adapter_name(raw: dict[str, Any] | None, path: Path) -> str:
     return name if isinstance(name, str) else path.stem
 
 
-def _load_adapter(path: Path, shown: str) -> tuple[AdapterConfig | None, str, list[Problem]]:
-    """The adapter (None if invalid), the name it goes by, and its problems."""
+def _load_adapter(
+    path: Path, shown: str, serial_lines: dict[str, tuple[str, int, str]], strict: bool
+) -> tuple[AdapterConfig | None, str, list[Problem]]:
+    """The adapter (None if invalid), the name it goes by, and its problems: its fields', then those
+    across its entries (and its serial lines against `serial_lines`) on whatever of it validated."""
     raw, problems = _read_toml(path, shown)
     name = _adapter_name(raw, path)
     if raw is None:
@@ -189,21 +198,85 @@ def _load_adapter(path: Path, shown: str) -> tuple[AdapterConfig | None, str, li
     if model is None:
         return None, name, [Problem(shown, "protocol", f"must be one of: modbus, opcua (got {protocol!r})")]
     adapter, problems = _validate(model, raw, shown)
+    if model is ModbusAdapter:
+        problems += modbus_adapter_checks(adapter, raw, name, path.parent, shown, serial_lines)
+    else:
+        problems += opcua_adapter_checks(adapter, raw, name, path.parent, shown, strict)
     return adapter, name, problems
 
 
-def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_dir: Path, shown: str) -> list[Problem]:
+def _adapter_files(config_dir: Path) -> tuple[list[Path] | None, list[Problem]]:
+    """adapters/*.toml (None when the directory cannot be listed), and the files there that look meant
+    as adapter files but would be passed over."""
+    directory = config_dir / ADAPTERS_DIR
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return [], []
+    except NotADirectoryError:
+        return None, [Problem(str(directory), "(directory)", "not a directory: adapter files go in adapters/*.toml")]
+    except OSError as exc:
+        return None, [Problem(str(directory), "(directory)", f"cannot read: {exc.strerror}")]
+    problems = []
+    for name in names:
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() == ".toml" and suffix != ".toml":
+            message = f"not read: an adapter file's name ends in lowercase .toml (rename it {stem}.toml)"
+            problems.append(Problem(str(directory / name), "(file)", message))
+    return [directory / name for name in names if name.endswith(".toml")], problems
+
+
+@dataclass(frozen=True)
+class GatewayParts:
+    """What of gateway.toml the checks across entries can use: the [gateway] table if it validated, and
+    each array of tables entry by entry (the whole model's, when that validated)."""
+
+    section: GatewaySection | None
+    functions: Entries[Function]
+    resources: Entries[Resource]
+    subscriptions: Entries[Subscription]
+    shadows: Entries[ShadowSync]
+
+    @classmethod
+    def of(cls, cfg: GatewayConfig) -> GatewayParts:
+        return cls(
+            cfg.gateway,
+            Entries.of(cfg.functions),
+            Entries.of(cfg.resources),
+            Entries.of(cfg.subscriptions),
+            Entries.of(cfg.shadows),
+        )
+
+    @classmethod
+    def check(cls, raw: dict[str, Any]) -> GatewayParts:
+        return cls(
+            valid_or_none(GatewaySection, raw.get("gateway")),
+            Entries.check(Function, raw.get("functions")),
+            Entries.check(Resource, raw.get("resources")),
+            Entries.check(Subscription, raw.get("subscriptions")),
+            Entries.check(ShadowSync, raw.get("shadows")),
+        )
+
+
+def _gateway_cross_checks(
+    parts: GatewayParts, raw: dict[str, Any], adapters: set[str] | None, config_dir: Path, shown: str, strict: bool
+) -> list[Problem]:
+    """`adapters`: the names the adapter files claim, None when adapters/ could not be listed."""
     problems: list[Problem] = []
 
     def add(path: str, message: str) -> None:
         problems.append(Problem(shown, path, message))
 
-    for table, items in (("functions", cfg.functions), ("resources", cfg.resources)):
-        problems += duplicate_names(shown, table, [item.name for item in items])
+    problems += duplicate_names(shown, "functions", parts.functions.names or [])
+    problems += duplicate_names(shown, "resources", parts.resources.names or [])
 
-    resources = {r.name: r for r in cfg.resources}
-    protected = protected_dirs(config_dir, cfg.gateway.state_dir, cfg.gateway.log_dir)
-    for index, resource in enumerate(cfg.resources):
+    resources = {r.name: r for r in parts.resources.valid.values()}
+    section = parts.section
+    state, logs = (section.state_dir, section.log_dir) if section else (None, None)
+    protected = protected_dirs(
+        config_dir, state and config_path(state, config_dir), logs and config_path(logs, config_dir)
+    )
+    for index, resource in parts.resources.valid.items():
         refused = refusal(resource, protected)
         if refused:
             add(f"resources[{index}].path", refused)
@@ -211,90 +284,220 @@ def _gateway_cross_checks(cfg: GatewayConfig, adapters: Iterable[str], config_di
         if refused:
             add(f"resources[{index}].destination", refused)
 
-    for index, function in enumerate(cfg.functions):
-        code = Path(function.code)
-        code = code if code.is_absolute() else config_dir / code
-        if not Path(function.code).is_absolute() and os.path.normpath(function.code).startswith(".."):
-            add(
-                f"functions[{index}].code",
-                f"{function.code!r} is outside the config directory, which is all a deployment copies; "
-                "move the code inside it or give an absolute path",
-            )
-        elif not code.exists():
-            add(f"functions[{index}].code", f"{function.code!r} does not exist (looked at {code})")
-        elif not code.is_dir() and code.suffix != ".zip":
-            add(f"functions[{index}].code", f"{function.code!r} is neither a directory nor a .zip file")
+    declared = parts.resources.known
+    for index, function in parts.functions.valid.items():
+        code_problem = _function_code_problem(function.code, config_dir)
+        if code_problem:
+            add(f"functions[{index}].code", code_problem)
         for grant_index, grant in enumerate(function.resources):
-            if grant.name not in resources:
+            if declared is not None and grant.name not in declared:
                 add(
                     f"functions[{index}].resources[{grant_index}].name",
                     f"unknown resource {grant.name!r} (declare it in [[resources]])",
                 )
         for grant_index, shared in shared_destinations([g.name for g in function.resources], resources):
             add(f"functions[{index}].resources[{grant_index}].name", shared)
-        if function.uid in cfg.gateway.component_uid_range:
+        if section is not None and function.uid in section.component_uid_range:
             add(
                 f"functions[{index}].run_as",
-                f"uid {function.uid} is one of [gateway] component_uids ({cfg.gateway.component_uids}), "
+                f"uid {function.uid} is one of [gateway] component_uids ({section.component_uids}), "
                 "which millgate's own components run as; give the function another uid",
             )
 
-    functions = {f.name for f in cfg.functions}
-    known = {"function": functions, "adapter": set(adapters)}
-    thing = re.compile(THING_NAME_PATTERN)
-    for index, sub in enumerate(cfg.subscriptions):
-        for side in ("source", "target"):
-            endpoint = getattr(sub, side)
-            kind, _, name = endpoint.partition(":")
-            if kind in known and name not in known[kind]:
-                names = ", ".join(sorted(known[kind])) or "none configured"
-                add(f"subscriptions[{index}].{side}", f"unknown {kind} {name!r} (known: {names})")
-            if kind == "device" and name in RESERVED_IDENTITIES:
-                add(f"subscriptions[{index}].{side}", f"{name!r} is reserved for a millgate component")
-            elif kind == "device" and not thing.match(name):
-                # a device's broker identity is its thing name; 'function.x' would be a function's identity
-                add(
-                    f"subscriptions[{index}].{side}",
-                    f"{name!r} is not a thing name (letters, digits, ':', '_', '-'; at most 128)",
-                )
-        if sub.source == sub.target:
-            add(f"subscriptions[{index}]", f"source and target are both {sub.source!r}")
-    for index, first in duplicates([f"{s.source}|{s.target}|{s.topic}" for s in cfg.subscriptions]):
-        add(f"subscriptions[{index}]", f"duplicate of subscriptions[{first}]")
-    for index, first in duplicates([f"{s.thing}|{s.name or ''}" for s in cfg.shadows]):
-        add(f"shadows[{index}]", f"duplicate of shadows[{first}]")
+    problems += _endpoint_checks(raw.get("subscriptions"), parts.functions.known, adapters, shown)
+    subscriptions = {i: f"{s.source}|{s.target}|{s.topic}" for i, s in parts.subscriptions.valid.items()}
+    problems += _duplicate_entries(shown, "subscriptions", subscriptions)
+    shadows = {i: f"{s.thing}|{s.name or ''}" for i, s in parts.shadows.valid.items()}
+    problems += _duplicate_entries(shown, "shadows", shadows)
+    if strict:
+        problems += _log_level_checks(raw.get("logging"), parts.functions.known, adapters, shown)
+        problems += _cloud_file_checks(raw.get("cloud"), config_dir, shown)
     return problems
 
 
-def load_config(config_dir: Path) -> LoadedConfig:
-    """Load and validate everything under `config_dir`; raise ConfigInvalid listing every problem."""
+def _duplicate_entries(shown: str, table: str, keys: dict[int, str]) -> list[Problem]:
+    """`keys`: what makes an entry the same as another, by the entry's index in the file."""
+    indexes = list(keys)
+    return [
+        Problem(shown, f"{table}[{indexes[position]}]", f"duplicate of {table}[{indexes[first]}]")
+        for position, first in duplicates(list(keys.values()))
+    ]
+
+
+def _function_code_problem(code: str, config_dir: Path) -> str | None:
+    path = Path(code) if Path(code).is_absolute() else config_dir / code
+    if not Path(code).is_absolute() and os.path.normpath(code).startswith(".."):
+        return (
+            f"{code!r} is outside the config directory, which is all a deployment copies; "
+            "move the code inside it or give an absolute path"
+        )
+    try:
+        is_dir = path.is_dir()
+        exists = is_dir or path.exists()
+    except OSError as exc:  # a directory on the way that this user may not search
+        return f"{code!r} cannot be looked at: {exc.strerror} (looked at {path})"
+    if not exists:
+        return f"{code!r} does not exist (looked at {path})"
+    if not is_dir and path.suffix != ".zip":
+        return f"{code!r} is neither a directory nor a .zip file"
+    return None
+
+
+def _endpoint_checks(raw: Any, functions: set[str] | None, adapters: set[str] | None, shown: str) -> list[Problem]:
+    """The names each subscription's source and target give, wherever the rest of it is wrong too."""
+    problems: list[Problem] = []
+    known = {"function": functions, "adapter": adapters}
+    thing = re.compile(THING_NAME_PATTERN)
+    for index, sub in enumerate(raw if isinstance(raw, list) else []):
+        if not isinstance(sub, dict):
+            continue
+        sides = {s: sub.get(s) for s in ("source", "target")}
+        for side, endpoint in sides.items():
+            if not isinstance(endpoint, str) or not re.fullmatch(ENDPOINT_PATTERN, endpoint):
+                continue
+            where = f"subscriptions[{index}].{side}"
+            kind, _, name = endpoint.partition(":")
+            names = known.get(kind)
+            if names is not None and name not in names:
+                listed = ", ".join(sorted(names)) or "none configured"
+                problems.append(Problem(shown, where, f"unknown {kind} {name!r} (known: {listed})"))
+            if kind == "device" and name in RESERVED_IDENTITIES:
+                problems.append(Problem(shown, where, f"{name!r} is reserved for a millgate component"))
+            elif kind == "device" and not thing.match(name):
+                # a device's broker identity is its thing name; 'function.x' would be a function's identity
+                message = f"{name!r} is not a thing name (letters, digits, ':', '_', '-'; at most 128)"
+                problems.append(Problem(shown, where, message))
+        if isinstance(sides["source"], str) and sides["source"] == sides["target"]:
+            message = f"source and target are both {sides['source']!r}"
+            problems.append(Problem(shown, f"subscriptions[{index}]", message))
+    return problems
+
+
+def _log_level_checks(raw: Any, functions: set[str] | None, adapters: set[str] | None, shown: str) -> list[Problem]:
+    """[logging] levels names programs (gateway/component.py looks its own name up): a key that is no
+    program of this config would silently do nothing. Not judged while the functions or adapters are unknown."""
+    levels = raw.get("levels") if isinstance(raw, dict) else None
+    if not isinstance(levels, dict) or functions is None or adapters is None:
+        return []
+    from gateway.supervisor_config import LOGSHIP  # here: supervisor_config imports this module
+
+    programs = {CORE, UPLINK, LOGSHIP}
+    programs |= {adapter_component(name) for name in adapters} | {function_component(name) for name in functions}
+    listed = ", ".join(sorted(programs))
+    return [
+        Problem(shown, key_path(("logging", "levels", key)), f"no program is called {key!r} (programs: {listed})")
+        for key in levels
+        if key not in programs
+    ]
+
+
+CLOUD_FILES = ("ca_file", "cert_file", "key_file")
+
+
+def config_path(value: str | Path, config_dir: Path) -> Path:
+    """A path the config gives: a relative one is relative to the config dir, whatever a process's cwd."""
+    path = Path(value)
+    return path if path.is_absolute() else (config_dir / path).absolute()
+
+
+def _cloud_file_checks(raw: Any, config_dir: Path, shown: str) -> list[Problem]:
+    """The [cloud] CA, certificate and key: there, PEM, the key unencrypted and the certificate's, loaded
+    as the uplink loads them (gateway/uplink/cloud_link.tls_context). A key this user may not read is
+    not judged (the uplink reads it under its own uid), nor anything about its content printed."""
+    if not isinstance(raw, dict):
+        return []
+    problems: list[Problem] = []
+    good: dict[str, Path] = {}
+    for key in CLOUD_FILES:
+        value = raw.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = config_path(value, config_dir)
+        found = read_named_file(path)
+        wrong = found if isinstance(found, str) else None
+        if isinstance(found, bytes):
+            wrong = _pem_refusal(key, found)
+        if wrong is not None:
+            problems.append(Problem(shown, f"cloud.{key}", f"{value!r} {wrong}"))
+        elif found is not None:
+            good[key] = path
+    if "ca_file" in good:
+        try:
+            ssl.create_default_context(cafile=str(good["ca_file"]))
+        except (ssl.SSLError, OSError) as exc:
+            message = f"{raw['ca_file']!r}: OpenSSL cannot load it: {_reason(exc)}"
+            problems.append(Problem(shown, "cloud.ca_file", message))
+    if "cert_file" in good and "key_file" in good:
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.load_cert_chain(str(good["cert_file"]), str(good["key_file"]), password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+                message = f"{raw['key_file']!r} is not the key of cert_file {raw['cert_file']!r}"
+                problems.append(Problem(shown, "cloud.key_file", message))
+            else:
+                message = f"{raw['cert_file']!r}: OpenSSL cannot load it with key_file: {_reason(exc)}"
+                problems.append(Problem(shown, "cloud.cert_file", message))
+    return problems
+
+
+def _pem_refusal(key: str, data: bytes) -> str | None:
+    """Why the uplink could not use `data` as its `key` file: it reads PEM only, and has no passphrase."""
+    labels = {label.decode() for label in re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----", data)}
+    if key != "key_file":
+        if not labels & {"CERTIFICATE", "TRUSTED CERTIFICATE"}:
+            return "is not PEM: it has no '-----BEGIN CERTIFICATE-----' block (the uplink reads PEM only)"
+        return None
+    if "ENCRYPTED PRIVATE KEY" in labels or b"Proc-Type: 4,ENCRYPTED" in data:
+        return "is an encrypted key: the uplink has no passphrase for it; store it unencrypted, readable by the uplink"
+    if not any(label.endswith("PRIVATE KEY") for label in labels):
+        return "is not a PEM private key: it has no '-----BEGIN ... PRIVATE KEY-----' block (the uplink reads PEM only)"
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
+
+
+def load_config(config_dir: Path, *, strict: bool = False) -> LoadedConfig:
+    """Load and validate everything under `config_dir`; raise ConfigInvalid listing every problem.
+
+    `strict` adds what a running gateway survives (config.LENIENT's rules: a setting that would only
+    never take effect) and the certificate and key files the config names ([cloud], OPC-UA adapters)
+    as they are on this host: for `config validate`, `check` and a deployment to this gateway. Not for
+    `millgate run` and the components (a config deployed before a rule was added must still start,
+    and a missing cloud key stop only the uplink's link, which says so) nor for `bundle build` on a
+    workstation, where the gateway's files are not."""
+    lenient = LENIENT.set(not strict)
+    try:
+        return _load_config(config_dir, strict)
+    finally:
+        LENIENT.reset(lenient)
+
+
+def _load_config(config_dir: Path, strict: bool) -> LoadedConfig:
     gateway_path = config_dir / GATEWAY_FILE
     if not config_dir.is_dir():
         raise ConfigInvalid([Problem(str(config_dir), "(directory)", "config directory does not exist")])
     if not gateway_path.is_file():
         raise ConfigInvalid([Problem(str(gateway_path), "(file)", "missing: every gateway needs gateway.toml")])
 
-    problems: list[Problem] = []
+    adapter_paths, problems = _adapter_files(config_dir)
     adapters: dict[str, AdapterFile] = {}
     adapter_names: dict[str, str] = {}
     serial_lines: dict[str, tuple[str, int, str]] = {}
-    for path in sorted((config_dir / ADAPTERS_DIR).glob("*.toml")):
+    for path in adapter_paths or []:
         shown = str(path)
-        adapter, name, found = _load_adapter(path, shown)
-        problems += found
-        if isinstance(adapter, ModbusAdapter):
-            problems += serial_line_checks(adapter, shown, serial_lines)
+        adapter, name, found = _load_adapter(path, shown, serial_lines, strict)
         if name in adapter_names:
             problems.append(Problem(shown, "name", f"adapter name {name!r} is also used by {adapter_names[name]}"))
-            if adapter is not None:
-                problems += adapter_cross_checks(adapter, config_dir / ADAPTERS_DIR, shown)
+            problems += found
             continue
+        problems += found
         # an invalid file still claims its name: subscriptions to it are not also reported as unknown
         adapter_names[name] = shown
-        if adapter is None:
-            continue
-        problems += adapter_cross_checks(adapter, config_dir / ADAPTERS_DIR, shown)
-        adapters[adapter.name] = AdapterFile(path, adapter)
+        if adapter is not None:
+            adapters[adapter.name] = AdapterFile(path, adapter)
 
     shown = str(gateway_path)
     raw, found = _read_toml(gateway_path, shown)
@@ -303,21 +506,22 @@ def load_config(config_dir: Path) -> LoadedConfig:
     if raw is not None:
         gateway, found = _validate(GatewayConfig, raw, shown)
         problems += found
-    if gateway is not None:
-        problems += _gateway_cross_checks(gateway, adapter_names, config_dir, shown)
+        parts = GatewayParts.of(gateway) if gateway is not None else GatewayParts.check(raw)
+        known_adapters = set(adapter_names) if adapter_paths is not None else None
+        problems += _gateway_cross_checks(parts, raw, known_adapters, config_dir, shown, strict)
 
     if problems or gateway is None:
         raise ConfigInvalid(sorted(dict.fromkeys(problems), key=lambda p: (p.file != shown, p.file)))
-    return LoadedConfig(config_dir, _with_absolute_cloud_files(gateway, config_dir), adapters)
+    return LoadedConfig(config_dir, _with_absolute_paths(gateway, config_dir), adapters)
 
 
-def _with_absolute_cloud_files(gateway: GatewayConfig, config_dir: Path) -> GatewayConfig:
-    """Relative certificate paths mean relative to the config dir, whatever a process's cwd."""
+def _with_absolute_paths(gateway: GatewayConfig, config_dir: Path) -> GatewayConfig:
+    """The state and log dirs and the certificate files, relative to the config dir when relative."""
+    section = gateway.gateway
+    dirs = {key: config_path(value, config_dir) for key in ("state_dir", "log_dir") if (value := getattr(section, key))}
+    update: dict[str, Any] = {"gateway": section.model_copy(update=dirs)}
     cloud = gateway.cloud
-    if cloud is None:
-        return gateway
-    absolute = {
-        key: path if path.is_absolute() else (config_dir / path).absolute()
-        for key, path in (("ca_file", cloud.ca_file), ("cert_file", cloud.cert_file), ("key_file", cloud.key_file))
-    }
-    return gateway.model_copy(update={"cloud": cloud.model_copy(update=absolute)})
+    if cloud is not None:
+        files = {key: config_path(getattr(cloud, key), config_dir) for key in CLOUD_FILES}
+        update["cloud"] = cloud.model_copy(update=files)
+    return gateway.model_copy(update=update)

@@ -57,7 +57,7 @@ def deploy(
 ) -> DeployOutcome:
     """Deploy the config dir `source` onto the gateway whose state dir is paths.state_dir."""
     try:
-        loaded = load_config(source)
+        loaded = load_config(source, strict=True)
     except ConfigInvalid as exc:
         return _refused(paths, source, by, version, str(exc))
     store = DeploymentStore(paths.state_dir, loaded.gateway.deployment.keep)

@@ -43,9 +43,16 @@ def test_every_example_is_a_complete_config_dir() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_example_config_validates(name: str) -> None:
+    """Valid as shipped, but for the thing's certificate files, which are the gateway's own
+    (/etc/millgate/certs/...): validation judges them where it runs, and this machine has none."""
     result = run_cli("config", "validate", config=EXAMPLES / name)
-    assert result.returncode == 0, result.stderr
-    assert "valid" in result.stdout
+    if result.returncode == 0:
+        assert "valid" in result.stdout
+        return
+    assert result.returncode == 2
+    problems = result.stderr.splitlines()
+    assert [line.split(": ")[1] for line in problems] == ["cloud.ca_file", "cloud.cert_file", "cloud.key_file"], problems
+    assert all("/etc/millgate/certs/" in line and "does not exist" in line for line in problems), problems
 
 
 def test_bulk_upload_packs_a_window_into_a_record_and_a_summary() -> None:

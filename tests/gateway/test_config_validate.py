@@ -7,15 +7,22 @@ the file, the key path and what is wrong") and "Functions" (run_as never root, r
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
+from gateway.ca import key_pem, self_signed
 from gateway.cli import main
-from gateway.cli_support import EXIT_INVALID, EXIT_OK
+from gateway.cli_support import EXIT_INVALID, EXIT_OK, paths_for, strict_problems
+from gateway.config_loader import ConfigInvalid, load_config
+from gateway.demo_cloud import make_cloud_pki
 
 REPO = Path(__file__).resolve().parents[2]
 MILLGATE = Path(sys.executable).parent / "millgate"
@@ -78,6 +85,31 @@ node_id = "ns=2;s=Line2.Temperature"
 """
 
 
+THING_CERT, THING_KEY = self_signed("plant-a-gw1", 30)
+OTHER_CERT, OTHER_KEY = self_signed("someone-else", 30)
+CA_PEM = OTHER_CERT.public_bytes(serialization.Encoding.PEM)
+CERT_PEM = THING_CERT.public_bytes(serialization.Encoding.PEM)
+CERT_DER = THING_CERT.public_bytes(serialization.Encoding.DER)
+KEY_PEM = key_pem(THING_KEY)
+KEY_DER = THING_KEY.private_bytes(
+    serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
+ENCRYPTED_KEY_PEM = THING_KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"secret")
+)
+CERTS = {"certs/ca.pem": CA_PEM, "certs/thing.pem.crt": CERT_PEM, "certs/thing.pem.key": KEY_PEM}
+
+CLOUD = """
+[cloud]
+endpoint = "abc-ats.iot.eu-west-1.amazonaws.com"
+ca_file = "certs/ca.pem"
+cert_file = "certs/thing.pem.crt"
+key_file = "certs/thing.pem.key"
+"""
+
+REGISTER_MAP = MODBUS.replace("[[devices.tags]]", 'tags_csv = "map.csv"\n\n[[devices.tags]]')
+
+
 @dataclass(frozen=True)
 class Broken:
     """A config directory with one problem, and the line validate must print for it."""
@@ -85,6 +117,8 @@ class Broken:
     gateway: str | None = GATEWAY
     adapters: dict[str, str] = field(default_factory=dict)
     code_dirs: tuple[str, ...] = ("functions/anomaly",)
+    # more files by path in the config dir, written after the rest; a name with "key" in it gets mode 600
+    files: dict[str, str | bytes] = field(default_factory=dict)
     file: str = "gateway.toml"  # relative to the config dir
     path: str = ""
     message: str = ""  # a part of what is wrong
@@ -100,6 +134,12 @@ def write_config(root: Path, case: Broken) -> Path:
     for relative in case.code_dirs:
         (config / relative).mkdir(parents=True)
         (config / relative / "detector.py").write_text("def function_handler(event, context):\n    return event\n")
+    for relative, content in case.files.items():
+        path = config / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        if "key" in path.name:
+            path.chmod(0o600)
     return config
 
 
@@ -424,6 +464,144 @@ CASES = {
         path="bulk.prefix",
         message="'{thing/{yyyy}/' is not a key template",
     ),
+    # storage/spool.py matches a prefix with str.startswith: a wildcard in it never matches anything
+    "spool-prefix-with-a-wildcard": Broken(
+        gateway=GATEWAY + "[[spool.topics]]\nprefix = 'alerts/#'\npriority = 10\n",
+        path="spool.topics[0].prefix",
+        message="'alerts/#': a prefix is plain text matched at the start of a topic, not a topic filter; "
+        "'+' and '#' never match (e.g. 'alerts/')",
+    ),
+    # gateway/component.py looks each program's own name up in `levels`: a misspelt one did nothing
+    "log-level-for-no-program": Broken(
+        gateway=GATEWAY + FUNCTION + "[logging]\nlevels = { cor = 'debug', fn-anomaly = 'debug' }\n",
+        adapters={"line1": MODBUS},
+        path="logging.levels.cor",
+        message="no program is called 'cor' (programs: adapter-line1, core, fn-anomaly, logship, uplink)",
+    ),
+    # paho takes the endpoint as a host name to resolve: a URL never resolves, the uplink retries forever
+    "cloud-endpoint-is-a-url": Broken(
+        gateway=GATEWAY
+        + CLOUD.replace('"abc-ats.iot.eu-west-1.amazonaws.com"', '"mqtts://abc-ats.iot.eu-west-1.amazonaws.com:8883"'),
+        files=CERTS,
+        path="cloud.endpoint",
+        message="is a URL: endpoint is the host name only ('abc-ats.iot.eu-west-1.amazonaws.com'), the port goes in",
+    ),
+    "cloud-endpoint-with-a-port": Broken(
+        gateway=GATEWAY + CLOUD.replace('amazonaws.com"', 'amazonaws.com:8883"'),
+        files=CERTS,
+        path="cloud.endpoint",
+        message="'abc-ats.iot.eu-west-1.amazonaws.com:8883' has a port: endpoint is the host name only",
+    ),
+    "cloud-ca-file-missing": Broken(
+        gateway=GATEWAY + CLOUD,
+        files={k: v for k, v in CERTS.items() if k != "certs/ca.pem"},
+        path="cloud.ca_file",
+        message="'certs/ca.pem' does not exist (looked at ",  # <config>/certs/ca.pem: relative to the config dir
+    ),
+    "cloud-key-file-is-a-directory": Broken(
+        gateway=GATEWAY + CLOUD.replace('key_file = "certs/thing.pem.key"', 'key_file = "certs"'),
+        files=CERTS,
+        path="cloud.key_file",
+        message="'certs' is a directory, not a file",
+    ),
+    "cloud-cert-file-in-der": Broken(
+        gateway=GATEWAY + CLOUD,
+        files={**CERTS, "certs/thing.pem.crt": CERT_DER},
+        path="cloud.cert_file",
+        message="'certs/thing.pem.crt' is not PEM: it has no '-----BEGIN CERTIFICATE-----' block",
+    ),
+    "cloud-ca-file-is-a-key": Broken(
+        gateway=GATEWAY + CLOUD.replace('ca_file = "certs/ca.pem"', 'ca_file = "certs/thing.pem.key"'),
+        files=CERTS,
+        path="cloud.ca_file",
+        message="'certs/thing.pem.key' is not PEM: it has no '-----BEGIN CERTIFICATE-----' block",
+    ),
+    "cloud-key-encrypted": Broken(
+        gateway=GATEWAY + CLOUD,
+        files={**CERTS, "certs/thing.pem.key": ENCRYPTED_KEY_PEM},
+        path="cloud.key_file",
+        message="is an encrypted key: the uplink has no passphrase for it",
+    ),
+    "cloud-key-of-another-certificate": Broken(
+        gateway=GATEWAY + CLOUD,
+        files={**CERTS, "certs/thing.pem.key": key_pem(OTHER_KEY)},
+        path="cloud.key_file",
+        message="'certs/thing.pem.key' is not the key of cert_file 'certs/thing.pem.crt'",
+    ),
+    # the OPC-UA adapter looks for its files next to the adapter file, and exits at start without them
+    "opcua-server-certificate-missing": Broken(
+        adapters={"line2": OPCUA.replace("[[nodes]]", 'server_certificate = "server.der"\n\n[[nodes]]')},
+        file="adapters/line2.toml",
+        path="server_certificate",
+        message="'server.der' does not exist (looked at ",  # <config>/adapters/server.der
+    ),
+    "opcua-client-certificate-missing": Broken(
+        adapters={"line2": OPCUA.replace("[[nodes]]", 'certificate = "c.der"\nprivate_key = "c-key.pem"\n[[nodes]]')},
+        files={"adapters/c-key.pem": KEY_PEM},
+        file="adapters/line2.toml",
+        path="certificate",
+        message="'c.der' does not exist",
+    ),
+    # asyncua picks PEM or DER by the file's name (.pem or not), whatever is inside
+    "opcua-pem-certificate-named-der": Broken(
+        adapters={"line2": OPCUA.replace("[[nodes]]", 'server_certificate = "server.der"\n\n[[nodes]]')},
+        files={"adapters/server.der": CERT_PEM},
+        file="adapters/line2.toml",
+        path="server_certificate",
+        message="'server.der' is PEM, but asyncua reads a .pem file as PEM and any other as DER",
+    ),
+    "opcua-private-key-not-a-key": Broken(
+        adapters={"line2": OPCUA.replace("[[nodes]]", 'certificate = "c.der"\nprivate_key = "c-key.der"\n[[nodes]]')},
+        files={"adapters/c.der": CERT_DER, "adapters/c-key.der": CERT_DER},
+        file="adapters/line2.toml",
+        path="private_key",
+        message="'c-key.der' is not a DER private key",
+    ),
+    "adapter-file-with-an-upper-case-suffix": Broken(
+        files={"adapters/line1.TOML": MODBUS},
+        file="adapters/line1.TOML",
+        path="(file)",
+        message="not read: an adapter file's name ends in lowercase .toml (rename it line1.toml)",
+    ),
+    "gateway-toml-not-utf8": Broken(
+        gateway=None,
+        files={"gateway.toml": b"[gateway]\n# caf\xe9\nthing_name = 'gw'\n"},
+        path="line 2, column 6",
+        message="not UTF-8 text: invalid continuation byte (byte 0xe9); save the file as UTF-8",
+    ),
+    "gateway-toml-in-utf16": Broken(
+        gateway=None,
+        files={"gateway.toml": GATEWAY.encode("utf-16")},
+        path="line 1, column 1",
+        message="it looks like UTF-16; save the file as UTF-8",
+    ),
+    "register-map-missing": Broken(
+        adapters={"line1": REGISTER_MAP},
+        file="adapters/line1.toml",
+        path="devices[0].tags_csv",
+        message="'map.csv' does not exist (looked at ",
+    ),
+    "register-map-row-names-the-value-and-the-device": Broken(
+        adapters={"line1": REGISTER_MAP},
+        files={"adapters/map.csv": "name,table,address,type\nspeed,holding,70000,uint16\n"},
+        file="adapters/map.csv",
+        path="row 2.address",
+        message="less than or equal to 65535 (got '70000'); map of devices[0] 'press-01' in ",
+    ),
+    "register-map-type-with-a-nul-byte": Broken(
+        adapters={"line1": REGISTER_MAP},
+        files={"adapters/map.csv": "name,table,address,type\nspeed,holding,0,uint16\x00\n"},
+        file="adapters/map.csv",
+        path="row 2.type",
+        message="(got 'uint16\\x00')",
+    ),
+    "register-map-row-with-more-cells-than-columns": Broken(
+        adapters={"line1": REGISTER_MAP},
+        files={"adapters/map.csv": "name,table,address,type,units\nspeed,holding,0,uint16,deg,C\n"},
+        file="adapters/map.csv",
+        path="row 2",
+        message="more cells than the header has columns: ['C']",
+    ),
 }
 
 
@@ -478,20 +656,12 @@ def test_validate_reports_every_problem_across_files_one_line_each(
     config = write_config(tmp_path, Broken(gateway=gateway, adapters=adapters))
     lines = validate(config, capsys)
     gw, line1, line2 = config / "gateway.toml", config / "adapters/line1.toml", config / "adapters/line2.toml"
-    # field errors stop the cross-file checks on gateway.toml, so those come in a second run
+    # field errors first, then what spans entries, checked on the entries that validated and on the
+    # names every entry gives: one run shows everything (the README promises every problem is printed)
     assert [line.split(": ", 2)[:2] for line in lines] == [
         [str(gw), "functions[0].run_as"],
         [str(gw), "subscriptions[0].topic"],
         [str(gw), "colour"],
-        [str(line1), "devices[0].tags[0].address"],
-        [str(line2), "protocol"],
-    ]
-
-    (config / "gateway.toml").write_text(
-        gateway.replace("colour = 'red'\n", "").replace("0:0", "1001:1001").replace("a/#/b", "a/#")
-    )
-    lines = validate(config, capsys)
-    assert [line.split(": ", 2)[:2] for line in lines] == [
         [str(gw), "functions[1].name"],
         [str(gw), "subscriptions[0].source"],
         [str(gw), "subscriptions[0].target"],
@@ -499,7 +669,76 @@ def test_validate_reports_every_problem_across_files_one_line_each(
         [str(line2), "protocol"],
     ]
     # line1 and line2 are broken but still known by name, so the unknown one is named alone
-    assert "unknown adapter 'line9' (known: line1, line2)" in lines[1]
+    assert "unknown adapter 'line9' (known: line1, line2)" in lines[4]
+    assert "unknown function 'ghost' (known: anomaly)" in lines[5]
+
+
+def test_a_field_error_does_not_hide_the_checks_across_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gateway = (
+        GATEWAY
+        + "[broker]\ntls_port = '18883'\n"
+        + FUNCTION
+        + FUNCTION.replace('code = "functions/anomaly"', 'code = "functions/missing"')
+    )
+    config = write_config(tmp_path, Broken(gateway=gateway))
+    assert [line.split(": ", 2)[1] for line in validate(config, capsys)] == [
+        "broker.tls_port",
+        "functions[1].name",
+        "functions[1].code",
+    ]
+
+    gateway = GATEWAY + "[gateway.extra]\n" + FUNCTION + "[[subscriptions]]\nsource = 'cloud'\ntarget = 'function:x'\n"
+    config = write_config(tmp_path / "typo", Broken(gateway=gateway + "topic = 'a'\n"))
+    assert [line.split(": ", 2)[1] for line in validate(config, capsys)] == [
+        "gateway.extra",
+        "subscriptions[0].target",
+    ]
+
+    line1 = MODBUS.replace("address = 100", "address = 70000") + (
+        "\n[[devices.tags]]\nname = 'temperature'\ntable = 'coil'\naddress = 3\n"
+        "\n[[devices.tags]]\nname = 'pressure'\ntable = 'holding'\naddress = 10\ntype = 'int32'\n"
+        "\n[[devices.tags]]\nname = 'flow'\ntable = 'holding'\naddress = 11\ntype = 'int16'\n"
+    )
+    config = write_config(tmp_path / "adapter", Broken(adapters={"line1": line1}))
+    lines = validate(config, capsys)
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "devices[0].tags[0].address",
+        "devices[0].tags[1].name",
+        "devices[0].tags[3]",
+    ]
+    assert "duplicate tag name 'temperature' (also devices[0].tags[0])" in lines[1]
+    assert "overlaps tag 'pressure'" in lines[2]
+
+
+def test_an_invalid_entry_still_gives_its_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What failed is reported once: a function with a bad field is not also unknown to its subscription,
+    nor an adapter file with a bad tag to its, nor a device with a bad key to its duplicate."""
+    gateway = (
+        GATEWAY
+        + FUNCTION.replace('run_as = "1001:1001"', 'run_as = "1001:1001"\ntimeout_s = -3')
+        + "[[subscriptions]]\nsource = 'adapter:line1'\ntarget = 'function:anomaly'\ntopic = 'line1/#'\n"
+    )
+    line1 = MODBUS.replace("port = 502", "port = 502\nunit = 300") + MODBUS.split("\n", 3)[3]
+    config = write_config(tmp_path, Broken(gateway=gateway, adapters={"line1": line1}))
+    lines = validate(config, capsys)
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "functions[0].timeout_s",
+        "devices[0].unit",
+        "devices[1].name",
+    ]
+
+
+def test_an_unreadable_adapters_directory_is_one_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gateway = GATEWAY + "[[subscriptions]]\nsource = 'adapter:line1'\ntarget = 'cloud'\ntopic = 'line1/#'\n"
+    config = write_config(tmp_path, Broken(gateway=gateway + "[logging]\nlevels = { adapter-line1 = 'debug' }\n"))
+    (config / "adapters").rmdir()
+    (config / "adapters").write_text("line1.toml was meant to be in here\n")
+    # which adapters exist is unknown, so the subscription and the log level are not also reported
+    assert validate(config, capsys) == [
+        f"{config / 'adapters'}: (directory): not a directory: adapter files go in adapters/*.toml"
+    ]
 
 
 def test_invalid_adapter_file_is_not_also_an_unknown_adapter(
@@ -523,8 +762,12 @@ def test_duplicate_adapter_file_is_still_checked(tmp_path: Path, capsys: pytest.
     ]
 
 
-def test_demo_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["config", "validate", "--config", str(REPO / "etc" / "demo")]) == EXIT_OK
+def test_demo_config_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `make demo` makes the stand-in cloud's certificates in etc/demo/certs (not in git) before it starts
+    config = tmp_path / "demo"
+    shutil.copytree(REPO / "etc" / "demo", config, ignore=shutil.ignore_patterns("certs"))
+    make_cloud_pki(config / "certs", "demo-gw")
+    assert main(["config", "validate", "--config", str(config)]) == EXIT_OK
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "valid" in captured.out
@@ -589,7 +832,11 @@ thing = "press-01"
 sync = "both"
 """
     line1 = MODBUS.replace('type = "float32"', 'type = "float32"\nscale = 0.1\ndeadband = 0.5\nwritable = false')
-    config = write_config(tmp_path, Broken(gateway=gateway, adapters={"line1": line1, "line2": OPCUA}))
+    # as on a gateway, the certificate files it names are there (validate reads them)
+    certs = {"AmazonRootCA1.pem": CA_PEM, "thing.pem.crt": CERT_PEM, "thing.pem.key": KEY_PEM}
+    files = {f"certs/{name}": content for name, content in certs.items()}
+    gateway = gateway.replace("/etc/millgate/certs/", "certs/")
+    config = write_config(tmp_path, Broken(gateway=gateway, adapters={"line1": line1, "line2": OPCUA}, files=files))
     assert main(["config", "validate", "--config", str(config)]) == EXIT_OK
     assert "(1 functions, 2 adapters, 1 subscriptions)" in capsys.readouterr().out
 
@@ -622,3 +869,142 @@ def test_console_script_reports_toml_syntax_error_position(tmp_path: Path) -> No
     result = run_millgate(config)
     assert result.returncode == EXIT_INVALID
     assert result.stderr.startswith(f"{config / 'adapters/line1.toml'}: line 9, column 8: TOML syntax error: ")
+
+
+def test_a_byte_order_mark_is_not_a_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Notepad and Excel put one before UTF-8 text; TOML does not allow it, the register map reader skips it
+    bom = b"\xef\xbb\xbf"
+    files = {"gateway.toml": bom + GATEWAY.encode(), "adapters/line1.toml": bom + MODBUS.encode()}
+    config = write_config(tmp_path, Broken(gateway=None, files=files))
+    assert main(["config", "validate", "--config", str(config)]) == EXIT_OK
+    assert "(0 functions, 1 adapters, 0 subscriptions)" in capsys.readouterr().out
+
+
+def test_a_register_map_address_may_be_hex(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # device manuals print register addresses in hex, and a TOML adapter file may write 0x200 too
+    register_map = "name,table,address,type\nspeed,holding,0x200,uint16\nload,holding,0X1f,uint16\n"
+    config = write_config(tmp_path, Broken(adapters={"line1": REGISTER_MAP}, files={"adapters/map.csv": register_map}))
+    assert main(["config", "validate", "--config", str(config)]) == EXIT_OK
+    capsys.readouterr()
+    (config / "adapters/map.csv").write_text(register_map.replace("0X1f,uint16", "512,int32"))
+    lines = validate(config, capsys)
+    assert len(lines) == 1 and "holding 512-513 (int32) overlaps tag 'speed' at 512-512 (uint16)" in lines[0], lines
+
+
+def test_a_register_map_shared_by_two_devices_is_reported_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    second = REGISTER_MAP.split("\n", 3)[3].replace("press-01", "press-02").replace("192.168.10.20", "192.168.10.21")
+    config = write_config(
+        tmp_path,
+        Broken(
+            adapters={"line1": REGISTER_MAP + second},
+            files={"adapters/map.csv": "name,table,address,type\nspeed,holding,0,uint17\n"},
+        ),
+    )
+    assert validate(config, capsys) == [
+        f"{config / 'adapters/map.csv'}: row 2.type: input should be 'int16', 'uint16', 'int32', 'uint32', 'int64', "
+        f"'float32', 'float64', 'string' or 'bool' (got 'uint17'); map of devices[0] 'press-01' in "
+        f"{config / 'adapters/line1.toml'}"
+    ]
+
+
+def test_an_opcua_private_key_others_may_read_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # adapters/opcua/certificate.py refuses it at start, and supervisord restarts the adapter into it again
+    adapter = OPCUA.replace("[[nodes]]", 'certificate = "pki/c.der"\nprivate_key = "pki/c-key.pem"\n[[nodes]]')
+    files = {"adapters/pki/c.der": CERT_DER, "adapters/pki/c-key.pem": KEY_PEM}
+    config = write_config(tmp_path, Broken(adapters={"line2": adapter}, files=files))
+    assert main(["config", "validate", "--config", str(config)]) == EXIT_OK
+    capsys.readouterr()
+    (config / "adapters/pki/c-key.pem").chmod(0o640)
+    assert validate(config, capsys) == [
+        f"{config / 'adapters/line2.toml'}: private_key: 'pki/c-key.pem' is readable by others (mode 640): "
+        "the adapter refuses it; chmod 600 it"
+    ]
+
+
+NOBODY = 65534
+
+
+def run_as_nobody(config: Path) -> subprocess.CompletedProcess[str]:
+    """`millgate config validate` as an operator's account that may not read everything root may."""
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", str(MILLGATE)]
+    argv += ["config", "validate", "--config", str(config)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+
+
+@pytest.fixture
+def nobody_config(short_tmp: Path) -> Path:
+    """A config dir in a directory nobody may search, validated first as nobody."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to validate as an unprivileged user")
+    config = write_config(short_tmp, Broken(gateway=GATEWAY + FUNCTION + CLOUD, files=CERTS))
+    result = run_as_nobody(config)
+    if result.returncode != EXIT_OK:
+        pytest.skip(f"the millgate console script cannot validate as nobody here: {result.stderr}")
+    return config
+
+
+def test_a_directory_this_user_may_not_search_is_a_problem_not_a_traceback(nobody_config: Path) -> None:
+    (nobody_config / "functions").chmod(0o700)
+    (nobody_config / "adapters").chmod(0o700)
+    result = run_as_nobody(nobody_config)
+    assert result.returncode == EXIT_INVALID and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"{nobody_config / 'gateway.toml'}: functions[0].code: 'functions/anomaly' cannot be looked at: "
+        f"Permission denied (looked at {nobody_config / 'functions/anomaly'})",
+        f"{nobody_config / 'adapters'}: (directory): cannot read: Permission denied",
+    ]
+
+
+def test_a_cloud_key_only_the_uplink_may_read_is_not_judged_by_another_user(nobody_config: Path) -> None:
+    # on a gateway the key is the uplink's alone (an ACL for its uid): the operator's account cannot
+    # tell whether it is good, root can
+    key = nobody_config / "certs/thing.pem.key"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_uid == 0
+    key.write_bytes(ENCRYPTED_KEY_PEM)
+    assert run_as_nobody(nobody_config).returncode == EXIT_OK
+    assert "is an encrypted key" in run_millgate(nobody_config).stderr
+    # what any account can see is still judged: a key that is not there
+    key.unlink()
+    result = run_as_nobody(nobody_config)
+    assert result.returncode == EXIT_INVALID
+    assert result.stderr.startswith(f"{nobody_config / 'gateway.toml'}: cloud.key_file: 'certs/thing.pem.key' does not")
+
+
+def test_relative_state_and_log_dirs_are_relative_to_the_config_dir_whatever_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path, Broken(gateway=GATEWAY + "state_dir = 'state'\nlog_dir = '../logs'\n"))
+    monkeypatch.chdir("/")
+    loaded = load_config(config)
+    assert loaded.gateway.gateway.state_dir == config / "state"
+    assert loaded.gateway.gateway.log_dir == config / "../logs"
+    paths = paths_for(argparse.Namespace(config=config, state=None), loaded)
+    assert (paths.state_dir, paths.log_dir) == (config / "state", (config / "../logs").absolute())
+
+
+def test_rules_a_running_gateway_survives_refuse_a_deployment_but_not_a_start(tmp_path: Path) -> None:
+    # a config deployed before millgate refused these (a spool prefix that is a filter, a level for no
+    # program, a shadow name the shadow service refuses, a URL as endpoint) still starts after an upgrade:
+    # `millgate run` warns; `config validate` and `deploy` refuse it
+    cloud = "[cloud]\nendpoint = 'mqtts://example.com:8883'\nca_file = 'c'\ncert_file = 'c'\nkey_file = 'k'\n"
+    lenient_only = (
+        "[logging]\nlevels = { cor = 'debug' }\n[[spool.topics]]\nprefix = 'alerts/#'\n"
+        "[[shadows]]\nthing = 'press-01'\nname = 'line.1'\n" + cloud
+    )
+    config = write_config(tmp_path, Broken(gateway=GATEWAY + lenient_only))
+    loaded = load_config(config)
+    assert loaded.gateway.spool.topics[0].prefix == "alerts/#"
+    problems = sorted(f"{p.path}: {p.message}" for p in strict_problems(config))
+    assert [p.split(":")[0] for p in problems] == [
+        "cloud.ca_file",
+        "cloud.cert_file",
+        "cloud.endpoint",
+        "cloud.key_file",
+        "logging.levels.cor",
+        "shadows[0].name",
+        "spool.topics[0].prefix",
+    ], problems
+    with pytest.raises(ConfigInvalid):
+        load_config(config, strict=True)
