@@ -51,7 +51,8 @@ def test_example_config_validates(name: str) -> None:
         return
     assert result.returncode == 2
     problems = result.stderr.splitlines()
-    assert [line.split(": ")[1] for line in problems] == ["cloud.ca_file", "cloud.cert_file", "cloud.key_file"], problems
+    keys = [line.split(": ")[1] for line in problems]
+    assert keys == ["cloud.ca_file", "cloud.cert_file", "cloud.key_file"], problems
     assert all("/etc/millgate/certs/" in line and "does not exist" in line for line in problems), problems
 
 
