@@ -29,7 +29,8 @@ from gateway.adapter_config import (
     read_register_map,
     register_map_file,
 )
-from gateway.config_problems import Entries, Problem, duplicate_names, duplicates, read_named_file, valid_or_none
+from gateway.config_files import opcua_file_checks
+from gateway.config_problems import Entries, Problem, duplicate_names, duplicates, valid_or_none
 
 
 class TopicClaims:
@@ -325,57 +326,3 @@ def opcua_checks(
             problems.append(Problem(shown, f"events[{index}].topic", f"topic {topic!r} is also used by {clash[1]}"))
         claims.reserve(f"events[{index}]", [topic])
     return problems
-
-
-OPCUA_FILES = (("certificate", "certificate"), ("private_key", "private key"), ("server_certificate", "certificate"))
-KEY_MODE_OTHERS = 0o077  # adapters/opcua/certificate.py refuses a key with any of these bits
-
-
-def opcua_file_checks(raw: dict[str, Any], adapter_dir: Path, shown: str) -> list[Problem]:
-    """The certificate, key and pinned server certificate an OPC-UA adapter names (relative to the
-    adapter file's directory, as the adapter reads them), read as asyncua reads them at connect."""
-    problems = []
-    for key, kind in OPCUA_FILES:
-        value = raw.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        path = adapter_dir / value
-        found = read_named_file(path)
-        wrong = found if isinstance(found, str) else None
-        if isinstance(found, bytes):
-            wrong = _asyncua_refusal(found, path, kind)
-        if wrong is None and kind == "private key" and isinstance(found, bytes):
-            mode = path.stat().st_mode & 0o777
-            if mode & KEY_MODE_OTHERS:
-                wrong = f"is readable by others (mode {mode:o}): the adapter refuses it; chmod 600 it"
-        if wrong is not None:
-            problems.append(Problem(shown, key, f"{value!r} {wrong}"))
-    return problems
-
-
-def _asyncua_refusal(data: bytes, path: Path, kind: str) -> str | None:
-    """Why asyncua would not load `data` as a certificate or an unencrypted private key. It picks the
-    format by the file's name (asyncua.crypto.uacrypto._is_pem_format): PEM for .pem, DER otherwise.
-    Says nothing of a key's content but whether it loads."""
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    named_pem = path.suffix.lower() == ".pem"
-    looks_pem = data.lstrip().startswith(b"-----BEGIN ")
-    if named_pem != looks_pem:
-        actual, rename = ("PEM", "a name ending in .pem") if looks_pem else ("not PEM (DER?)", "a name ending in .der")
-        return f"is {actual}, but asyncua reads a .pem file as PEM and any other as DER: give it {rename}"
-    encoding = "PEM" if named_pem else "DER"
-    try:
-        if kind != "private key":
-            (x509.load_pem_x509_certificate if named_pem else x509.load_der_x509_certificate)(data)
-        elif named_pem:
-            serialization.load_pem_private_key(data, password=None)
-        else:
-            serialization.load_der_private_key(data, password=None)
-    except TypeError:
-        return "is an encrypted key: the adapter has no passphrase for it; store it unencrypted (mode 600)"
-    except (ValueError, UnsupportedAlgorithm):
-        return f"is not a {encoding} {'X.509 certificate' if kind != 'private key' else kind}"
-    return None

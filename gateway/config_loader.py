@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from gateway.config import (
     ShadowSync,
     Subscription,
 )
+from gateway.config_files import CLOUD_FILES, cloud_file_checks, config_path
 from gateway.config_problems import (
     DICT_KEY_MARKER,
     Entries,
@@ -44,7 +44,6 @@ from gateway.config_problems import (
     describe_error,
     duplicate_names,
     duplicates,
-    read_named_file,
     valid_or_none,
 )
 from gateway.resource_paths import destination_refusal, protected_dirs, refusal, shared_destinations
@@ -311,7 +310,7 @@ def _gateway_cross_checks(
     problems += _duplicate_entries(shown, "shadows", shadows)
     if strict:
         problems += _log_level_checks(raw.get("logging"), parts.functions.known, adapters, shown)
-        problems += _cloud_file_checks(raw.get("cloud"), config_dir, shown)
+        problems += cloud_file_checks(raw.get("cloud"), config_dir, shown)
     return problems
 
 
@@ -389,74 +388,6 @@ def _log_level_checks(raw: Any, functions: set[str] | None, adapters: set[str] |
         for key in levels
         if key not in programs
     ]
-
-
-CLOUD_FILES = ("ca_file", "cert_file", "key_file")
-
-
-def config_path(value: str | Path, config_dir: Path) -> Path:
-    """A path the config gives: a relative one is relative to the config dir, whatever a process's cwd."""
-    path = Path(value)
-    return path if path.is_absolute() else (config_dir / path).absolute()
-
-
-def _cloud_file_checks(raw: Any, config_dir: Path, shown: str) -> list[Problem]:
-    """The [cloud] CA, certificate and key: there, PEM, the key unencrypted and the certificate's, loaded
-    as the uplink loads them (gateway/uplink/cloud_link.tls_context). A key this user may not read is
-    not judged (the uplink reads it under its own uid), nor anything about its content printed."""
-    if not isinstance(raw, dict):
-        return []
-    problems: list[Problem] = []
-    good: dict[str, Path] = {}
-    for key in CLOUD_FILES:
-        value = raw.get(key)
-        if not isinstance(value, str) or not value:
-            continue
-        path = config_path(value, config_dir)
-        found = read_named_file(path)
-        wrong = found if isinstance(found, str) else None
-        if isinstance(found, bytes):
-            wrong = _pem_refusal(key, found)
-        if wrong is not None:
-            problems.append(Problem(shown, f"cloud.{key}", f"{value!r} {wrong}"))
-        elif found is not None:
-            good[key] = path
-    if "ca_file" in good:
-        try:
-            ssl.create_default_context(cafile=str(good["ca_file"]))
-        except (ssl.SSLError, OSError) as exc:
-            message = f"{raw['ca_file']!r}: OpenSSL cannot load it: {_reason(exc)}"
-            problems.append(Problem(shown, "cloud.ca_file", message))
-    if "cert_file" in good and "key_file" in good:
-        try:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.load_cert_chain(str(good["cert_file"]), str(good["key_file"]), password=lambda: b"")
-        except (ssl.SSLError, OSError) as exc:
-            if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
-                message = f"{raw['key_file']!r} is not the key of cert_file {raw['cert_file']!r}"
-                problems.append(Problem(shown, "cloud.key_file", message))
-            else:
-                message = f"{raw['cert_file']!r}: OpenSSL cannot load it with key_file: {_reason(exc)}"
-                problems.append(Problem(shown, "cloud.cert_file", message))
-    return problems
-
-
-def _pem_refusal(key: str, data: bytes) -> str | None:
-    """Why the uplink could not use `data` as its `key` file: it reads PEM only, and has no passphrase."""
-    labels = {label.decode() for label in re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----", data)}
-    if key != "key_file":
-        if not labels & {"CERTIFICATE", "TRUSTED CERTIFICATE"}:
-            return "is not PEM: it has no '-----BEGIN CERTIFICATE-----' block (the uplink reads PEM only)"
-        return None
-    if "ENCRYPTED PRIVATE KEY" in labels or b"Proc-Type: 4,ENCRYPTED" in data:
-        return "is an encrypted key: the uplink has no passphrase for it; store it unencrypted, readable by the uplink"
-    if not any(label.endswith("PRIVATE KEY") for label in labels):
-        return "is not a PEM private key: it has no '-----BEGIN ... PRIVATE KEY-----' block (the uplink reads PEM only)"
-    return None
-
-
-def _reason(exc: Exception) -> str:
-    return str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc)
 
 
 def load_config(config_dir: Path, *, strict: bool = False) -> LoadedConfig:

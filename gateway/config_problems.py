@@ -5,18 +5,14 @@ names, and reading a file the config names. Used by gateway/config_loader.py and
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 DICT_KEY_MARKER = "[key]"  # pydantic's last location part for an error in a dict key, not in its value
 BYTE_ORDER_MARK = "\ufeff"
-NAMED_FILE_MAX_BYTES = 1024 * 1024  # a CA bundle with every public root is some 200 KB
 
 
 @dataclass(frozen=True, order=True)
@@ -138,25 +134,3 @@ def valid_or_none(model: type[Model], raw: Any) -> Model | None:
         return model.model_validate(raw)
     except ValidationError:
         return None
-
-
-def read_named_file(path: Path) -> bytes | str | None:
-    """The bytes of a file the config names (a certificate, a key); else what is wrong with it, or None
-    when it is there but this user may not read it: the component that uses it reads it under its own
-    uid (the uplink's key is readable by the uplink alone), so only root can tell it is unreadable."""
-    try:
-        info = path.stat()
-        if stat.S_ISDIR(info.st_mode):
-            return f"is a directory, not a file ({path})"
-        if not stat.S_ISREG(info.st_mode):
-            return f"is not a regular file ({path})"
-        if info.st_size > NAMED_FILE_MAX_BYTES:
-            return f"is {info.st_size} bytes, too big for a certificate or key ({path})"
-        with path.open("rb") as file:
-            return file.read(NAMED_FILE_MAX_BYTES)
-    except (FileNotFoundError, NotADirectoryError):
-        return f"does not exist (looked at {path})"
-    except PermissionError as exc:
-        return f"cannot be read as root: {exc.strerror} ({path})" if os.geteuid() == 0 else None
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror} ({path})"
