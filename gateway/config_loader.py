@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,6 +289,10 @@ def _gateway_cross_checks(
         code_problem = _function_code_problem(function.code, config_dir)
         if code_problem:
             add(f"functions[{index}].code", code_problem)
+        elif strict:
+            missing = _missing_handler_module(function.code, function.handler, config_dir)
+            if missing:
+                add(f"functions[{index}].handler", missing)
         for grant_index, grant in enumerate(function.resources):
             if declared is not None and grant.name not in declared:
                 add(
@@ -321,6 +326,24 @@ def _duplicate_entries(shown: str, table: str, keys: dict[int, str]) -> list[Pro
         Problem(shown, f"{table}[{indexes[position]}]", f"duplicate of {table}[{indexes[first]}]")
         for position, first in duplicates(list(keys.values()))
     ]
+
+
+def _missing_handler_module(code: str, handler: str, config_dir: Path) -> str | None:
+    """Why the handler's module is not in the code (a dir or a zip), or None when it is."""
+    module = handler.rpartition(".")[0].replace(".", "/")
+    wanted = (f"{module}.py", f"{module}/__init__.py")
+    path = Path(code) if Path(code).is_absolute() else config_dir / code
+    try:
+        if path.is_dir():
+            present = any((path / name).is_file() for name in wanted)
+        else:
+            with zipfile.ZipFile(path) as archive:
+                present = any(name in archive.namelist() for name in wanted)
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"cannot look for {wanted[0]} in {code!r}: {exc}"
+    if present:
+        return None
+    return f"no {wanted[0]} (nor {wanted[1]}) in {code!r} for handler {handler!r}"
 
 
 def _function_code_problem(code: str, config_dir: Path) -> str | None:

@@ -454,6 +454,11 @@ CASES = {
         path="shadows[0].name",
         message="a shadow name is 1 to 64 of A-Z a-z 0-9 $ : _ - (AWS IoT's shadowName)",
     ),
+    "handler-module-missing": Broken(
+        gateway=GATEWAY + FUNCTION.replace("detector.function_handler", "detektor.function_handler"),
+        path="functions[0].handler",
+        message="no detektor.py (nor detektor/__init__.py) in 'functions/anomaly' for handler 'detektor.function_handler'",
+    ),
     "bulk-prefix-unknown-placeholder": Broken(
         gateway=GATEWAY + "[bulk]\nbucket = 'plant-data'\nprefix = '{thing}/{topic}/'\ntopics = ['plant/#']\n",
         path="bulk.prefix",
