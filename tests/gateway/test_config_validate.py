@@ -457,7 +457,8 @@ CASES = {
     "handler-module-missing": Broken(
         gateway=GATEWAY + FUNCTION.replace("detector.function_handler", "detektor.function_handler"),
         path="functions[0].handler",
-        message="no detektor.py (nor detektor/__init__.py) in 'functions/anomaly' for handler 'detektor.function_handler'",
+        message="no detektor.py (nor detektor/__init__.py) in 'functions/anomaly' for handler "
+        "'detektor.function_handler'",
     ),
     "bulk-prefix-unknown-placeholder": Broken(
         gateway=GATEWAY + "[bulk]\nbucket = 'plant-data'\nprefix = '{thing}/{topic}/'\ntopics = ['plant/#']\n",
