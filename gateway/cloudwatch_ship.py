@@ -54,7 +54,8 @@ class Shipper:
         self.files: dict[str, FollowedFile] = self._load_offsets()
         # per component, where its last acknowledged line ends: the only read position ever saved
         self.acknowledged: dict[str, dict[str, object]] = {
-            name: {"path": str(f.path), "inode": f.inode, "position": f.position} for name, f in self.files.items()
+            name: {"path": str(f.path), "inode": f.inode, "position": f.position, "head": f.head}
+            for name, f in self.files.items()
         }
         self.components: dict[str, str] = {}  # stream -> component
         self.backoff = Backoff(initial_s=settings.flush_interval_s, cap_s=max(300.0, settings.flush_interval_s))

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,17 @@ class HistoryEntry:
     result: str  # running | succeeded | rolled-back | rollback-failed | refused | staged
     message: str = ""
     changes: dict[str, Any] = field(default_factory=dict)
+
+
+def _history_entry(raw: Any, where: Path) -> HistoryEntry:
+    """One entry of the history file, as another millgate version may have written it: keys this one
+    does not know are left out (a newer one added them; an OTA rollback reads its file), and a missing
+    one is a DeployStoreError naming the file, not a crash of `millgate run`."""
+    known = {f.name for f in fields(HistoryEntry)}
+    try:
+        return HistoryEntry(**{key: value for key, value in raw.items() if key in known})
+    except (AttributeError, TypeError) as exc:
+        raise DeployStoreError(f"{where}: an entry this millgate cannot read ({exc}): {raw!r:.200}") from exc
 
 
 def config_digest(config_dir: Path) -> str:
@@ -178,7 +189,7 @@ class DeploymentStore:
             return []
         except (OSError, ValueError) as exc:
             raise DeployStoreError(f"{self.history_file}: unreadable: {exc}") from exc
-        return [HistoryEntry(**entry) for entry in raw]
+        return [_history_entry(entry, self.history_file) for entry in raw]
 
     def record(self, entry: HistoryEntry) -> None:
         """Add `entry`, or replace the last entry with the same number and `by` (a result update). A

@@ -11,7 +11,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -33,6 +33,9 @@ class DeviceCert:
     # signed from the device's own CSR: the device keeps its key, so only it can ask for a new one
     # (registries written before this was recorded read as generated keys)
     from_csr: bool = False
+    # keys of a record this millgate does not know (a newer one wrote them; an OTA rollback runs this
+    # one on its file): written back as they were, so a later upgrade finds them still there
+    unknown: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     def state(self, ca_serial: int, now: datetime) -> str:
         """valid | revoked | expired | not-yet-valid | old-ca (issued by a CA rotated away)."""
@@ -48,6 +51,7 @@ class DeviceCert:
 
     def as_json(self) -> dict[str, object]:
         data = asdict(self)
+        data = {**data.pop("unknown"), **data}
         for key in ("not_before", "not_after", "revoked_at"):
             data[key] = data[key].isoformat() if data[key] is not None else None
         data["serial"] = f"{self.serial:x}"
@@ -65,7 +69,11 @@ class DeviceCert:
             ca_serial=int(str(data["ca_serial"]), 16),
             revoked_at=datetime.fromisoformat(str(revoked)) if revoked else None,
             from_csr=data.get("from_csr") is True,
+            unknown={key: value for key, value in data.items() if key not in _KNOWN_KEYS},
         )
+
+
+_KNOWN_KEYS = frozenset(f.name for f in fields(DeviceCert))
 
 
 def revoked_things(records: list[DeviceCert], ca_serial: int) -> frozenset[str]:

@@ -25,6 +25,10 @@ from gateway.deploy_job import JobRefused, Request, fetch_verified
 from gateway.package_version import PackageUnreadable, deb_version, same_release
 from gateway.paths import GatewayPaths
 
+# here, not where it is used: that runs after the new package replaced millgate's files, and this job
+# (the old code) must not import the new version's modules among its own already loaded
+from gateway.status import read_component_status
+
 log = logging.getLogger(__name__)
 
 PACKAGES = "packages"
@@ -77,8 +81,6 @@ def fresh_core_problem(paths: GatewayPaths, since: float, expected: str | None) 
     """None when the core heartbeat is online from a process started after `since` and running the
     package version `expected` (when given), else what is missing. A core that reports no version
     predates the check and is taken as it is."""
-    from gateway.status import read_component_status
-
     beats, error = read_component_status(paths)
     if error is not None:
         return f"broker: {error}"
@@ -170,7 +172,11 @@ def run_package_job(request: Request, config_dir: Path, state_dir: Path) -> tupl
         reason = _after_failed_install(failed, previous, directory, settings)
         log.error("event=ota-install-failed version=%s reason=%s", request.version, reason)
         return "failed", reason
-    problem = wait_restarted(paths, settings, version)
+    try:
+        problem = wait_restarted(paths, settings, version)
+    except Exception as exc:  # whatever went wrong after the install, the previous package goes back
+        log.exception("event=ota-health-check-crashed version=%s", request.version)
+        problem = f"the health check after the install failed: {exc!r}"
     if problem is None:
         _keep(state_dir, incoming, request, version)
         return "ok", f"package {version} installed; the restarted gateway runs it and is healthy"

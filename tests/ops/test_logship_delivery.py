@@ -196,3 +196,19 @@ def test_batches_a_child_sent_before_it_was_killed_are_not_sent_again(
             assert Counter(_messages(moto_port, shipper.log_group, stream)) == Counter(lines), stream
     finally:
         proxy.close()
+
+
+def test_a_restart_keeps_each_logs_head_fingerprint_in_the_offsets(tmp_path: Path, moto_port: int) -> None:
+    # without the head, a log whose inode a rotation gave to a new file resumed at the old offset
+    first = _shipper(tmp_path, moto_port)
+    (first.paths.log_dir / "system" / "core.log").write_text(f"{_utc_stamp(time.time())} INFO core: one\n")
+    first.collect()
+    assert first.flush()
+    saved = json.loads(first.offsets_file.read_text())
+    assert saved["core"]["head"], saved
+    # logship restarts; nothing new is written to core.log, so nothing of it is acknowledged again
+    second = Shipper(first.paths, first.settings, "again")
+    second.collect()
+    second.flush()
+    second._save_offsets()
+    assert json.loads(second.offsets_file.read_text())["core"]["head"] == saved["core"]["head"]
