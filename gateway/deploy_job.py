@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +95,19 @@ def read_job(state_dir: Path, kind: str) -> JobRecord | None:
     path = jobs_dir(state_dir) / f"{kind}.json"
     try:
         raw = json.loads(path.read_text())
-        raw["request"] = Request(**raw["request"])
-        return JobRecord(**raw)
+        # keys another millgate version added are left out (an OTA rollback reads a newer one's record)
+        raw["request"] = Request(**_known(Request, raw["request"]))
+        return JobRecord(**_known(JobRecord, raw))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as exc:
         log.warning("event=job-record-unreadable file=%s reason=%s", path, exc)
         return None
+
+
+def _known(kind: type[Any], raw: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclass_fields(kind)}
+    return {key: value for key, value in raw.items() if key in names}
 
 
 def write_job(state_dir: Path, record: JobRecord) -> None:
