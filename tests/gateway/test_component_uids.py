@@ -283,7 +283,8 @@ def test_state_from_the_old_layout_moves_into_the_components_directories(tmp_pat
     (paths.state_dir / "bulk" / "batch-1.jsonl.gz").write_bytes(b"batch")
     (paths.state_dir / "logship-offsets.json").write_text('{"core": {}}')
     paths.logship_dir.mkdir()
-    (paths.logship_dir / "logship-offsets.json").write_text('{"newer": {}}')  # never overwritten
+    (paths.logship_dir / "logship-offsets.json").write_text('{"newer": {}}')  # written last: kept
+    os.utime(paths.state_dir / "logship-offsets.json", (1_000_000_000, 1_000_000_000))
 
     move_legacy_state(paths)
 
@@ -293,7 +294,7 @@ def test_state_from_the_old_layout_moves_into_the_components_directories(tmp_pat
     moved.close()
     assert (paths.bulk_dir / "batch-1.jsonl.gz").read_bytes() == b"batch"
     assert (paths.logship_dir / "logship-offsets.json").read_text() == '{"newer": {}}'
-    assert (paths.state_dir / "logship-offsets.json").exists()
+    assert not (paths.state_dir / "logship-offsets.json").exists()
 
 
 def test_a_database_is_not_moved_in_part(tmp_path: Path) -> None:
