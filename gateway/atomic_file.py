@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: Path, data: str | bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
@@ -31,3 +34,20 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644, owner: tuple[
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def written_whole(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to stream into, that becomes `path` only once the block ends without an error and
+    it is on disk: a full disk, a Ctrl-C or a failed download leaves no cut file under `path` (and what
+    was there as it was). It is written as `path`.tmp beside it, removed on any error."""
+    partial = path.with_name(path.name + ".tmp")
+    try:
+        with partial.open("wb") as sink:
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

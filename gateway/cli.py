@@ -5,6 +5,8 @@ its own module.
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from gateway.shadow_cli import add_shadow_parser
 from gateway.spool_cli import add_spool_parser
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for a program whose reader went away
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
@@ -155,16 +158,53 @@ def main(argv: list[str] | None = None) -> int:
     # SUPPRESS keeps `millgate config --config X validate` from being reset by the inner parser
     args.config = getattr(args, "config", None) or default_config_dir()
     args.state = getattr(args, "state", None)
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`): Python leaves no stdout to print to
+        print(f"millgate {args.verb}: standard output is closed; send it to /dev/null to discard it", file=sys.stderr)
+        return EXIT_FAILED
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # here, not in the interpreter's exit, so that a failure is handled below
+        return code
     except KeyboardInterrupt:
         print(f"millgate {args.verb}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError as exc:
+        if _stdout_reader_gone():
+            return _quiet_after_reader_gone()
+        return _unexpected(args.verb, exc)
     except Exception as exc:  # the edge: one line an operator (or systemd's journal) can act on, not a traceback
-        from gateway.deploy import describe_unexpected
+        return _unexpected(args.verb, exc)
 
-        print(f"millgate {args.verb}: {describe_unexpected(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+
+def _unexpected(verb: str, exc: Exception) -> int:
+    from gateway.deploy import describe_unexpected
+
+    print(f"millgate {verb}: {describe_unexpected(exc)}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout's reader has gone (`| head -1` done): poll(2) reports POLLERR on a pipe's write end
+    with no reader left, POLLHUP on a socket whose peer closed. A BrokenPipeError from elsewhere (the
+    broker's or supervisord's socket) is no such thing and is reported."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_after_reader_gone() -> int:
+    """End like a process killed by SIGPIPE, as `cat` or `grep` do when `head` stops reading: nothing on
+    stderr and 141, so `set -o pipefail` and a caller can tell the output was cut short (an export that
+    exits 0 would claim to be whole). stdout is pointed at /dev/null first, or the interpreter's final
+    flush of what is still buffered fails again and prints "Exception ignored" (the signal module's
+    documentation, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_READER_GONE
 
 
 if __name__ == "__main__":

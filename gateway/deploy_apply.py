@@ -18,7 +18,7 @@ from typing import Any
 from gateway.acl import CORE
 from gateway.broker_reload import BROKER, BrokerReloadFailed, reload_broker
 from gateway.paths import GatewayPaths
-from gateway.status import read_component_status, supervisor_proxy
+from gateway.status import SupervisorTimeout, read_component_status, supervisor_proxy
 from gateway.supervisor_config import LOGSHIP
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ class Changes:
 def gateway_running(paths: GatewayPaths) -> bool:
     try:
         supervisor_proxy(paths).supervisor.getState()
+    except SupervisorTimeout:
+        raise  # there but stuck: not stopped, so a deployment must not be staged as if it were
     except OSError:
         return False
     return True

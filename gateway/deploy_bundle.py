@@ -13,6 +13,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from gateway.atomic_file import written_whole
 from gateway.config_loader import ConfigInvalid, load_config
 from gateway.deploy_job import JobRefused, Request, fetch_verified, jobs_dir
 from gateway.deploy_store import config_files
@@ -25,16 +26,23 @@ RESULTS = {"succeeded": "ok", "staged": "ok", "rolled-back": "rolled-back", "ref
 
 
 def build_bundle(config_dir: Path, out: Path) -> None:
-    """Pack a valid config dir (validated first: a fleet is not sent a config that cannot load)."""
+    """Pack a valid config dir (validated first: a fleet is not sent a config that cannot load). It is
+    written to OUT.tmp beside `out` and renamed once whole and on disk, so a full disk or a Ctrl-C
+    never leaves a cut bundle under `out` for `bundle push` to upload; an OSError names its file."""
     load_config(config_dir)
-    with tarfile.open(out, "w:gz") as archive:
-        for path in sorted(config_files(config_dir)):
-            relative = path.relative_to(config_dir).as_posix()
-            info = archive.gettarinfo(str(path), arcname=relative)
-            info.uid = info.gid = 0
-            info.uname = info.gname = "root"
-            with path.open("rb") as source:
-                archive.addfile(info, source)
+    try:
+        with written_whole(out) as sink, tarfile.open(out, "w:gz", fileobj=sink) as archive:
+            for path in sorted(config_files(config_dir)):  # `out`: the name in the gzip header
+                relative = path.relative_to(config_dir).as_posix()
+                info = archive.gettarinfo(str(path), arcname=relative)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                with path.open("rb") as source:
+                    archive.addfile(info, source)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write says nothing of where
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
+        raise
 
 
 def unpack_bundle(archive_path: Path, target: Path, max_bytes: int) -> Path:

@@ -18,7 +18,12 @@ from typing import BinaryIO
 # our components: 2024-05-01T10:00:00.123Z (UTC); mosquitto (log_timestamp_format): 2024-05-01T10:00:00: and
 # supervisord, Python's logging default: 2024-05-01 10:00:00,123, both in local time (strftime of
 # localtime(3), the process's TZ), which is what a stamp without a zone is read as
-_STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?")
+# An on-demand function worker's line comes prefixed `[<function> pid=N] ` (functions/worker_process.py),
+# before whatever the function's own logging put first.
+_STAMP = re.compile(
+    r"^(?:\[[A-Za-z0-9_.-]+ pid=\d+\] )?"
+    r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,6}))?(Z|[+-]\d{2}:?\d{2})?"
+)
 # how much of a file's start tells it apart from a newer file that was given the same inode number
 HEAD_BYTES = 64
 
@@ -59,8 +64,9 @@ def log_sources(log_dir: Path) -> dict[str, LogSource]:
 
 
 def line_time(line: str) -> float | None:
-    """The epoch seconds a log line starts with, or None (a traceback's continuation, a bare print). A
-    stamp without a zone is local time, as mosquitto and supervisord write it."""
+    """The epoch seconds a log line starts with (after a function worker's `[<function> pid=N] `), or None
+    (a traceback's continuation, a bare print). A stamp without a zone is local time, as mosquitto and
+    supervisord write it."""
     match = _STAMP.match(line)
     if not match:
         return None

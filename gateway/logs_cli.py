@@ -5,15 +5,18 @@ function logs under log_dir, one component or all of them merged by time, follow
 from __future__ import annotations
 
 import argparse
+import errno
 import heapq
+import os
 import re
 import sys
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from gateway.cli_support import EXIT_FAILED, EXIT_INVALID, EXIT_OK, load_quietly, paths_for
-from gateway.log_files import FollowedFile, LogSource, line_time, log_sources
+from gateway.log_files import FollowedFile, LogSource, file_head, line_time, log_sources
 
 FOLLOW_POLL_S = 0.5
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -38,22 +41,54 @@ def parse_since(value: str, now: float | None = None) -> float:
     return stamp.timestamp()
 
 
-def _lines(source: LogSource, since: float | None) -> list[tuple[float, int, str]]:
-    """(time, order, line) for a source's lines, rotated files included when --since reaches back."""
+class LogsUnreadable(Exception):
+    pass
+
+
+def _lines(source: LogSource, since: float | None, follow: bool) -> tuple[list[tuple[float, int, str]], FollowedFile]:
+    """(time, order, line) for a source's lines, rotated files included when --since reaches back, and a
+    reader of the live file that goes on exactly where this one stopped (a follower starting from the
+    file's end as it is later would skip what was written in between). When following, a last line
+    still being written is left to that reader, to be shown whole."""
     files = source.generations() if since is not None else [source.path]
     found: list[tuple[float, int, str]] = []
+    followed = FollowedFile(source.path)
     last = 0.0
     for path in files:
         try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
+            with path.open("rb") as handle:
+                data = handle.read()
+                if path == source.path:
+                    if follow:
+                        data = data[: data.rfind(b"\n") + 1]
+                    followed = FollowedFile(path, os.fstat(handle.fileno()).st_ino, len(data), file_head(handle))
+        except FileNotFoundError:
+            continue  # rotated away while we looked
+        except OSError as exc:
+            raise LogsUnreadable(_cannot_read(path, exc)) from exc
+        for line in data.decode(errors="replace").splitlines():
             stamp = line_time(line)
             last = stamp if stamp is not None else last  # continuation lines go with the line above
             if since is None or last >= since:
                 found.append((last, len(found), line))
-    return found
+    return found, followed
+
+
+def _check_readable(log_dir: Path) -> None:
+    """An unreadable log dir globs as empty; say so instead of showing nothing."""
+    for directory in (log_dir / "system", log_dir / "user"):
+        try:
+            os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise LogsUnreadable(_cannot_read(directory, exc)) from exc
+
+
+def _cannot_read(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read {path}: permission denied; run as root (or as the user the gateway runs as)"
+    return f"cannot read {path}: {exc.strerror or exc}"
 
 
 def _prefix(component: str, many: bool) -> str:
@@ -62,6 +97,11 @@ def _prefix(component: str, many: bool) -> str:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     paths = paths_for(args, load_quietly(args))
+    try:
+        _check_readable(paths.log_dir)
+    except LogsUnreadable as exc:
+        print(f"millgate logs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     sources = log_sources(paths.log_dir)
     if args.component:
         name = args.component if args.component in sources else f"fn-{args.component}"
@@ -80,22 +120,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(f"millgate logs: {exc}", file=sys.stderr)
         return EXIT_INVALID
     many = len(chosen) > 1
-    merged = heapq.merge(
-        *([(t, i, f"{_prefix(s.component, many)}{line}") for t, i, line in _lines(s, since)] for s in chosen)
-    )
-    shown = [line for _, _, line in merged]
+    backlog: list[list[tuple[float, int, str]]] = []
+    followed: dict[str, FollowedFile] = {}
+    try:
+        for source in chosen:
+            lines, followed[source.component] = _lines(source, since, args.follow)
+            backlog.append([(t, i, f"{_prefix(source.component, many)}{line}") for t, i, line in lines])
+    except LogsUnreadable as exc:
+        print(f"millgate logs: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    shown = [line for _, _, line in heapq.merge(*backlog)]
     if since is None:
         shown = shown[-args.lines :] if args.lines > 0 else []
     for line in shown:
         print(line)
     sys.stdout.flush()
     if args.follow:
-        _follow(chosen, many, paths.log_dir, args.component is None)
+        _follow(followed, many, paths.log_dir, args.component is None)
     return EXIT_OK
 
 
-def _follow(chosen: list[LogSource], many: bool, log_dir: Any, pick_up_new: bool) -> None:
-    followed = {s.component: FollowedFile(s.path).at_end() for s in chosen}
+def _follow(followed: dict[str, FollowedFile], many: bool, log_dir: Path, pick_up_new: bool) -> None:
     try:
         while True:
             if pick_up_new:  # a component started after us (a new function, an adapter just deployed)

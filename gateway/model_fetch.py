@@ -9,8 +9,10 @@ ETAG (F untouched); otherwise 1 with the reason on stderr.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from pathlib import Path
+
+from gateway.atomic_file import written_whole
 
 NOT_MODIFIED = 3
 
@@ -46,13 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.if_none_match:
             request["IfNoneMatch"] = args.if_none_match
         response = client.get_object(**request)
-        partial = f"{args.file}.partial"
-        with open(partial, "wb") as sink:
+        with written_whole(Path(args.file)) as sink:
             for chunk in response["Body"].iter_chunks(1024 * 1024):
                 sink.write(chunk)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(partial, args.file)
     except ClientError as exc:
         if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 304:
             return NOT_MODIFIED

@@ -4,12 +4,14 @@ identity whose secret only someone who can read the state dir can use.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 from collections.abc import Iterable
 
 import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.acl import OPERATOR
 from gateway.credentials import load_credentials
@@ -77,7 +79,10 @@ def publish_lines(paths: GatewayPaths, topic: str, payloads: Iterable[str], qos:
 
 
 def subscribe_print(paths: GatewayPaths, topic_filter: str, count: int | None, timeout_s: float | None) -> bool:
-    """Print `TOPIC PAYLOAD` per message; False only when `count` was given and did not arrive in time."""
+    """Print `TOPIC PAYLOAD` per message; False only when `count` was given and did not arrive in time.
+    Subscribes on every connect: the session ends with each connection, so after the broker restarts
+    (paho reconnects by itself) the subscription must be made again. Raises the OSError stdout gave
+    (BrokenPipeError: the reader has gone, as with `| head -1`)."""
     try:
         validate_topic_filter(topic_filter)
     except TopicError as exc:
@@ -86,14 +91,20 @@ def subscribe_print(paths: GatewayPaths, topic_filter: str, count: int | None, t
     received = 0
     enough = threading.Event()
     refused: list[str] = []
+    output_failed: list[OSError] = []
 
     def on_message(_c: paho.Client, _u: object, message: paho.MQTTMessage) -> None:
         nonlocal received
         if enough.is_set():
             return
         payload = message.payload.decode("utf-8", errors="backslashreplace")
-        sys.stdout.write(f"{message.topic} {payload}\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(f"{message.topic} {payload}\n")
+            sys.stdout.flush()
+        except OSError as exc:  # raised here, it would end paho's network thread and leave us waiting
+            output_failed.append(exc)
+            enough.set()
+            return
         received += 1
         if count is not None and received >= count:
             enough.set()
@@ -103,16 +114,38 @@ def subscribe_print(paths: GatewayPaths, topic_filter: str, count: int | None, t
         if refused:
             enough.set()
 
+    def on_connect(_c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        if reason.is_failure:
+            _say(f"the broker refused to reconnect us ({reason}); retrying")
+            return
+        _say("reconnected to the broker; messages published while it was away were missed")
+        client.subscribe(topic_filter, qos=1)
+
+    def on_disconnect(_c: paho.Client, _u: object, _f: object, reason: ReasonCode, _p: object) -> None:
+        if not enough.is_set():
+            _say(f"lost the broker ({reason}); reconnecting")
+
     client.on_message = on_message
     client.on_subscribe = on_subscribe
+    client.on_connect = on_connect  # connected_operator's own on_connect has done its job
+    client.on_disconnect = on_disconnect
     client.subscribe(topic_filter, qos=1)
     try:
         finished = enough.wait(timeout_s) if timeout_s is not None else enough.wait()
     except KeyboardInterrupt:
         finished = count is None
     finally:
+        enough.set()
         client.disconnect()
         client.loop_stop()
+    if output_failed:
+        raise output_failed[0]
     if refused:
         raise OperatorError(f"subscription to {topic_filter} refused: {refused[0]}")
     return finished or count is None
+
+
+def _say(what: str) -> None:
+    """A note for the operator on stderr, beside the messages on stdout."""
+    with contextlib.suppress(OSError, ValueError):  # stderr gone too: nothing left to tell
+        print(f"millgate sub: {what}", file=sys.stderr, flush=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import errno
+import io
 import json
 import sys
 import time
@@ -15,6 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.atomic_file import written_whole
 from gateway.cli_support import load_quietly, paths_for
 from gateway.config import SpoolSection
 from storage.spool import Spool, SpoolError
@@ -29,10 +32,15 @@ def _open(args: argparse.Namespace) -> tuple[Spool, bool]:
     defaults stand in for them."""
     loaded = load_quietly(args)
     path = paths_for(args, loaded).spool_db
-    if not path.exists():
-        raise SpoolError(f"no spool at {path} (the uplink has not run with this state directory)")
     section = loaded.gateway.spool if loaded is not None else SpoolSection()
-    return Spool(path, rules=None, max_bytes=int(section.max_bytes), policy=section.policy), loaded is not None
+    try:
+        if not path.exists():
+            raise SpoolError(f"no spool at {path} (the uplink has not run with this state directory)")
+        return Spool(path, rules=None, max_bytes=int(section.max_bytes), policy=section.policy), loaded is not None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise SpoolError(f"cannot read {path}: permission denied; run as root (or the uplink's user)") from None
+        raise SpoolError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _payload(payload: bytes) -> dict[str, str]:
@@ -113,16 +121,40 @@ def cmd_spool_export(args: argparse.Namespace) -> int:
     try:
         with closing(_open(args)[0]) as spool:
             if args.file == "-":
-                count = _write_export(spool, sys.stdout, args.dead_letters)
+                count = _export_to_stdout(spool, args.dead_letters)
             else:
-                with Path(args.file).open("w") as out:
-                    count = _write_export(spool, out, args.dead_letters)
-    except (SpoolError, OSError) as exc:
+                count = _export_to_file(spool, Path(args.file), args.dead_letters)
+    except SpoolError as exc:
         print(f"millgate spool: {exc}", file=sys.stderr)
         return EXIT_FAILED
     what = "dead letters" if args.dead_letters else "waiting messages"
     print(f"exported {count} {what} to {args.file}", file=sys.stderr)
     return EXIT_OK
+
+
+def _export_to_stdout(spool: Spool, dead: bool) -> int:
+    try:
+        count = _write_export(spool, sys.stdout, dead)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # the reader has gone (`| head`): gateway/cli.py ends quietly
+    except OSError as exc:
+        raise SpoolError(f"standard output: {exc.strerror or exc}; the export is incomplete") from None
+    return count
+
+
+def _export_to_file(spool: Spool, file: Path, dead: bool) -> int:
+    """Export into FILE, which appears only once whole and on disk (gateway/atomic_file.written_whole):
+    a full disk or a Ctrl-C leaves no cut export under FILE (and an earlier one there as it was)."""
+    try:
+        with written_whole(file) as sink:
+            out = io.TextIOWrapper(sink, encoding="utf-8")
+            count = _write_export(spool, out, dead)
+            out.flush()
+            out.detach()  # written_whole syncs and closes the file itself
+    except OSError as exc:
+        raise SpoolError(f"{file}: {exc.strerror or exc}; nothing exported") from None
+    return count
 
 
 def cmd_spool_purge(args: argparse.Namespace) -> int:

@@ -1,21 +1,22 @@
 """`millgate status`: every supervised process's state, pid, uptime and restart count (supervisord's
-XML-RPC on its unix socket), whether the broker answers a login, and each component's own retained
-heartbeat with the metrics it reports.
+XML-RPC on its unix socket, through the time-bounded proxy every caller of supervisord uses), whether
+the broker answers a login, and each component's own retained heartbeat with the metrics it reports.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
 import json
 import os
 import pwd
+import socket
 import threading
 import time
 import xmlrpc.client
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-from supervisor.xmlrpc import SupervisorTransport
 
 from gateway.acl import OPERATOR
 from gateway.credentials import load_credentials
@@ -25,6 +26,9 @@ from gateway.topics import STATUS_FILTER, status_component
 
 BROKER_PROBE_TIMEOUT_S = 2.0
 RETAINED_QUIET_S = 0.15
+# every supervisord call answers well within this (a stop or start with wait=True too: stopwaitsecs and
+# startsecs are 1-2 s, gateway/supervisor_config.py); past it supervisord is stuck, not busy
+SUPERVISOR_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -55,9 +59,55 @@ class StatusReport:
         }
 
 
-def supervisor_proxy(paths: GatewayPaths) -> Any:
-    transport = SupervisorTransport(None, None, f"unix://{paths.supervisor_socket}")
-    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+class SupervisorTimeout(TimeoutError):
+    """supervisord did not take the connection or answer within the timeout: there, but stuck."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: Path, timeout_s: float):
+        super().__init__("localhost", timeout=timeout_s)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class SupervisorSocketTransport(xmlrpc.client.Transport):
+    """XML-RPC to supervisord over its unix socket, every connect, send and read bounded by `timeout_s`
+    (supervisor's own SupervisorTransport has no timeout: a stuck supervisord hung its callers)."""
+
+    def __init__(self, socket_path: Path, timeout_s: float = SUPERVISOR_TIMEOUT_S):
+        super().__init__()
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        # the override xmlrpc.client's documentation shows (ProxiedTransport): cache it as _connection
+        cached_host, connection = self._connection
+        if connection is None or cached_host != host:
+            connection = _UnixHTTPConnection(self.socket_path, self.timeout_s)
+            self._connection = host, connection
+        return connection
+
+    def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
+        try:
+            return super().request(host, handler, request_body, verbose)
+        except TimeoutError as exc:
+            raise SupervisorTimeout(
+                f"supervisord at {self.socket_path} did not answer within {self.timeout_s:g} s"
+            ) from exc
+
+
+def supervisor_proxy(paths: GatewayPaths, timeout_s: float = SUPERVISOR_TIMEOUT_S) -> Any:
+    transport = SupervisorSocketTransport(paths.supervisor_socket, timeout_s)
+    return xmlrpc.client.ServerProxy("http://localhost", transport=transport)
 
 
 def _processes(paths: GatewayPaths) -> dict[str, ProcessStatus]:
@@ -141,10 +191,21 @@ def gather_status(paths: GatewayPaths) -> StatusReport:
     try:
         report = StatusReport(True, _processes(paths))
     except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError) as exc:
-        report = StatusReport(False, supervisor_error=f"supervisord at {paths.supervisor_socket}: {exc}")
+        report = StatusReport(False, supervisor_error=_supervisor_problem(paths.supervisor_socket, exc))
     report.components, report.broker_error = read_component_status(paths)
     report.broker_reachable = report.broker_error is None
     return report
+
+
+def _supervisor_problem(socket_path: Path, exc: Exception) -> str:
+    """What the operator is told when supervisord cannot be asked: not running is one case of several."""
+    if isinstance(exc, SupervisorTimeout):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot query supervisord at {socket_path}: permission denied; run as root"
+    if isinstance(exc, OSError):
+        return f"gateway not running: supervisord at {socket_path}: {exc.strerror or exc}"
+    return f"supervisord at {socket_path}: {exc}"
 
 
 _HEARTBEAT_KEYS = frozenset({"component", "state", "pid", "started_at", "uptime_s", "ts"})
@@ -154,7 +215,7 @@ def render_status(report: StatusReport, as_json: bool) -> str:
     if as_json:
         return json.dumps(report.as_dict(), indent=2)
     if not report.supervisor_reachable:
-        lines = [f"gateway not running: {report.supervisor_error}"]
+        lines = [str(report.supervisor_error)]
     else:
         lines = [f"{'PROCESS':<24} {'STATE':<10} {'PID':>7} {'USER':<10} {'UPTIME':>10} {'RESTARTS':>8}"]
         for name, p in sorted(report.processes.items()):
