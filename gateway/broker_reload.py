@@ -10,7 +10,7 @@ import logging
 import xmlrpc.client
 
 from gateway.paths import GatewayPaths
-from gateway.status import supervisor_proxy
+from gateway.status import SupervisorTimeout, supervisor_proxy
 
 log = logging.getLogger(__name__)
 BROKER = "broker"
@@ -24,6 +24,8 @@ def reload_broker(paths: GatewayPaths) -> bool:
     """SIGHUP the broker; False when the gateway is not running (the next start reads the files)."""
     try:
         supervisor_proxy(paths).supervisor.signalProcess(BROKER, "HUP")
+    except SupervisorTimeout as exc:  # there, but stuck: the broker keeps its old users and ACL
+        raise BrokerReloadFailed(str(exc)) from exc
     except OSError:
         return False
     except xmlrpc.client.Fault as exc:
@@ -38,6 +40,8 @@ def restart_broker(paths: GatewayPaths) -> bool:
         proxy = supervisor_proxy(paths)
         proxy.supervisor.stopProcess(BROKER, True)
         proxy.supervisor.startProcess(BROKER, True)
+    except SupervisorTimeout as exc:
+        raise BrokerReloadFailed(str(exc)) from exc
     except OSError:
         return False
     except xmlrpc.client.Fault as exc:

@@ -95,6 +95,8 @@ def apply_rendered(paths: GatewayPaths, access_changed: bool) -> Changes:
         # the broker first, so what starts next finds it with the new users and ACL
         for name in sorted(changes.restarted + changes.added, key=lambda n: n != BROKER):
             proxy.supervisor.addProcessGroup(name)
+    except SupervisorTimeout as exc:  # there, but stuck half-way: the deployment rolls back
+        raise ApplyFailed(str(exc)) from exc
     except OSError as exc:
         raise GatewayNotRunning(f"supervisord at {paths.supervisor_socket}: {exc}") from exc
     except (xmlrpc.client.Fault, BrokerReloadFailed) as exc:
@@ -111,6 +113,8 @@ def reconfigure_core(paths: GatewayPaths, before: dict[str, str], after: dict[st
         return
     try:
         supervisor_proxy(paths).supervisor.signalProcess(CORE, "HUP")
+    except SupervisorTimeout as exc:
+        raise ApplyFailed(str(exc)) from exc
     except OSError as exc:
         raise GatewayNotRunning(f"supervisord at {paths.supervisor_socket}: {exc}") from exc
     except xmlrpc.client.Fault as exc:

@@ -79,3 +79,18 @@ def test_deploy_fails_without_staging_instead_of_hanging_on_a_stuck_supervisord(
     assert took < SUPERVISOR_TIMEOUT_S + 15
     history = run_cli("deploy", "--history", config=config, state=state)
     assert "failed" in history.stdout and "staged" not in history.stdout, history.stdout
+
+
+def test_a_supervisord_stuck_while_a_deployment_applies_fails_it_instead_of_staging_it(stuck) -> None:
+    # supervisord answered that it runs, then got stuck: the change must fail (and roll back), not be
+    # taken for a gateway that is not running and recorded as staged for its next start
+    from gateway.broker_reload import BrokerReloadFailed, reload_broker
+    from gateway.deploy_apply import ApplyFailed, apply_rendered
+    from gateway.paths import GatewayPaths
+
+    config, state, _silent = stuck
+    paths = GatewayPaths.resolve(config, state, None)
+    with pytest.raises(ApplyFailed, match="did not answer"):
+        apply_rendered(paths, access_changed=True)
+    with pytest.raises(BrokerReloadFailed, match="did not answer"):
+        reload_broker(paths)
