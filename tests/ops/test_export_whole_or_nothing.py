@@ -13,8 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from storage.spool import Message, Spool
 from tests.fixtures.gateway import REPO, run_cli
 
@@ -30,14 +28,6 @@ def run_with_file_size_limit(*argv: str) -> subprocess.CompletedProcess[str]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
     return subprocess.run([MILLGATE, *argv], capture_output=True, text=True, timeout=60, cwd=REPO, preexec_fn=limit)
-
-
-@pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    config, state = tmp_path / "etc", tmp_path / "var"
-    config.mkdir()
-    (config / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
-    return config, state
 
 
 def test_a_spool_export_cut_short_leaves_the_earlier_export_and_no_partial_file(dirs, tmp_path: Path) -> None:

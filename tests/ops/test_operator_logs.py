@@ -32,13 +32,11 @@ def _utc(stamp: datetime) -> str:
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
-    config, state = tmp_path / "etc", tmp_path / "var"
-    config.mkdir()
-    (config / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
+def dirs(dirs: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The operations tests' config and state dirs (tests/ops/conftest.py), with the log dirs made."""
     for sub in ("system", "user"):
-        (state / "log" / sub).mkdir(parents=True)
-    return config, state
+        (dirs[1] / "log" / sub).mkdir(parents=True)
+    return dirs
 
 
 def test_a_function_workers_prefixed_line_has_the_time_after_its_prefix() -> None:

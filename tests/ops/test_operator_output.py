@@ -14,8 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-import pytest
-
 from gateway.status import supervisor_proxy
 from storage.spool import Message, Spool
 from tests.fixtures.gateway import REPO, RunningGateway
@@ -37,14 +35,6 @@ def first_line_then_close(argv: list[str], timeout_s: float = 20) -> tuple[str, 
         process.kill()
         process.wait()
     return first, code, process.stderr.read().decode()
-
-
-@pytest.fixture
-def dirs(short_tmp: Path) -> tuple[Path, Path]:
-    config, state = short_tmp / "etc", short_tmp / "var"
-    config.mkdir()
-    (config / "gateway.toml").write_text('[gateway]\nthing_name = "gw"\n')
-    return config, state
 
 
 def test_logs_into_head_ends_quietly_with_141(dirs) -> None:
