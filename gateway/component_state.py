@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gateway.acl import UPLINK, adapter_component, needs_uplink
 from gateway.adapter_config import ModbusAdapter
+from gateway.atomic_file import fsync_dir
 from gateway.component_users import ComponentUser, component_users
 from gateway.config_loader import LoadedConfig
 from gateway.owned_dirs import chown_tree, make_owned_dir
@@ -71,7 +72,7 @@ def _merge_bulk_stores(target: dict[str, Path], source: dict[str, Path]) -> str:
         name = f"batch-{batch_id:012d}.jsonl.gz"
         (batch_dir / name).unlink(missing_ok=True)  # left by a merge cut short before its commit
         os.link(old_file, batch_dir / name)
-        _fsync_dir(batch_dir)
+        fsync_dir(batch_dir)
         return row | {"id": batch_id, "file": name}
 
     merge = FileMerge(target["bulk.db"], source["bulk.db"], BULK_SCHEMA)
@@ -266,8 +267,8 @@ def _move_group(sources: list[Path], targets: list[Path]) -> None:
     for source, target in zip(sources, targets, strict=True):
         if os.path.lexists(source):
             os.replace(source, target)
-            _fsync_dir(target.parent)
-            _fsync_dir(source.parent)
+            fsync_dir(target.parent)
+            fsync_dir(source.parent)
 
 
 def _remove_group(paths: list[Path]) -> None:
@@ -277,7 +278,7 @@ def _remove_group(paths: list[Path]) -> None:
             shutil.rmtree(path)
         elif os.path.lexists(path):
             path.unlink()
-    _fsync_dir(paths[0].parent)
+    fsync_dir(paths[0].parent)
 
 
 def _keep_newer(old: Path, new: Path) -> None:
@@ -287,12 +288,12 @@ def _keep_newer(old: Path, new: Path) -> None:
         os.replace(old, new)
         if os.geteuid() == 0:
             os.chown(new, owner.st_uid, owner.st_gid, follow_symlinks=False)
-        _fsync_dir(new.parent)
+        fsync_dir(new.parent)
         kept = "older place's (written last)"
     else:
         old.unlink()
         kept = "newer place's"
-    _fsync_dir(old.parent)
+    fsync_dir(old.parent)
     log.info("event=state-kept-newer file=%s kept=%s", new, kept)
 
 
@@ -305,14 +306,6 @@ def _merging_name(name: str, database: str) -> str:
     if name.startswith(database):
         return database + SUFFIX_MERGING + name[len(database) :]
     return name + SUFFIX_MERGING
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_component_dirs(
