@@ -21,12 +21,12 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from gateway.atomic_file import write_atomic
 from gateway.config import DeploymentSection
+from gateway.deploy_store import known_fields
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +95,13 @@ def read_job(state_dir: Path, kind: str) -> JobRecord | None:
     path = jobs_dir(state_dir) / f"{kind}.json"
     try:
         raw = json.loads(path.read_text())
-        # keys another millgate version added are left out (an OTA rollback reads a newer one's record)
-        raw["request"] = Request(**_known(Request, raw["request"]))
-        return JobRecord(**_known(JobRecord, raw))
+        raw["request"] = Request(**known_fields(Request, raw["request"]))
+        return JobRecord(**known_fields(JobRecord, raw))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as exc:
         log.warning("event=job-record-unreadable file=%s reason=%s", path, exc)
         return None
-
-
-def _known(kind: type[Any], raw: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclass_fields(kind)}
-    return {key: value for key, value in raw.items() if key in names}
 
 
 def write_job(state_dir: Path, record: JobRecord) -> None:

@@ -44,13 +44,19 @@ class HistoryEntry:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
+def known_fields(kind: type[Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a saved record that dataclass `kind` has: another millgate version may have added
+    others (an OTA rollback reads the newer one's files)."""
+    names = {f.name for f in fields(kind)}
+    return {key: value for key, value in raw.items() if key in names}
+
+
 def _history_entry(raw: Any, where: Path) -> HistoryEntry:
     """One entry of the history file, as another millgate version may have written it: keys this one
     does not know are left out (a newer one added them; an OTA rollback reads its file), and a missing
     one is a DeployStoreError naming the file, not a crash of `millgate run`."""
-    known = {f.name for f in fields(HistoryEntry)}
     try:
-        return HistoryEntry(**{key: value for key, value in raw.items() if key in known})
+        return HistoryEntry(**known_fields(HistoryEntry, raw))
     except (AttributeError, TypeError) as exc:
         raise DeployStoreError(f"{where}: an entry this millgate cannot read ({exc}): {raw!r:.200}") from exc
 
