@@ -74,8 +74,13 @@ class LoadedConfig:
     adapters: dict[str, AdapterFile] = field(default_factory=dict)
 
     def function_code_path(self, code: str) -> Path:
-        path = Path(code)
-        return path if path.is_absolute() else self.config_dir / path
+        return function_code_path(code, self.config_dir)
+
+
+def function_code_path(code: str, config_dir: Path) -> Path:
+    """Where a function's `code` is: a relative path is in the config dir."""
+    path = Path(code)
+    return path if path.is_absolute() else config_dir / path
 
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -286,11 +291,12 @@ def _gateway_cross_checks(
 
     declared = parts.resources.known
     for index, function in parts.functions.valid.items():
-        code_problem = _function_code_problem(function.code, config_dir)
+        code_path = function_code_path(function.code, config_dir)
+        code_problem = _function_code_problem(function.code, code_path)
         if code_problem:
             add(f"functions[{index}].code", code_problem)
         elif strict:
-            missing = _missing_handler_module(function.code, function.handler, config_dir)
+            missing = _missing_handler_module(function.code, code_path, function.handler)
             if missing:
                 add(f"functions[{index}].handler", missing)
         for grant_index, grant in enumerate(function.resources):
@@ -328,11 +334,10 @@ def _duplicate_entries(shown: str, table: str, keys: dict[int, str]) -> list[Pro
     ]
 
 
-def _missing_handler_module(code: str, handler: str, config_dir: Path) -> str | None:
+def _missing_handler_module(code: str, path: Path, handler: str) -> str | None:
     """Why the handler's module is not in the code (a dir or a zip), or None when it is."""
     module = handler.rpartition(".")[0].replace(".", "/")
     wanted = (f"{module}.py", f"{module}/__init__.py")
-    path = Path(code) if Path(code).is_absolute() else config_dir / code
     try:
         if path.is_dir():
             present = any((path / name).is_file() for name in wanted)
@@ -346,8 +351,7 @@ def _missing_handler_module(code: str, handler: str, config_dir: Path) -> str | 
     return f"no {wanted[0]} (nor {wanted[1]}) in {code!r} for handler {handler!r}"
 
 
-def _function_code_problem(code: str, config_dir: Path) -> str | None:
-    path = Path(code) if Path(code).is_absolute() else config_dir / code
+def _function_code_problem(code: str, path: Path) -> str | None:
     if not Path(code).is_absolute() and os.path.normpath(code).startswith(".."):
         return (
             f"{code!r} is outside the config directory, which is all a deployment copies; "
