@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from gateway.bundle_cli import add_bundle_parser
-from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, paths_for, strict_problems
+from gateway.cli_support import EXIT_FAILED, EXIT_OK, load_or_exit, load_quietly, load_to_run, paths_for
 from gateway.deploy_cli import add_deploy_parser
 from gateway.greengrass_import_cli import add_import_parser
 from gateway.logs_cli import add_logs_parser
@@ -38,8 +38,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.broker_config import BrokerNotInstalled
     from gateway.launch import StateDirError, exec_supervisord, prepare
 
-    loaded = load_or_exit(args)
-    for problem in strict_problems(args.config):
+    loaded, problems = load_to_run(args)
+    for problem in problems:
         print(f"millgate run: warning: {problem} (runs as it is; `millgate deploy` would refuse it)", file=sys.stderr)
     try:
         conf = prepare(loaded, paths_for(args, loaded))

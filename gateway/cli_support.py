@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from gateway.config_loader import ConfigInvalid, LoadedConfig, load_config
 from gateway.config_problems import Problem
@@ -37,13 +36,13 @@ def load_or_exit(args: argparse.Namespace, strict: bool = False) -> LoadedConfig
         raise SystemExit(EXIT_INVALID) from None
 
 
-def strict_problems(config_dir: Path) -> list[Problem]:
-    """What `config validate` would refuse in a config that loads to run (see load_config's `strict`)."""
+def load_to_run(args: argparse.Namespace) -> tuple[LoadedConfig, list[Problem]]:
+    """The config `millgate run` starts from, and what `config validate` would refuse in it though it
+    runs (load_config's `strict`); exits 2 as load_or_exit when it cannot run. One load when it is valid."""
     try:
-        load_config(config_dir, strict=True)
+        return load_config(args.config, strict=True), []
     except ConfigInvalid as exc:
-        return list(exc.problems)
-    return []
+        return load_or_exit(args), list(exc.problems)
 
 
 def load_quietly(args: argparse.Namespace) -> LoadedConfig | None:
